@@ -1,0 +1,269 @@
+//! The daemon: configuration in, three threads wired together.
+//!
+//! - discovery (follow mode): container list, events and reconcile -> `ContainerEvent`s;
+//! - capture: the io engine and one log stream per container -> batches of entries;
+//! - dispatcher (the calling thread): batches -> every sink -> positions.
+//!
+//! Stop (SIGINT/SIGTERM, or the end of a `--once` read) flows the same way: capture closes
+//! every stream and closes the queue; the dispatcher delivers what is left, flushes and
+//! commits.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::capture::{Capture, CaptureOptions, CaptureStats};
+use crate::config::{self, Config, NewContainersFrom};
+use crate::discovery::{self, ContainerEvent, OwnContainer};
+use crate::dispatch::{DispatchOptions, DispatchStats, Dispatcher, Undelivered};
+use crate::docker::{socket_path, Client};
+use crate::io::{select_engine, EngineChoice, IoStats, Selection};
+use crate::pipeline::{queue, QueueGauge};
+use crate::positions::PositionStore;
+use crate::reader::LogReader;
+use crate::sink::{self, BlackholeSink, LocalFileSink, LokiSink, Sink, StdoutSink};
+
+/// How far back a reopened stream starts before the newest line read (see `resume`).
+pub const RESUME_OVERLAP: Duration = Duration::from_secs(1);
+/// How long failing sinks are retried after a stop before the rest is left for next time.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Read what is logged so far, deliver it, commit, exit.
+    pub once: bool,
+    /// Overrides `app.io_engine`.
+    pub io_engine: Option<EngineChoice>,
+}
+
+/// The engine that runs, and its live counters.
+pub type EngineInfo = (Arc<IoStats>, Selection);
+
+/// Everything the HTTP API and metrics will read, shared across threads.
+#[derive(Clone)]
+pub struct Shared {
+    pub capture: Arc<CaptureStats>,
+    pub dispatch: Arc<DispatchStats>,
+    pub positions: Arc<Mutex<PositionStore>>,
+    /// Set once the capture thread has chosen its engine.
+    pub io: Arc<Mutex<Option<EngineInfo>>>,
+    pub queue: Arc<QueueGauge>,
+}
+
+/// Builds the enabled sinks. At least one must be enabled.
+pub fn build_sinks(config: &Config) -> Result<Vec<Box<dyn Sink>>, String> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let s = &config.sinks;
+    if s.local_file.enabled {
+        let f = &s.local_file;
+        let options = sink::LocalFileOptions {
+            directory: f.directory.clone(),
+            filename_pattern: f.filename_pattern.clone(),
+            filename_pattern_containers: f.filename_pattern_containers.clone().unwrap_or_default(),
+            filename_pattern_files: f.filename_pattern_files.clone().unwrap_or_default(),
+            output_format: match f.output_format {
+                config::OutputFormat::Json => sink::OutputFormat::Json,
+                config::OutputFormat::Text => sink::OutputFormat::Text,
+            },
+            text_format: sink::TextFormatOptions {
+                include_timestamp: f.text_format.include_timestamp,
+                timestamp_format: f.text_format.timestamp_format.clone(),
+                include_labels: f.text_format.include_labels,
+                field_separator: f.text_format.field_separator.clone(),
+                raw_message_only: f.text_format.raw_message_only,
+            },
+            ..Default::default()
+        };
+        sinks.push(Box::new(
+            LocalFileSink::new(options).map_err(|e| format!("sinks.local_file: {e}"))?,
+        ));
+    }
+    if s.loki.enabled {
+        let l = &s.loki;
+        let options = sink::LokiOptions {
+            url: l.url.clone(),
+            push_endpoint: l.push_endpoint.clone(),
+            tenant_id: l.tenant_id.clone(),
+            timeout: l.timeout,
+            batch_size: l.batch_size,
+            batch_timeout: l.batch_timeout,
+            headers: l.headers.clone(),
+            default_labels: l.default_labels.clone(),
+            auth: sink::LokiAuth {
+                r#type: match l.auth.kind {
+                    config::AuthType::None => "none",
+                    config::AuthType::Basic => "basic",
+                    config::AuthType::Bearer => "bearer",
+                }
+                .to_string(),
+                username: l.auth.username.clone(),
+                password: l.auth.password.clone(),
+                token: l.auth.token.clone(),
+            },
+        };
+        sinks.push(Box::new(
+            LokiSink::new(options).map_err(|e| format!("sinks.loki: {e}"))?,
+        ));
+    }
+    if s.stdout.enabled {
+        sinks.push(Box::new(StdoutSink::new()));
+    }
+    if s.blackhole.enabled {
+        sinks.push(Box::new(BlackholeSink::new()));
+    }
+    if sinks.is_empty() {
+        return Err(
+            "no sink enabled: enable one of sinks.local_file, sinks.loki, sinks.stdout, \
+                    sinks.blackhole"
+                .into(),
+        );
+    }
+    Ok(sinks)
+}
+
+/// Runs the daemon until `stop` is set (or, with `--once`, until everything is read), and
+/// returns what could not be delivered.
+pub fn run(
+    config: &Config,
+    options: &RunOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<Undelivered, String> {
+    let cm = &config.container_monitor;
+    let socket: PathBuf = socket_path(&cm.socket_path)?;
+    let positions = PositionStore::load(&config.positions.directory).map_err(|e| e.to_string())?;
+    let committed: HashMap<String, _> = positions
+        .iter()
+        .filter_map(|(id, p)| p.resume().map(|r| (id.to_string(), r)))
+        .collect();
+    let positions = Arc::new(Mutex::new(positions));
+    let sinks = build_sinks(config)?;
+    let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+    log::info!("sinks: {}", sink_names.join(", "));
+
+    let (tx, rx) = queue(config.dispatcher.queue_size);
+    let shared = Shared {
+        capture: Arc::default(),
+        dispatch: Arc::default(),
+        positions: positions.clone(),
+        io: Arc::default(),
+        queue: tx.gauge().clone(),
+    };
+    let choice = options
+        .io_engine
+        .unwrap_or_else(|| config.app.io_engine.as_str().parse().unwrap_or_default());
+    let capture_options = CaptureOptions {
+        rotation: if options.once {
+            Duration::ZERO
+        } else {
+            cm.stream_rotation_interval
+        },
+        idle_timeout: if options.once {
+            Duration::ZERO
+        } else {
+            cm.stream_idle_timeout
+        },
+        overlap: RESUME_OVERLAP,
+        follow: !options.once,
+        new_from_now: cm.new_containers_from == NewContainersFrom::Now,
+        include_stdout: cm.include_stdout,
+        include_stderr: cm.include_stderr,
+    };
+
+    let client = Client::new(&socket);
+    let (events_tx, events_rx) = mpsc::channel::<ContainerEvent>();
+    let filter = discovery::filter_from_config(cm);
+    let discovery = if options.once {
+        // Every container, stopped ones included: a backfill wants what they logged too.
+        let own = OwnContainer::detect();
+        for info in client.containers(true).map_err(|e| e.to_string())? {
+            if filter(&info.name, &info.labels) && !own.is_own(&info.id) {
+                let _ = events_tx.send(ContainerEvent::Running(info));
+            }
+        }
+        drop(events_tx);
+        None
+    } else {
+        Some(
+            discovery::spawn(
+                client,
+                filter,
+                cm.reconnect_interval,
+                events_tx,
+                stop.clone(),
+            )
+            .map_err(|e| format!("discovery: {e}"))?,
+        )
+    };
+
+    // The engine is built on its own thread: an io_uring ring set up with SINGLE_ISSUER only
+    // takes submissions from the thread that created it.
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let capture_stop = stop.clone();
+    let capture_shared = shared.clone();
+    let capture = thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || {
+            let (engine, selection) = match select_engine(choice) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            log::info!("{selection}");
+            *capture_shared.io.lock().unwrap() = Some((engine.stats(), selection));
+            let _ = ready_tx.send(Ok(()));
+            let reader = LogReader::new(engine, &socket);
+            let mut capture = Capture::new(
+                reader,
+                capture_options,
+                tx,
+                committed,
+                capture_shared.capture,
+            );
+            capture.run(&events_rx, &capture_stop);
+        })
+        .map_err(|e| format!("capture thread: {e}"))?;
+    if let Ok(Err(e)) = ready_rx.recv() {
+        stop.store(true, Relaxed);
+        let _ = capture.join();
+        return Err(e);
+    }
+
+    let dispatcher = Dispatcher::new(
+        rx,
+        sinks,
+        positions,
+        DispatchOptions {
+            batch_size: config.dispatcher.batch_size.max(1),
+            batch_timeout: config.dispatcher.batch_timeout,
+            commit_interval: config.positions.flush_interval,
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
+        },
+        shared.dispatch.clone(),
+        stop.clone(),
+    );
+    let undelivered = dispatcher.run();
+    let _ = capture.join();
+    stop.store(true, Relaxed);
+    if let Some(discovery) = discovery {
+        let _ = discovery.join();
+    }
+    let dropped = shared.dispatch.dropped_total();
+    log::info!(
+        "done: {} lines read, {} delivered, {} dropped, {} undelivered",
+        shared.capture.lines_read.load(Relaxed),
+        shared.dispatch.lines_delivered.load(Relaxed),
+        dropped,
+        undelivered.lines
+    );
+    for (container, lines) in &undelivered.by_container {
+        log::warn!(
+            "{container}: {lines} lines not delivered; they will be read again at the next start"
+        );
+    }
+    Ok(undelivered)
+}

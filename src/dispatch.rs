@@ -1,0 +1,285 @@
+//! The dispatcher: takes batches off the queue, delivers them to every enabled sink, and only
+//! then advances the positions, committing them to disk every `commit_interval` (sinks
+//! flushed, i.e. fsynced, first).
+//!
+//! A sink that fails with a retryable error is retried with backoff while it holds the batch;
+//! the sinks that already took it are not written again. The queue stays full meanwhile, so
+//! the reader pauses: nothing is dropped. A permanent refusal (a 4xx Loki will never accept)
+//! counts the lines as dropped with the reason and lets the batch go.
+//!
+//! On shutdown the dispatcher drains the queue until the reader has closed it, retrying
+//! failing sinks until `shutdown_deadline`; what it could not deliver by then is named in the
+//! log and left unacknowledged, so the next start reads it again.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::pipeline::{Batch, Checkpoint, QueueReceiver, Received};
+use crate::positions::PositionStore;
+use crate::sink::{Backoff, Sink, SinkError};
+
+#[derive(Clone, Debug)]
+pub struct DispatchOptions {
+    /// Entries handed to the sinks per write at most.
+    pub batch_size: usize,
+    /// How long a partial batch may wait for more entries.
+    pub batch_timeout: Duration,
+    /// How often positions are committed to disk.
+    pub commit_interval: Duration,
+    /// How long after stop failing sinks are still retried.
+    pub shutdown_timeout: Duration,
+}
+
+/// Counters of the dispatcher, shared with metrics and tests.
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    /// Lines every sink accepted (or refused for good).
+    pub lines_delivered: AtomicU64,
+    pub batches_delivered: AtomicU64,
+    pub retries: AtomicU64,
+    pub commits: AtomicU64,
+    /// Lines dropped, by reason: stays empty unless a sink refuses lines for good.
+    pub dropped: Mutex<BTreeMap<String, u64>>,
+    /// Per sink: writes that succeeded and failed.
+    pub sink_results: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Since when each failing sink has been failing, for health checks.
+    pub failing_sinks: Mutex<BTreeMap<&'static str, Instant>>,
+}
+
+impl DispatchStats {
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.lock().unwrap().values().sum()
+    }
+
+    fn sink_result(&self, sink: &'static str, status: &'static str) {
+        *self
+            .sink_results
+            .lock()
+            .unwrap()
+            .entry((sink, status))
+            .or_default() += 1;
+    }
+}
+
+/// What is left undelivered when the dispatcher returns.
+#[derive(Debug, Default)]
+pub struct Undelivered {
+    pub lines: u64,
+    pub by_container: BTreeMap<String, u64>,
+}
+
+pub struct Dispatcher {
+    queue: QueueReceiver,
+    sinks: Vec<Box<dyn Sink>>,
+    positions: Arc<Mutex<PositionStore>>,
+    options: DispatchOptions,
+    stats: Arc<DispatchStats>,
+    backoff: Backoff,
+    last_commit: Instant,
+    stop: Arc<AtomicBool>,
+    stopped_at: Option<Instant>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        queue: QueueReceiver,
+        sinks: Vec<Box<dyn Sink>>,
+        positions: Arc<Mutex<PositionStore>>,
+        options: DispatchOptions,
+        stats: Arc<DispatchStats>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Dispatcher {
+            queue,
+            sinks,
+            positions,
+            options,
+            stats,
+            backoff: Backoff::default(),
+            last_commit: Instant::now(),
+            stop,
+            stopped_at: None,
+        }
+    }
+
+    /// Runs until the reader has closed the queue, then flushes and commits. Returns what it
+    /// could not deliver.
+    pub fn run(mut self) -> Undelivered {
+        let mut pending = Batch::default();
+        let mut first_at: Option<Instant> = None;
+        let mut closed = false;
+        let mut undelivered = Undelivered::default();
+        while !closed {
+            let wait = match first_at {
+                Some(t) => self.options.batch_timeout.saturating_sub(t.elapsed()),
+                None => self.options.commit_interval.min(Duration::from_millis(500)),
+            };
+            match self.queue.recv(wait) {
+                Received::Batch(batch) => {
+                    first_at.get_or_insert_with(Instant::now);
+                    pending.entries.extend(batch.entries);
+                    pending.checkpoints.extend(batch.checkpoints);
+                }
+                Received::Timeout => {}
+                Received::Closed => closed = true,
+            }
+            let full = pending.entries.len() >= self.options.batch_size;
+            let due = first_at.is_some_and(|t| t.elapsed() >= self.options.batch_timeout);
+            // Checkpoints without entries (lines filtered out) advance positions too.
+            if full
+                || due
+                || closed
+                || (pending.entries.is_empty() && !pending.checkpoints.is_empty())
+            {
+                let batch = std::mem::take(&mut pending);
+                first_at = None;
+                if let Err(lost) = self.deliver(batch) {
+                    undelivered.lines += lost.entries.len() as u64;
+                    for c in &lost.checkpoints {
+                        *undelivered
+                            .by_container
+                            .entry(c.container_name.clone())
+                            .or_default() += c.lines;
+                    }
+                    self.queue.release(lost.entries.len());
+                }
+            }
+            if self.last_commit.elapsed() >= self.options.commit_interval {
+                self.commit();
+            }
+        }
+        self.commit();
+        undelivered
+    }
+
+    /// Hands the batch to every sink, retrying failures; then advances the positions.
+    /// `Err(batch)` when shutdown came before every sink took it.
+    fn deliver(&mut self, batch: Batch) -> Result<(), Batch> {
+        let total = batch.entries.len();
+        for start in (0..total.max(1)).step_by(self.options.batch_size.max(1)) {
+            let end = (start + self.options.batch_size.max(1)).min(total);
+            let chunk = &batch.entries[start..end];
+            let mut done = vec![false; self.sinks.len()];
+            let mut attempt = 0u32;
+            while !done.iter().all(|&d| d) {
+                for (i, sink) in self.sinks.iter_mut().enumerate() {
+                    if done[i] {
+                        continue;
+                    }
+                    match sink.write_batch(chunk) {
+                        Ok(()) => {
+                            done[i] = true;
+                            self.stats.sink_result(sink.name(), "success");
+                            self.stats.failing_sinks.lock().unwrap().remove(sink.name());
+                        }
+                        Err(e) if e.is_retryable() => {
+                            self.stats.sink_result(sink.name(), "error");
+                            self.stats
+                                .failing_sinks
+                                .lock()
+                                .unwrap()
+                                .entry(sink.name())
+                                .or_insert_with(Instant::now);
+                            log::warn!(
+                                "{}: {e} (will retry, holding {} lines)",
+                                sink.name(),
+                                chunk.len()
+                            );
+                        }
+                        Err(e) => {
+                            done[i] = true;
+                            drop_lines(&self.stats, sink.name(), &e, chunk.len());
+                        }
+                    }
+                }
+                if done.iter().all(|&d| d) {
+                    break;
+                }
+                attempt += 1;
+                self.stats.retries.fetch_add(1, Relaxed);
+                if !self.sleep(self.backoff.delay_random(attempt)) {
+                    log::error!(
+                        "shutdown deadline passed with {} lines undelivered; they stay unacknowledged",
+                        total - start
+                    );
+                    return Err(batch);
+                }
+            }
+        }
+        self.stats.lines_delivered.fetch_add(total as u64, Relaxed);
+        self.stats.batches_delivered.fetch_add(1, Relaxed);
+        self.queue.release(total);
+        self.advance(&batch.checkpoints);
+        Ok(())
+    }
+
+    /// Sleeps for `delay` unless the shutdown deadline passes first: false then.
+    fn sleep(&mut self, delay: Duration) -> bool {
+        let end = Instant::now() + delay;
+        loop {
+            if self.stop.load(Relaxed) {
+                let stopped_at = *self.stopped_at.get_or_insert_with(Instant::now);
+                if stopped_at.elapsed() >= self.options.shutdown_timeout {
+                    return false;
+                }
+            }
+            let now = Instant::now();
+            if now >= end {
+                return true;
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    fn advance(&self, checkpoints: &[Checkpoint]) {
+        let mut positions = self.positions.lock().unwrap();
+        for c in checkpoints {
+            positions.advance(
+                &c.container_id,
+                &c.container_name,
+                c.resume,
+                c.lines,
+                c.bytes,
+                c.newest_ns,
+            );
+        }
+    }
+
+    /// Flushes every sink (fsync), then writes the positions: a committed position never
+    /// covers lines a crash could still lose.
+    fn commit(&mut self) {
+        self.last_commit = Instant::now();
+        if !self.positions.lock().unwrap().dirty() {
+            return;
+        }
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.flush() {
+                log::warn!(
+                    "{}: flush failed, positions not committed: {e}",
+                    sink.name()
+                );
+                return;
+            }
+        }
+        match self.positions.lock().unwrap().commit() {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Relaxed);
+            }
+            Err(e) => log::error!("positions not committed: {e}"),
+        }
+    }
+}
+
+fn drop_lines(stats: &DispatchStats, sink: &'static str, error: &SinkError, lines: usize) {
+    let reason = error.drop_reason().unwrap_or("refused");
+    log::error!("{sink}: {lines} lines refused for good ({reason}): {error}");
+    stats.sink_result(sink, "dropped");
+    *stats
+        .dropped
+        .lock()
+        .unwrap()
+        .entry(format!("{sink}_{reason}"))
+        .or_default() += lines as u64;
+}

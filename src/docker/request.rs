@@ -1,0 +1,92 @@
+//! HTTP requests to the Docker Engine API, built once per stream as the bytes to send.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::decode::timestamp::format_since;
+
+/// The API version asked for: dockerd 20.10 (Debian 12) speaks 1.41, and newer daemons still
+/// serve it.
+pub const API_VERSION: &str = "v1.41";
+
+/// Turns `unix:///var/run/docker.sock` (or a bare path) into the socket path.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf, String> {
+    let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+    if path.is_empty() || !path.starts_with('/') {
+        return Err(format!(
+            "docker socket {endpoint:?}: expected unix:///absolute/path or an absolute path"
+        ));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// What to ask of a container's log stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogsQuery {
+    /// Keep the stream open for new lines (`follow=1`), or end after what is logged so far.
+    pub follow: bool,
+    /// Only lines with a timestamp at or after this one (inclusive, nanoseconds).
+    pub since_ns: Option<i64>,
+}
+
+/// `GET /containers/{id}/logs` with stdout, stderr and timestamps always on: the timestamps
+/// are what positions and deduplication are made of.
+pub fn logs_request(container_id: &str, query: LogsQuery) -> Bytes {
+    let mut target = format!(
+        "/{API_VERSION}/containers/{container_id}/logs?stdout=1&stderr=1&timestamps=1&follow={}",
+        u8::from(query.follow)
+    );
+    if let Some(since) = query.since_ns {
+        target.push_str("&since=");
+        target.push_str(&format_since(since));
+    }
+    get_request(&target)
+}
+
+/// A GET for `target`, one request per connection: `Connection: close` makes the daemon end
+/// the connection with the response, so EOF marks the end even where a body's own framing
+/// would be missing. (A kept-alive connection would also outlive a finished `follow=0`
+/// stream.)
+pub fn get_request(target: &str) -> Bytes {
+    Bytes::from(format!(
+        "GET {target} HTTP/1.1\r\nHost: docker\r\nUser-Agent: log_capturer/{}\r\nConnection: close\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_request_carries_since_as_seconds_dot_nanos() {
+        let req = logs_request(
+            "abc",
+            LogsQuery {
+                follow: true,
+                since_ns: Some(1_700_000_000_000_000_042),
+            },
+        );
+        let text = std::str::from_utf8(&req).unwrap();
+        assert!(text.starts_with(
+            "GET /v1.41/containers/abc/logs?stdout=1&stderr=1&timestamps=1&follow=1&since=1700000000.000000042 HTTP/1.1\r\n"
+        ), "{text}");
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn socket_endpoints() {
+        assert_eq!(
+            socket_path("unix:///var/run/docker.sock").unwrap(),
+            PathBuf::from("/var/run/docker.sock")
+        );
+        assert_eq!(
+            socket_path("/tmp/d.sock").unwrap(),
+            PathBuf::from("/tmp/d.sock")
+        );
+        assert!(socket_path("tcp://127.0.0.1:2375")
+            .unwrap_err()
+            .contains("tcp://"));
+    }
+}

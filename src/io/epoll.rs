@@ -1,0 +1,319 @@
+//! The epoll engine, for hosts where io_uring is blocked. Same contract as the io_uring one:
+//! readiness, not submissions, so between two `poll` calls nothing of a stream is held by the
+//! kernel; "in flight" here counts the operation each stream is waiting to perform (connect
+//! retry, send, recv), so the counters mean the same on both engines.
+//!
+//! Received bytes are read into one scratch buffer per engine and copied out to exactly the
+//! size received: no unsafe code and no per-stream receive buffer.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rustix::event::epoll;
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+use super::table::StreamTable;
+use super::{Engine, EngineKind, Event, IoStats, OpKind, StreamId};
+
+const SCRATCH: usize = 64 * 1024;
+/// Reads per readiness event, so one busy stream cannot starve the others.
+const READS_PER_WAKEUP: usize = 4;
+/// A unix connect answers EAGAIN when the listener's backlog is full; retry this often.
+const CONNECT_RETRY: Duration = Duration::from_millis(10);
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Sending,
+    Receiving,
+    Finished,
+}
+
+struct Stream {
+    fd: OwnedFd,
+    path: PathBuf,
+    phase: Phase,
+    request: Bytes,
+    paused: bool,
+    /// The readiness the fd is registered for, if any.
+    registered: Option<epoll::EventFlags>,
+    /// The operation this stream waits to perform: what the counters call in flight.
+    waiting: Option<OpKind>,
+}
+
+pub struct EpollEngine {
+    epoll: OwnedFd,
+    streams: StreamTable<Stream>,
+    pending: Vec<Event>,
+    stats: Arc<IoStats>,
+    scratch: Vec<u8>,
+    ready: Vec<epoll::Event>,
+}
+
+fn key(id: StreamId) -> u64 {
+    (u64::from(id.generation) << 32) | u64::from(id.index)
+}
+
+fn id_of(key: u64) -> StreamId {
+    StreamId {
+        index: key as u32,
+        generation: (key >> 32) as u32,
+    }
+}
+
+impl EpollEngine {
+    pub fn new() -> io::Result<Self> {
+        Ok(EpollEngine {
+            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+            streams: StreamTable::default(),
+            pending: Vec::new(),
+            stats: Arc::default(),
+            scratch: Vec::with_capacity(SCRATCH),
+            ready: Vec::with_capacity(1024),
+        })
+    }
+
+    fn set_waiting(&mut self, id: StreamId, op: Option<OpKind>) {
+        let stream = self.streams.get_mut(id).expect("live stream");
+        if stream.waiting == op {
+            return;
+        }
+        if let Some(old) = stream.waiting {
+            self.stats.op_reaped(old);
+        }
+        if let Some(new) = op {
+            self.stats.op_submitted(new);
+        }
+        stream.waiting = op;
+    }
+
+    /// Registers the fd for `flags` (or removes it for `None`).
+    fn register(&mut self, id: StreamId, flags: Option<epoll::EventFlags>) -> io::Result<()> {
+        let stream = self.streams.get_mut(id).expect("live stream");
+        if stream.registered == flags {
+            return Ok(());
+        }
+        let data = epoll::EventData::new_u64(key(id));
+        match (stream.registered, flags) {
+            (None, Some(f)) => epoll::add(&self.epoll, &stream.fd, data, f)?,
+            (Some(_), Some(f)) => epoll::modify(&self.epoll, &stream.fd, data, f)?,
+            (Some(_), None) => epoll::delete(&self.epoll, &stream.fd)?,
+            (None, None) => {}
+        }
+        stream.registered = flags;
+        Ok(())
+    }
+
+    /// Moves a stream as far as it can go without blocking, then registers for what it waits
+    /// on. Data and EOF are appended to `events`.
+    fn drive(&mut self, id: StreamId, events: &mut Vec<Event>) {
+        if let Err(e) = self.step(id, events) {
+            let stream = self.streams.get_mut(id).expect("live stream");
+            stream.phase = Phase::Finished;
+            events.push(Event::Error(id, e));
+        }
+        let stream = self.streams.get(id).expect("live stream");
+        let (waiting, flags) = match stream.phase {
+            Phase::Connecting => (Some(OpKind::Connect), None),
+            Phase::Sending => (Some(OpKind::Send), Some(epoll::EventFlags::OUT)),
+            Phase::Receiving if !stream.paused => (
+                Some(OpKind::Recv),
+                Some(epoll::EventFlags::IN | epoll::EventFlags::RDHUP),
+            ),
+            Phase::Receiving | Phase::Finished => (None, None),
+        };
+        self.set_waiting(id, waiting);
+        if let Err(e) = self.register(id, flags) {
+            let stream = self.streams.get_mut(id).expect("live stream");
+            stream.phase = Phase::Finished;
+            self.set_waiting(id, None);
+            events.push(Event::Error(id, e));
+        }
+    }
+
+    fn step(&mut self, id: StreamId, events: &mut Vec<Event>) -> io::Result<()> {
+        let stream = self.streams.get_mut(id).expect("live stream");
+        if stream.phase == Phase::Connecting {
+            let addr = SocketAddrUnix::new(stream.path.as_path())?;
+            match rustix::net::connect(&stream.fd, &addr) {
+                Ok(()) => stream.phase = Phase::Sending,
+                Err(Errno::AGAIN) => return Ok(()),
+                Err(e) => return Err(io::Error::new(e.kind(), format!("connect: {e}"))),
+            }
+        }
+        while stream.phase == Phase::Sending {
+            match rustix::net::send(
+                &stream.fd,
+                &stream.request,
+                rustix::net::SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => {
+                    let _ = stream.request.split_to(n);
+                    if stream.request.is_empty() {
+                        stream.phase = Phase::Receiving;
+                    }
+                }
+                Err(Errno::AGAIN) => return Ok(()),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(io::Error::new(e.kind(), format!("send: {e}"))),
+            }
+        }
+        let mut reads = 0;
+        while stream.phase == Phase::Receiving && !stream.paused && reads < READS_PER_WAKEUP {
+            self.scratch.clear();
+            match rustix::io::read(
+                &stream.fd,
+                rustix::buffer::spare_capacity(&mut self.scratch),
+            ) {
+                Ok(0) => {
+                    stream.phase = Phase::Finished;
+                    events.push(Event::Eof(id));
+                }
+                Ok(n) => {
+                    self.stats.received(n);
+                    events.push(Event::Data(id, Bytes::copy_from_slice(&self.scratch)));
+                    reads += 1;
+                }
+                Err(Errno::AGAIN) => return Ok(()),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(io::Error::new(e.kind(), format!("recv: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn finalize(&mut self, id: StreamId) {
+        self.set_waiting(id, None);
+        // Deregistering before the close keeps the epoll set exact even if the fd was dup'ed.
+        if let Err(e) = self.register(id, None) {
+            log::warn!("epoll delete for {id}: {e}");
+        }
+        if let Some(stream) = self.streams.remove(id) {
+            drop(stream.fd);
+            self.stats.stream_closed();
+            self.pending.push(Event::Closed(id));
+        }
+    }
+}
+
+impl Engine for EpollEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Epoll
+    }
+
+    fn open(&mut self, path: &Path, request: Bytes) -> io::Result<StreamId> {
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        let id = self.streams.insert(Stream {
+            fd,
+            path: path.to_path_buf(),
+            phase: Phase::Connecting,
+            request,
+            paused: false,
+            registered: None,
+            waiting: None,
+        });
+        self.stats.stream_opened();
+        let mut events = std::mem::take(&mut self.pending);
+        self.drive(id, &mut events);
+        self.pending = events;
+        Ok(id)
+    }
+
+    fn close(&mut self, id: StreamId) {
+        let Some(stream) = self.streams.get(id) else {
+            return;
+        };
+        let started = Instant::now();
+        if stream.waiting.is_some() {
+            self.stats.cancelled();
+        }
+        let had_op = stream.waiting.is_some();
+        // Events of this stream not yet handed out must not follow its close.
+        self.pending.retain(|event| match event {
+            Event::Data(s, _) | Event::Eof(s) | Event::Error(s, _) => *s != id,
+            Event::Closed(_) => true,
+        });
+        self.finalize(id);
+        if had_op {
+            self.stats
+                .cancel_reaped(started.elapsed().as_nanos().min(u64::MAX as u128) as u64);
+        }
+    }
+
+    fn set_paused(&mut self, id: StreamId, paused: bool) {
+        let Some(stream) = self.streams.get_mut(id) else {
+            return;
+        };
+        if stream.paused == paused {
+            return;
+        }
+        stream.paused = paused;
+        let mut events = std::mem::take(&mut self.pending);
+        self.drive(id, &mut events);
+        self.pending = events;
+    }
+
+    fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        events.append(&mut self.pending);
+        let connecting: Vec<StreamId> = self
+            .streams
+            .ids()
+            .into_iter()
+            .filter(|&id| self.streams.get(id).map(|s| s.phase) == Some(Phase::Connecting))
+            .collect();
+        let mut timeout = if events.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        if !connecting.is_empty() {
+            timeout = Some(timeout.map_or(CONNECT_RETRY, |t| t.min(CONNECT_RETRY)));
+        }
+        let ts = timeout.map(|t| rustix::event::Timespec {
+            tv_sec: t.as_secs() as i64,
+            tv_nsec: i64::from(t.subsec_nanos()),
+        });
+        self.ready.clear();
+        match epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(&mut self.ready),
+            ts.as_ref(),
+        ) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let ready: Vec<StreamId> = self.ready.iter().map(|e| id_of(e.data.u64())).collect();
+        for id in ready.into_iter().chain(connecting) {
+            if self.streams.get(id).is_some() {
+                self.drive(id, events);
+            }
+        }
+        Ok(())
+    }
+
+    fn live_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    fn stats(&self) -> Arc<IoStats> {
+        self.stats.clone()
+    }
+}
+
+impl Drop for EpollEngine {
+    fn drop(&mut self) {
+        for id in self.streams.ids() {
+            self.close(id);
+        }
+    }
+}

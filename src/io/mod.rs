@@ -1,0 +1,92 @@
+//! The stream engines: connect to a unix socket, send one request, receive until EOF or until
+//! told to stop, and close with every in-flight operation cancelled and reaped first.
+//!
+//! Two engines implement one contract ([`Engine`]):
+//! - [`uring::UringEngine`]: connect, send and recv are io_uring submissions; closing a stream
+//!   submits `IORING_OP_ASYNC_CANCEL` for its ops and closes the fd only after every completion,
+//!   the cancelled ones included, has been reaped.
+//! - [`epoll::EpollEngine`]: for hosts where io_uring is blocked (seccomp, `io_uring_disabled`).
+//!   Nothing is in flight in the kernel between two `poll` calls, so closing deregisters and
+//!   closes at once; the bookkeeping and counters are the same.
+//!
+//! The contract both keep:
+//! - every [`Engine::open`] is answered by exactly one [`Event::Closed`], and only after
+//!   [`Engine::close`] was called for that stream;
+//! - after `close`, no `Data`, `Eof` or `Error` event is delivered for the stream;
+//! - `Closed` means the fd is closed and no operation of the stream is left anywhere;
+//! - [`IoStats`] counts ops in flight per kind, live streams, and cancellations at all times.
+//!
+//! Engines are single-threaded: create one on the thread that polls it.
+
+pub mod epoll;
+mod select;
+mod stats;
+mod table;
+pub mod uring;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use select::{select_engine, EngineChoice, EngineKind, Selection};
+pub use stats::{IoStats, OpKind, StatsSnapshot};
+
+/// Names one stream of one engine. Ids are never reused while the engine lives: a stale id
+/// (its stream already closed) is ignored by every call.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stream#{}.{}", self.index, self.generation)
+    }
+}
+
+/// What [`Engine::poll`] reports.
+#[derive(Debug)]
+pub enum Event {
+    /// Bytes received, in order. A slice of the engine's receive buffer, handed over without a
+    /// copy on the io_uring engine.
+    Data(StreamId, Bytes),
+    /// The peer ended the stream. No more data will come; the stream stays until `close`.
+    Eof(StreamId),
+    /// Connecting, sending or receiving failed. The stream stays until `close`.
+    Error(StreamId, io::Error),
+    /// `close` is complete: every op was reaped and the fd is closed. The id is dead.
+    Closed(StreamId),
+}
+
+/// The stream API both engines offer.
+pub trait Engine {
+    /// Which engine this is.
+    fn kind(&self) -> EngineKind;
+
+    /// Connects to the unix socket at `path`, sends `request` whole, then receives. Progress
+    /// and data arrive as [`Event`]s from [`Engine::poll`].
+    fn open(&mut self, path: &Path, request: Bytes) -> io::Result<StreamId>;
+
+    /// Ends a stream: cancels whatever is in flight, and once all of it is reaped closes the
+    /// fd and reports [`Event::Closed`]. Closing a stream twice, or a stale id, does nothing.
+    fn close(&mut self, id: StreamId);
+
+    /// Stops (true) or restarts (false) receiving on a stream: while paused no receive is
+    /// armed once the one in flight completes, so a slow consumer holds back the socket, not
+    /// memory.
+    fn set_paused(&mut self, id: StreamId, paused: bool);
+
+    /// Waits up to `timeout` (`None`: until something happens) for events, appends them to
+    /// `events` and returns. Returns at once when events are already pending.
+    fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()>;
+
+    /// Streams opened and not yet reported `Closed`.
+    fn live_streams(&self) -> usize;
+
+    /// The engine's counters, shareable with other threads (metrics, health).
+    fn stats(&self) -> Arc<IoStats>;
+}

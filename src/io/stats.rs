@@ -1,0 +1,125 @@
+//! Counters an engine keeps up to date at every op submitted and reaped, readable from any
+//! thread. They are what shows a leak: ops in flight must track live streams, never drift.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// The kinds of operation an engine has in flight.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    Connect,
+    Send,
+    Recv,
+    Cancel,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 4] = [OpKind::Connect, OpKind::Send, OpKind::Recv, OpKind::Cancel];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Connect => "connect",
+            OpKind::Send => "send",
+            OpKind::Recv => "recv",
+            OpKind::Cancel => "cancel",
+        }
+    }
+}
+
+/// Live counters. Gauges are `i64` so that a bookkeeping bug shows as a negative value instead
+/// of wrapping around.
+#[derive(Debug, Default)]
+pub struct IoStats {
+    in_flight: [AtomicI64; 4],
+    streams_live: AtomicI64,
+    streams_opened: AtomicU64,
+    streams_closed: AtomicU64,
+    cancellations: AtomicU64,
+    cancel_reaped_nanos_sum: AtomicU64,
+    cancel_reaped_nanos_max: AtomicU64,
+    cancel_reaped_count: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+/// A consistent-enough copy of [`IoStats`] for printing and assertions.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub connect_in_flight: i64,
+    pub send_in_flight: i64,
+    pub recv_in_flight: i64,
+    pub cancel_in_flight: i64,
+    pub streams_live: i64,
+    pub streams_opened: u64,
+    pub streams_closed: u64,
+    /// Streams closed while an op was in flight, so that a cancel had to be submitted.
+    pub cancellations: u64,
+    /// Cancel submitted to last completion reaped: count, sum and max, in nanoseconds.
+    pub cancel_reaped_count: u64,
+    pub cancel_reaped_nanos_sum: u64,
+    pub cancel_reaped_nanos_max: u64,
+    pub bytes_received: u64,
+}
+
+impl StatsSnapshot {
+    pub fn ops_in_flight(&self) -> i64 {
+        self.connect_in_flight + self.send_in_flight + self.recv_in_flight + self.cancel_in_flight
+    }
+}
+
+fn slot(kind: OpKind) -> usize {
+    kind as usize
+}
+
+impl IoStats {
+    pub(crate) fn op_submitted(&self, kind: OpKind) {
+        self.in_flight[slot(kind)].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn op_reaped(&self, kind: OpKind) {
+        self.in_flight[slot(kind)].fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn stream_opened(&self) {
+        self.streams_live.fetch_add(1, Relaxed);
+        self.streams_opened.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn stream_closed(&self) {
+        self.streams_live.fetch_sub(1, Relaxed);
+        self.streams_closed.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn cancelled(&self) {
+        self.cancellations.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn cancel_reaped(&self, nanos: u64) {
+        self.cancel_reaped_count.fetch_add(1, Relaxed);
+        self.cancel_reaped_nanos_sum.fetch_add(nanos, Relaxed);
+        self.cancel_reaped_nanos_max.fetch_max(nanos, Relaxed);
+    }
+
+    pub(crate) fn received(&self, bytes: usize) {
+        self.bytes_received.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn in_flight(&self, kind: OpKind) -> i64 {
+        self.in_flight[slot(kind)].load(Relaxed)
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            connect_in_flight: self.in_flight(OpKind::Connect),
+            send_in_flight: self.in_flight(OpKind::Send),
+            recv_in_flight: self.in_flight(OpKind::Recv),
+            cancel_in_flight: self.in_flight(OpKind::Cancel),
+            streams_live: self.streams_live.load(Relaxed),
+            streams_opened: self.streams_opened.load(Relaxed),
+            streams_closed: self.streams_closed.load(Relaxed),
+            cancellations: self.cancellations.load(Relaxed),
+            cancel_reaped_count: self.cancel_reaped_count.load(Relaxed),
+            cancel_reaped_nanos_sum: self.cancel_reaped_nanos_sum.load(Relaxed),
+            cancel_reaped_nanos_max: self.cancel_reaped_nanos_max.load(Relaxed),
+            bytes_received: self.bytes_received.load(Relaxed),
+        }
+    }
+}

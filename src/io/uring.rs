@@ -1,0 +1,611 @@
+//! The io_uring engine: every connect, send and recv of a stream is a ring submission, and a
+//! stream is closed by cancelling what it has in flight and reaping every completion before
+//! its buffer is released and its fd closed.
+//!
+//! Why this order matters (NOTES section 2): an io_uring recv holds its own reference to the
+//! file, so `close(fd)` alone neither stops the read nor closes the socket, and the kernel
+//! may still write into the buffer. So a buffer handed to the kernel lives in the op table
+//! entry of its op, and that entry is only removed when the op's completion is reaped.
+//!
+//! This is the only module of the crate with `unsafe` code.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{opcode, squeue, IoUring, Probe};
+use slab::Slab;
+
+use super::table::StreamTable;
+use super::{Engine, EngineKind, Event, IoStats, OpKind, StreamId};
+
+/// Submission queue entries. Not a limit on streams: a full queue is submitted and reused.
+const SQ_ENTRIES: u32 = 256;
+/// Completion queue entries: room for one recv completion per stream at 4096 streams without
+/// relying on the kernel's overflow list.
+const CQ_ENTRIES: u32 = 8192;
+/// Size of a fresh receive buffer. Received bytes are split off and handed out; the rest of
+/// the allocation serves the next receives, so an idle stream costs one such buffer.
+const RECV_BUFFER: usize = 64 * 1024;
+/// Below this much spare room, the next receive gets a fresh buffer instead.
+const RECV_MIN_SPARE: usize = 4 * 1024;
+
+/// What the kernel offers, found by [`probe`].
+#[derive(Clone, Debug)]
+pub struct UringSupport {
+    /// `IORING_ASYNC_CANCEL_FD | _ALL` (5.19): one cancel per stream instead of one per op.
+    pub cancel_by_fd: bool,
+    /// The ring could be set up with `SINGLE_ISSUER | DEFER_TASKRUN` (6.1).
+    pub defer_taskrun: bool,
+}
+
+/// Checks that io_uring can run this engine here: a ring can be set up (seccomp profiles and
+/// `kernel.io_uring_disabled` make this fail with EPERM), the kernel knows every opcode the
+/// engine submits, and waits can carry a timeout (`IORING_FEAT_EXT_ARG`, 5.11).
+pub fn probe() -> Result<UringSupport, String> {
+    let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    if !ring.params().is_feature_ext_arg() {
+        return Err("kernel lacks IORING_FEAT_EXT_ARG (needs Linux 5.11)".into());
+    }
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("IORING_REGISTER_PROBE failed: {e}"))?;
+    for (code, name) in [
+        (opcode::Connect::CODE, "CONNECT"),
+        (opcode::Send::CODE, "SEND"),
+        (opcode::Recv::CODE, "RECV"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(format!("kernel does not support IORING_OP_{name}"));
+        }
+    }
+    let cancel_by_fd = probe_cancel_by_fd(ring).unwrap_or(false);
+    let defer_taskrun = build_ring(true).is_ok();
+    Ok(UringSupport {
+        cancel_by_fd,
+        defer_taskrun,
+    })
+}
+
+/// Cancel-by-fd is a flag of ASYNC_CANCEL, not an opcode, so `register_probe` cannot tell:
+/// cancel all ops of an idle socket and see whether the kernel answers with a count (0 here;
+/// with `_ALL` it counts what it cancelled) or ENOENT, or EINVAL for flags it does not know.
+fn probe_cancel_by_fd(mut ring: IoUring) -> io::Result<bool> {
+    let (a, _b) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let entry = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(a.as_raw_fd())).all())
+        .build()
+        .user_data(1);
+    // SAFETY: the entry references no memory; the fd outlives the wait below, which reaps the
+    // one completion before `a` is dropped.
+    unsafe { ring.submission().push(&entry) }.map_err(|_| io::Error::other("probe ring full"))?;
+    ring.submit_and_wait(1)?;
+    let result = ring.completion().next().map(|cqe| cqe.result());
+    Ok(matches!(result, Some(r) if r >= 0 || r == -libc::ENOENT))
+}
+
+fn build_ring(defer_taskrun: bool) -> io::Result<IoUring> {
+    let mut builder = IoUring::builder();
+    builder.setup_cqsize(CQ_ENTRIES);
+    if defer_taskrun {
+        // Completions are then processed only when this thread waits for them: no task-work
+        // interrupts while the thread is busy decoding.
+        builder.setup_single_issuer().setup_defer_taskrun();
+    }
+    builder.build(SQ_ENTRIES)
+}
+
+/// Where a stream is in its life.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Sending,
+    Receiving,
+    /// EOF or an error was reported: nothing more is submitted.
+    Finished,
+}
+
+struct Stream {
+    fd: OwnedFd,
+    phase: Phase,
+    /// Keys of this stream's ops in the op table. The fd and the stream itself go away only
+    /// once this is empty.
+    in_flight: Vec<usize>,
+    /// The request, until the connect completes and a send takes it.
+    request: Bytes,
+    /// Receive buffer while no recv holds it.
+    buf: BytesMut,
+    recv_armed: bool,
+    paused: bool,
+    /// When `close` was called; set once.
+    closing: Option<Instant>,
+    /// A cancel could not be queued (ring full and its submit failed): `poll` retries.
+    cancel_owed: bool,
+}
+
+/// The memory an op lends to the kernel. Held in the op table until the op's completion is
+/// reaped, whatever happens to the stream meanwhile.
+enum Lent {
+    #[expect(
+        dead_code,
+        reason = "never read by us: the kernel reads it until the completion"
+    )]
+    Connect(Box<libc::sockaddr_un>),
+    Send(Bytes),
+    Recv(BytesMut),
+    Cancel,
+}
+
+struct Op {
+    stream: StreamId,
+    kind: OpKind,
+    lent: Lent,
+}
+
+/// The io_uring stream engine. One per thread: `!Send`, because with `SINGLE_ISSUER` only the
+/// thread that set up the ring may submit to it.
+pub struct UringEngine {
+    ring: IoUring,
+    ops: Slab<Op>,
+    streams: StreamTable<Stream>,
+    /// Events produced outside `poll` (a close with nothing in flight), delivered by it.
+    pending: Vec<Event>,
+    stats: Arc<IoStats>,
+    support: UringSupport,
+    /// Completions copied out of the ring before handling, since handling submits.
+    reaped: Vec<(u64, i32)>,
+    _single_thread: PhantomData<*const ()>,
+}
+
+impl UringEngine {
+    /// Sets up a ring as [`probe`] found possible.
+    pub fn new(support: UringSupport) -> io::Result<Self> {
+        let ring = build_ring(support.defer_taskrun)?;
+        Ok(UringEngine {
+            ring,
+            ops: Slab::new(),
+            streams: StreamTable::default(),
+            pending: Vec::new(),
+            stats: Arc::default(),
+            support,
+            reaped: Vec::new(),
+            _single_thread: PhantomData,
+        })
+    }
+
+    pub fn support(&self) -> &UringSupport {
+        &self.support
+    }
+
+    /// Queues `entry` for the op `op`, recording the op in the table first so that its
+    /// completion always finds it. The op is in flight from here on.
+    fn submit(&mut self, entry: squeue::Entry, op: Op) -> io::Result<()> {
+        let kind = op.kind;
+        let stream = op.stream;
+        let key = self.ops.insert(op);
+        let entry = entry.user_data(key as u64);
+        loop {
+            // SAFETY: every pointer in `entry` points into memory owned by `self.ops[key]`
+            // (a boxed address, a `Bytes`, or a `BytesMut`'s heap allocation, none of which
+            // moves when the table grows) or is a plain fd owned by the stream, and both stay
+            // alive until this op's completion is reaped in `complete`.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                break;
+            }
+            // Queue full: hand what is queued to the kernel to make room.
+            if let Err(e) = self.ring.submit() {
+                // The entry never reached the kernel: the op is not in flight.
+                self.ops.remove(key);
+                return Err(e);
+            }
+        }
+        self.stats.op_submitted(kind);
+        if let Some(s) = self.streams.get_mut(stream) {
+            s.in_flight.push(key);
+        }
+        Ok(())
+    }
+
+    fn submit_connect(&mut self, id: StreamId, path: &Path) -> io::Result<()> {
+        let addr = sockaddr_un(path)?;
+        let fd = self.stream(id).fd.as_raw_fd();
+        let entry = opcode::Connect::new(
+            Fd(fd),
+            (&*addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+        .build();
+        self.submit(
+            entry,
+            Op {
+                stream: id,
+                kind: OpKind::Connect,
+                lent: Lent::Connect(addr),
+            },
+        )
+    }
+
+    fn submit_send(&mut self, id: StreamId, data: Bytes) -> io::Result<()> {
+        let fd = self.stream(id).fd.as_raw_fd();
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Send::new(Fd(fd), data.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        self.submit(
+            entry,
+            Op {
+                stream: id,
+                kind: OpKind::Send,
+                lent: Lent::Send(data),
+            },
+        )
+    }
+
+    /// Arms a recv unless one is armed, the stream is paused, finished or closing.
+    fn arm_recv(&mut self, id: StreamId) -> io::Result<()> {
+        let stream = self.stream_mut(id);
+        if stream.recv_armed
+            || stream.paused
+            || stream.phase != Phase::Receiving
+            || stream.closing.is_some()
+        {
+            return Ok(());
+        }
+        let mut buf = std::mem::take(&mut stream.buf);
+        if buf.capacity() - buf.len() < RECV_MIN_SPARE {
+            // Reuses the old allocation when every slice handed out of it has been dropped.
+            buf.reserve(RECV_BUFFER);
+        }
+        let spare = buf.spare_capacity_mut();
+        let (ptr, len) = (spare.as_mut_ptr().cast::<u8>(), spare.len());
+        let fd = stream.fd.as_raw_fd();
+        let entry = opcode::Recv::new(Fd(fd), ptr, u32::try_from(len).unwrap_or(u32::MAX)).build();
+        stream.recv_armed = true;
+        let result = self.submit(
+            entry,
+            Op {
+                stream: id,
+                kind: OpKind::Recv,
+                lent: Lent::Recv(buf),
+            },
+        );
+        if result.is_err() {
+            self.stream_mut(id).recv_armed = false;
+        }
+        result
+    }
+
+    fn submit_cancel(&mut self, id: StreamId) -> io::Result<()> {
+        let stream = self.stream(id);
+        let targets: Vec<squeue::Entry> = if self.support.cancel_by_fd {
+            let fd = stream.fd.as_raw_fd();
+            vec![opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all()).build()]
+        } else {
+            stream
+                .in_flight
+                .iter()
+                .filter(|&&key| self.ops[key].kind != OpKind::Cancel)
+                .map(|&key| opcode::AsyncCancel::new(key as u64).build())
+                .collect()
+        };
+        for entry in targets {
+            self.submit(
+                entry,
+                Op {
+                    stream: id,
+                    kind: OpKind::Cancel,
+                    lent: Lent::Cancel,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn stream(&self, id: StreamId) -> &Stream {
+        self.streams.get(id).expect("live stream")
+    }
+
+    fn stream_mut(&mut self, id: StreamId) -> &mut Stream {
+        self.streams.get_mut(id).expect("live stream")
+    }
+
+    /// Reports a failure and stops submitting for the stream; it stays until `close`.
+    fn fail(&mut self, id: StreamId, error: io::Error, events: &mut Vec<Event>) {
+        self.stream_mut(id).phase = Phase::Finished;
+        events.push(Event::Error(id, error));
+    }
+
+    /// Handles one reaped completion. The op leaves the table here, and with it the memory it
+    /// lent to the kernel returns to its owner.
+    fn complete(&mut self, key: usize, result: i32, events: &mut Vec<Event>) {
+        let Some(op) = self.ops.try_remove(key) else {
+            log::error!("io_uring completion for unknown op {key} (result {result})");
+            return;
+        };
+        self.stats.op_reaped(op.kind);
+        let id = op.stream;
+        let Some(stream) = self.streams.get_mut(id) else {
+            // Cannot happen: a stream is removed only once its in-flight list is empty.
+            log::error!("io_uring completion for {id}, which is gone");
+            return;
+        };
+        stream.in_flight.retain(|&k| k != key);
+
+        if let Some(since) = stream.closing {
+            match op.lent {
+                Lent::Cancel
+                    if result < 0 && result != -libc::ENOENT && result != -libc::EALREADY =>
+                {
+                    log::warn!(
+                        "cancel for {id} failed: {}",
+                        io::Error::from_raw_os_error(-result)
+                    );
+                }
+                _ => {}
+            }
+            if stream.in_flight.is_empty() {
+                let nanos = since.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+                self.stats.cancel_reaped(nanos);
+                self.finalize(id, events);
+            }
+            return;
+        }
+
+        let next = match op.lent {
+            Lent::Connect(_) if result < 0 => Err(os_error("connect", result)),
+            Lent::Connect(_) => {
+                let stream = self.stream_mut(id);
+                stream.phase = Phase::Sending;
+                let request = std::mem::take(&mut stream.request);
+                self.submit_send(id, request)
+            }
+            Lent::Send(_) if result < 0 => Err(os_error("send", result)),
+            Lent::Send(data) => {
+                let rest = data.slice(result as usize..);
+                if rest.is_empty() {
+                    self.stream_mut(id).phase = Phase::Receiving;
+                    self.arm_recv(id)
+                } else {
+                    self.submit_send(id, rest)
+                }
+            }
+            Lent::Recv(mut buf) => {
+                let stream = self.stream_mut(id);
+                stream.recv_armed = false;
+                if result > 0 {
+                    let n = result as usize;
+                    // SAFETY: the kernel wrote `n` bytes into the spare capacity starting at
+                    // `buf.len()`, which this op owned until the completion just reaped.
+                    unsafe { buf.set_len(buf.len() + n) };
+                    let data = buf.split().freeze();
+                    stream.buf = buf;
+                    self.stats.received(n);
+                    events.push(Event::Data(id, data));
+                    self.arm_recv(id)
+                } else if result == 0 {
+                    stream.buf = buf;
+                    stream.phase = Phase::Finished;
+                    events.push(Event::Eof(id));
+                    Ok(())
+                } else if result == -libc::EINTR || result == -libc::EAGAIN {
+                    stream.buf = buf;
+                    self.arm_recv(id)
+                } else {
+                    stream.buf = buf;
+                    Err(os_error("recv", result))
+                }
+            }
+            // A cancel is only ever submitted for a closing stream, handled above.
+            Lent::Cancel => Ok(()),
+        };
+        if let Err(e) = next {
+            self.fail(id, e, events);
+        }
+    }
+
+    /// The last step of a close: nothing of the stream is in flight, so its fd can be closed
+    /// and its buffer freed.
+    fn finalize(&mut self, id: StreamId, events: &mut Vec<Event>) {
+        if let Some(stream) = self.streams.remove(id) {
+            debug_assert!(stream.in_flight.is_empty());
+            drop(stream.fd);
+            self.stats.stream_closed();
+            events.push(Event::Closed(id));
+        }
+    }
+
+    fn retry_owed_cancels(&mut self) {
+        for id in self.streams.ids() {
+            if self.stream(id).cancel_owed && self.submit_cancel(id).is_ok() {
+                self.stream_mut(id).cancel_owed = false;
+            }
+        }
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let result = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(timeout) => {
+                let ts = Timespec::from(timeout);
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            // ETIME: the timeout passed; EINTR: a signal; EBUSY: completions are waiting to
+            // be reaped first, which is what happens next.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn os_error(what: &str, result: i32) -> io::Error {
+    let error = io::Error::from_raw_os_error(-result);
+    io::Error::new(error.kind(), format!("{what}: {error}"))
+}
+
+fn sockaddr_un(path: &Path) -> io::Result<Box<libc::sockaddr_un>> {
+    // SAFETY: sockaddr_un is plain old data, for which all-zero bytes are a valid value.
+    let mut addr: Box<libc::sockaddr_un> = Box::new(unsafe { std::mem::zeroed() });
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "socket path too long ({} bytes): {}",
+                bytes.len(),
+                path.display()
+            ),
+        ));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    Ok(addr)
+}
+
+impl Engine for UringEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Uring
+    }
+
+    fn open(&mut self, path: &Path, request: Bytes) -> io::Result<StreamId> {
+        // A blocking socket: io_uring polls it internally, while O_NONBLOCK would hand EAGAIN
+        // back to us instead of waiting.
+        let fd = rustix::net::socket_with(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )?;
+        let id = self.streams.insert(Stream {
+            fd,
+            phase: Phase::Connecting,
+            in_flight: Vec::new(),
+            request,
+            buf: BytesMut::new(),
+            recv_armed: false,
+            paused: false,
+            closing: None,
+            cancel_owed: false,
+        });
+        self.stats.stream_opened();
+        if let Err(e) = self.submit_connect(id, path) {
+            self.streams.remove(id);
+            self.stats.stream_closed();
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    fn close(&mut self, id: StreamId) {
+        let Some(stream) = self.streams.get_mut(id) else {
+            return;
+        };
+        if stream.closing.is_some() {
+            return;
+        }
+        stream.closing = Some(Instant::now());
+        if stream.in_flight.is_empty() {
+            let mut events = std::mem::take(&mut self.pending);
+            self.finalize(id, &mut events);
+            self.pending = events;
+            return;
+        }
+        self.stats.cancelled();
+        if let Err(e) = self.submit_cancel(id) {
+            log::warn!("cancel for {id} not queued yet, will retry: {e}");
+            self.stream_mut(id).cancel_owed = true;
+        }
+    }
+
+    fn set_paused(&mut self, id: StreamId, paused: bool) {
+        let Some(stream) = self.streams.get_mut(id) else {
+            return;
+        };
+        stream.paused = paused;
+        if !paused {
+            if let Err(e) = self.arm_recv(id) {
+                let mut events = std::mem::take(&mut self.pending);
+                self.fail(id, e, &mut events);
+                self.pending = events;
+            }
+        }
+    }
+
+    fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
+        self.retry_owed_cancels();
+        events.append(&mut self.pending);
+        let ready = !events.is_empty() || !self.ring.completion().is_empty();
+        self.wait(if ready { Some(Duration::ZERO) } else { timeout })?;
+        self.reaped.extend(
+            self.ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result())),
+        );
+        let reaped = std::mem::take(&mut self.reaped);
+        for &(key, result) in &reaped {
+            self.complete(key as usize, result, events);
+        }
+        self.reaped = reaped;
+        self.reaped.clear();
+        Ok(())
+    }
+
+    fn live_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    fn stats(&self) -> Arc<IoStats> {
+        self.stats.clone()
+    }
+}
+
+impl Drop for UringEngine {
+    /// Closes every stream the proper way: cancel, reap, close. Should the kernel fail to
+    /// complete an op, its memory is leaked rather than freed under the kernel's feet.
+    fn drop(&mut self) {
+        for id in self.streams.ids() {
+            self.close(id);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut events = Vec::new();
+        while !self.ops.is_empty() && Instant::now() < deadline {
+            if let Err(e) = self.poll(&mut events, Some(Duration::from_millis(100))) {
+                log::error!("io_uring wait failed while shutting down: {e}");
+                break;
+            }
+            events.clear();
+        }
+        if !self.ops.is_empty() {
+            log::error!(
+                "{} io_uring ops not reaped at shutdown; leaking their buffers",
+                self.ops.len()
+            );
+            std::mem::forget(std::mem::take(&mut self.ops));
+        }
+    }
+}

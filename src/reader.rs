@@ -1,0 +1,169 @@
+//! Container log streams: an engine stream and its decoder, raw socket bytes in, lines out.
+//!
+//! The reader owns the life of each stream. A stream that ends (EOF, a malformed frame, a
+//! daemon error, a socket error) is reported once as [`ReaderEvent::Ended`] and closed by the
+//! reader itself; a stream closed on request (rotation, shutdown) is not reported as ended.
+//! Either way [`ReaderEvent::Closed`] comes last, once the engine has reaped everything.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::decode::{DecodeError, DecodeOptions, LogDecoder, LogLine};
+use crate::docker::{logs_request, LogsQuery};
+use crate::io::{Engine, Event, StreamId};
+
+/// Which container's log to read, and how.
+#[derive(Clone, Debug)]
+pub struct StreamSpec {
+    pub container_id: String,
+    /// TTY containers send a raw stream, without frame headers.
+    pub tty: bool,
+    pub query: LogsQuery,
+}
+
+/// Why a stream ended other than by `close`.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(io::Error),
+    Decode(DecodeError),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "socket: {e}"),
+            ReadError::Decode(e) => write!(f, "stream: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+#[derive(Debug)]
+pub enum ReaderEvent {
+    Line(StreamId, LogLine),
+    /// The stream ended by itself: `Ok` at a clean end of the response (the container
+    /// stopped, or a `follow=0` read is complete), `Err` otherwise. `Closed` follows.
+    Ended(StreamId, Result<(), ReadError>),
+    /// Everything of the stream is released; its id is dead.
+    Closed(StreamId),
+}
+
+struct Tracked {
+    decoder: LogDecoder,
+    /// Set once the stream is closing: its remaining events are not reported.
+    closing: bool,
+}
+
+pub struct LogReader {
+    engine: Box<dyn Engine>,
+    socket: PathBuf,
+    streams: HashMap<StreamId, Tracked>,
+    events: Vec<Event>,
+    lines: Vec<LogLine>,
+}
+
+impl LogReader {
+    pub fn new(engine: Box<dyn Engine>, socket: &Path) -> Self {
+        LogReader {
+            engine,
+            socket: socket.to_path_buf(),
+            streams: HashMap::new(),
+            events: Vec::new(),
+            lines: Vec::new(),
+        }
+    }
+
+    pub fn engine(&self) -> &dyn Engine {
+        &*self.engine
+    }
+
+    pub fn open(&mut self, spec: &StreamSpec) -> io::Result<StreamId> {
+        let request = logs_request(&spec.container_id, spec.query);
+        let id = self.engine.open(&self.socket, request)?;
+        let decoder = LogDecoder::new(DecodeOptions {
+            tty: spec.tty,
+            timestamps: true,
+        });
+        self.streams.insert(
+            id,
+            Tracked {
+                decoder,
+                closing: false,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Closes a stream: its reads are cancelled and reaped, then `Closed` is reported. A line
+    /// not yet complete is dropped with it: the reopened stream reads it again whole.
+    pub fn close(&mut self, id: StreamId) {
+        if let Some(tracked) = self.streams.get_mut(&id) {
+            tracked.closing = true;
+            self.engine.close(id);
+        }
+    }
+
+    pub fn set_paused(&mut self, id: StreamId, paused: bool) {
+        self.engine.set_paused(id, paused);
+    }
+
+    /// Streams opened and not yet reported `Closed`.
+    pub fn live_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn poll(
+        &mut self,
+        out: &mut Vec<ReaderEvent>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        self.engine.poll(&mut self.events, timeout)?;
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            self.handle(event, out);
+        }
+        self.events = events;
+        Ok(())
+    }
+
+    fn handle(&mut self, event: Event, out: &mut Vec<ReaderEvent>) {
+        let id = match &event {
+            Event::Data(id, _) | Event::Eof(id) | Event::Error(id, _) | Event::Closed(id) => *id,
+        };
+        if let Event::Closed(_) = event {
+            self.streams.remove(&id);
+            out.push(ReaderEvent::Closed(id));
+            return;
+        }
+        let Some(tracked) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if tracked.closing {
+            return;
+        }
+        let end = match event {
+            Event::Data(_, data) => match tracked.decoder.feed(data, &mut self.lines) {
+                Ok(()) => None,
+                Err(e) => Some(Err(ReadError::Decode(e))),
+            },
+            Event::Eof(_) => Some(
+                tracked
+                    .decoder
+                    .finish(&mut self.lines)
+                    .map_err(ReadError::Decode),
+            ),
+            Event::Error(_, e) => Some(Err(ReadError::Io(e))),
+            Event::Closed(_) => unreachable!("handled above"),
+        };
+        out.extend(self.lines.drain(..).map(|line| ReaderEvent::Line(id, line)));
+        if let Some(result) = end {
+            tracked.closing = true;
+            out.push(ReaderEvent::Ended(id, result));
+            self.engine.close(id);
+        }
+    }
+}

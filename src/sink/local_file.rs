@@ -1,0 +1,476 @@
+//! `sinks.local_file`: JSON lines or text appended to files named by the Go patterns.
+//!
+//! File names (relative to `directory`):
+//! - The pattern is `filename_pattern_containers` for container entries (`source_type` `docker`
+//!   or `container`), `filename_pattern_files` for `file` entries, else `filename_pattern`.
+//!   (The Go version compared against `container` only, while its entries said `docker`, so its
+//!   container pattern and container placeholders never applied; here they do.)
+//! - Placeholders: `{date}` (`2006-01-02`, i.e. YYYY-MM-DD) and `{hour}` (HH) of the entry's
+//!   **log timestamp in UTC** (the Go version used its capture time, local zone);
+//!   `{nomedocontainer}` (label `container_name`, without a leading `/`); `{idcontainer}` (label
+//!   `container_id`, else the source id, cut to 12 characters); `{nomedoarquivomonitorado}`
+//!   (base name of label `file_path`, else of `file_name`, without its extension); and ours,
+//!   `{source_type}` and `{name}` (the name part of the default). Values are sanitized: each of
+//!   `/ \ : * ? " < > |` and space becomes `_`. A placeholder without a value becomes
+//!   `unknown-container`, `unknown-id`, `unknown-file` (as in Go) or `unknown`.
+//! - With no pattern: the Go default `{date}_{source_type}_{name}.log`, where `{name}` is the
+//!   container name or the monitored file's base name, and is left out (with its `_`) when there
+//!   is neither.
+//!
+//! Files are opened in append mode (created `file_permissions`, directories `dir_permissions`),
+//! and at most `max_open_files` handles stay open (least recently used is synced and closed;
+//! handles idle for `idle_close` are closed at [`Sink::flush`]). `write_batch` writes;
+//! `flush` fsyncs every file written since the last flush and the directories where files were
+//! created. A write that fails part way is cut back (`ftruncate`) so that no torn line stays
+//! before the retry.
+//!
+//! This sink never deletes, renames or compresses anything (the Go version's hourly rotation
+//! deleted every `*.log*` file of the directory because its limits were never read).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::format::{civil, json_line, TextFormatOptions, TextFormatter};
+use super::{Sink, SinkError};
+use crate::entry::LogEntry;
+
+const SINK: &str = "local_file";
+
+/// `sinks.local_file.output_format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// One JSON object per line, keys sorted ([`super::format::json_line`]).
+    #[default]
+    Json,
+    /// `text_format` lines ([`super::format::TextFormatter`]).
+    Text,
+}
+
+impl OutputFormat {
+    /// The Go rule: `text` (any case) is text, anything else JSON.
+    pub fn from_go(s: &str) -> OutputFormat {
+        if s.trim().eq_ignore_ascii_case("text") {
+            OutputFormat::Text
+        } else {
+            OutputFormat::Json
+        }
+    }
+}
+
+/// Options of the file sink, named after the Go keys (`sinks.local_file.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalFileOptions {
+    pub directory: PathBuf,
+    /// Fallback pattern; empty means the Go default `{date}_{source_type}_{name}.log`.
+    pub filename_pattern: String,
+    /// Pattern for container entries; empty means `filename_pattern`.
+    pub filename_pattern_containers: String,
+    /// Pattern for monitored-file entries; empty means `filename_pattern`.
+    pub filename_pattern_files: String,
+    pub output_format: OutputFormat,
+    pub text_format: TextFormatOptions,
+    /// Open handles kept at most (Go: `max_open_files`, default 100).
+    pub max_open_files: usize,
+    /// Mode of created files (Go: `file_permissions` "0644").
+    pub file_permissions: u32,
+    /// Mode of created directories (Go: `dir_permissions` "0755").
+    pub dir_permissions: u32,
+    /// Ours: a handle unused this long is closed at the next flush.
+    pub idle_close: Duration,
+}
+
+impl Default for LocalFileOptions {
+    fn default() -> Self {
+        LocalFileOptions {
+            directory: PathBuf::from("/tmp/logs/output"),
+            filename_pattern: String::new(),
+            filename_pattern_containers: String::new(),
+            filename_pattern_files: String::new(),
+            output_format: OutputFormat::Json,
+            text_format: TextFormatOptions::default(),
+            max_open_files: 100,
+            file_permissions: 0o644,
+            dir_permissions: 0o755,
+            idle_close: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Each of `/ \ : * ? " < > |` and space becomes `_` (the Go `sanitizeFilename`).
+pub fn sanitize_filename(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|' | ' ' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Go's `strings.TrimSuffix(b, filepath.Ext(b))`: drops from the last `.` on.
+fn strip_ext(name: &str) -> &str {
+    match name.rfind('.') {
+        Some(i) => &name[..i],
+        None => name,
+    }
+}
+
+fn is_container(source_type: &str) -> bool {
+    source_type == "docker" || source_type == "container"
+}
+
+impl LocalFileOptions {
+    /// The options with `directory` set and the rest default.
+    pub fn new(directory: impl Into<PathBuf>) -> Self {
+        LocalFileOptions {
+            directory: directory.into(),
+            ..Default::default()
+        }
+    }
+
+    fn pattern_for(&self, source_type: &str) -> &str {
+        if is_container(source_type) && !self.filename_pattern_containers.is_empty() {
+            &self.filename_pattern_containers
+        } else if source_type == "file" && !self.filename_pattern_files.is_empty() {
+            &self.filename_pattern_files
+        } else {
+            &self.filename_pattern
+        }
+    }
+
+    /// The file name (relative to `directory`) an entry goes to.
+    pub fn file_name(&self, e: &LogEntry) -> String {
+        let c = civil(e.timestamp_ns);
+        let date = format!("{:04}-{:02}-{:02}", c.year, c.month, c.day);
+        let labels = &e.labels;
+        let legacy_name = if let Some(n) = labels.get("container_name") {
+            Some(sanitize_filename(n.trim_start_matches('/')))
+        } else {
+            labels
+                .get("filepath")
+                .or_else(|| labels.get("file_path"))
+                .map(|p| sanitize_filename(base_name(p)))
+        };
+        let pattern = self.pattern_for(e.source_type);
+        if pattern.is_empty() {
+            let mut parts = vec![date];
+            if !e.source_type.is_empty() {
+                parts.push(e.source_type.to_string());
+            }
+            if let Some(n) = legacy_name {
+                parts.push(n);
+            }
+            return parts.join("_") + ".log";
+        }
+        let mut out = pattern.to_string();
+        let mut sub = |key: &str, val: &dyn Fn() -> String| {
+            if out.contains(key) {
+                out = out.replace(key, &val());
+            }
+        };
+        sub("{date}", &|| date.clone());
+        sub("{hour}", &|| format!("{:02}", c.hour));
+        sub("{source_type}", &|| sanitize_filename(e.source_type));
+        sub("{name}", &|| {
+            legacy_name.clone().unwrap_or_else(|| "unknown".to_string())
+        });
+        sub(
+            "{nomedocontainer}",
+            &|| match labels.get("container_name") {
+                Some(n) => sanitize_filename(n.trim_start_matches('/')),
+                None => "unknown-container".to_string(),
+            },
+        );
+        sub("{idcontainer}", &|| {
+            let id = match labels.get("container_id") {
+                Some(id) => id.as_str(),
+                None if is_container(e.source_type) && !e.source_id.is_empty() => &e.source_id,
+                None => return "unknown-id".to_string(),
+            };
+            sanitize_filename(&id.chars().take(12).collect::<String>())
+        });
+        sub("{nomedoarquivomonitorado}", &|| match labels
+            .get("file_path")
+            .or_else(|| labels.get("filepath"))
+        {
+            Some(p) => sanitize_filename(strip_ext(base_name(p))),
+            None => match labels.get("file_name") {
+                Some(n) => sanitize_filename(strip_ext(n)),
+                None => "unknown-file".to_string(),
+            },
+        });
+        out
+    }
+}
+
+struct Handle {
+    file: File,
+    size: u64,
+    tick: u64,
+    used_at: Instant,
+    dirty: bool,
+}
+
+/// Remembers the file of the previous entry within one batch: entries of one container in one
+/// hour share their name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct NameKey {
+    labels: usize,
+    source_id: usize,
+    source_type: &'static str,
+    hour: i64,
+}
+
+/// The file sink. See the module documentation for names, handles and durability.
+pub struct LocalFileSink {
+    opts: LocalFileOptions,
+    text: TextFormatter,
+    files: HashMap<PathBuf, Handle>,
+    dirs_to_sync: HashSet<PathBuf>,
+    tick: u64,
+    groups: Vec<(PathBuf, Vec<u8>)>,
+    entries_written: u64,
+    bytes_written: u64,
+}
+
+impl LocalFileSink {
+    /// Creates `directory` if needed. Nothing else is touched until the first batch.
+    pub fn new(opts: LocalFileOptions) -> Result<Self, SinkError> {
+        if opts.directory.as_os_str().is_empty() {
+            return Err(SinkError::Config {
+                sink: SINK,
+                reason: "directory is empty".into(),
+            });
+        }
+        make_dirs(&opts.directory, opts.dir_permissions)?;
+        Ok(LocalFileSink {
+            text: TextFormatter::new(opts.text_format.clone()),
+            opts,
+            files: HashMap::new(),
+            dirs_to_sync: HashSet::new(),
+            tick: 0,
+            groups: Vec::new(),
+            entries_written: 0,
+            bytes_written: 0,
+        })
+    }
+
+    pub fn options(&self) -> &LocalFileOptions {
+        &self.opts
+    }
+
+    /// The full path an entry goes to.
+    pub fn path_for(&self, e: &LogEntry) -> PathBuf {
+        self.opts.directory.join(self.opts.file_name(e))
+    }
+
+    /// Handles open now.
+    pub fn open_files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Entries and bytes written since creation (counting retried batches again).
+    pub fn written(&self) -> (u64, u64) {
+        (self.entries_written, self.bytes_written)
+    }
+
+    fn format(&self, out: &mut Vec<u8>, e: &LogEntry) {
+        match self.opts.output_format {
+            OutputFormat::Json => json_line(out, e),
+            OutputFormat::Text => self.text.line(out, e),
+        }
+    }
+
+    fn handle(&mut self, path: &Path) -> Result<&mut Handle, SinkError> {
+        self.tick += 1;
+        let tick = self.tick;
+        if !self.files.contains_key(path) {
+            if self.files.len() >= self.opts.max_open_files.max(1) {
+                self.evict_lru()?;
+            }
+            let parent = path.parent().unwrap_or(Path::new("."));
+            make_dirs(parent, self.opts.dir_permissions)?;
+            let existed = path.exists();
+            let file = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(self.opts.file_permissions)
+                .open(path)
+                .map_err(|source| io_err("open", path, source))?;
+            let size = file
+                .metadata()
+                .map_err(|source| io_err("stat", path, source))?
+                .len();
+            if !existed {
+                self.dirs_to_sync.insert(parent.to_path_buf());
+            }
+            self.files.insert(
+                path.to_path_buf(),
+                Handle {
+                    file,
+                    size,
+                    tick,
+                    used_at: Instant::now(),
+                    dirty: false,
+                },
+            );
+        }
+        let h = self.files.get_mut(path).expect("inserted above");
+        h.tick = tick;
+        h.used_at = Instant::now();
+        Ok(h)
+    }
+
+    fn evict_lru(&mut self) -> Result<(), SinkError> {
+        let Some(path) = self
+            .files
+            .iter()
+            .min_by_key(|(_, h)| h.tick)
+            .map(|(p, _)| p.clone())
+        else {
+            return Ok(());
+        };
+        let h = &self.files[&path];
+        if h.dirty {
+            h.file
+                .sync_data()
+                .map_err(|source| io_err("fsync", &path, source))?;
+        }
+        self.files.remove(&path);
+        Ok(())
+    }
+}
+
+fn io_err(op: &'static str, path: &Path, source: std::io::Error) -> SinkError {
+    SinkError::Io {
+        sink: SINK,
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn make_dirs(dir: &Path, mode: u32) -> Result<(), SinkError> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|source| io_err("create directory", dir, source))
+}
+
+impl Sink for LocalFileSink {
+    fn name(&self) -> &'static str {
+        SINK
+    }
+
+    fn write_batch(&mut self, entries: &[LogEntry]) -> Result<(), SinkError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Group by file, keeping each file's lines in batch order.
+        let mut groups = std::mem::take(&mut self.groups);
+        groups.clear();
+        let mut index: HashMap<PathBuf, usize> = HashMap::new();
+        let mut memo: Option<(NameKey, usize)> = None;
+        for e in entries {
+            let key = NameKey {
+                labels: Arc::as_ptr(&e.labels) as usize,
+                source_id: Arc::as_ptr(&e.source_id) as *const u8 as usize,
+                source_type: e.source_type,
+                hour: e.timestamp_ns.div_euclid(3_600_000_000_000),
+            };
+            let gi = match memo {
+                Some((k, gi)) if k == key => gi,
+                _ => {
+                    let path = self.path_for(e);
+                    let gi = *index.entry(path.clone()).or_insert_with(|| {
+                        groups.push((path, Vec::new()));
+                        groups.len() - 1
+                    });
+                    memo = Some((key, gi));
+                    gi
+                }
+            };
+            let buf = &mut groups[gi].1;
+            self.format(buf, e);
+        }
+        let mut result = Ok(());
+        for (path, buf) in &groups {
+            if let Err(err) = self.write_file(path, buf) {
+                result = Err(err);
+                break;
+            }
+        }
+        if result.is_ok() {
+            self.entries_written += entries.len() as u64;
+        }
+        // Keep the group buffers' allocations for the next batch unless they grew large.
+        groups.retain(|(_, b)| b.capacity() <= 1 << 20);
+        for g in groups.iter_mut() {
+            g.1.clear();
+        }
+        groups.clear();
+        self.groups = groups;
+        result
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        for (path, h) in self.files.iter_mut() {
+            if h.dirty {
+                h.file
+                    .sync_data()
+                    .map_err(|source| io_err("fsync", path, source))?;
+                h.dirty = false;
+            }
+        }
+        for dir in std::mem::take(&mut self.dirs_to_sync) {
+            let res = File::open(&dir).and_then(|d| d.sync_all());
+            if let Err(source) = res {
+                self.dirs_to_sync.insert(dir.clone());
+                return Err(io_err("fsync directory", &dir, source));
+            }
+        }
+        let idle = self.opts.idle_close;
+        self.files.retain(|_, h| h.used_at.elapsed() < idle);
+        Ok(())
+    }
+}
+
+impl LocalFileSink {
+    fn write_file(&mut self, path: &Path, buf: &[u8]) -> Result<(), SinkError> {
+        let h = self.handle(path)?;
+        match h.file.write_all(buf) {
+            Ok(()) => {
+                h.size += buf.len() as u64;
+                h.dirty = true;
+                self.bytes_written += buf.len() as u64;
+                Ok(())
+            }
+            Err(source) => {
+                // Cut a torn write back so that the retry appends whole lines only.
+                // The handle stays (with its unsynced earlier writes) for the retry and the flush.
+                let _ = h.file.set_len(h.size);
+                Err(io_err("write", path, source))
+            }
+        }
+    }
+}
+
+impl Drop for LocalFileSink {
+    /// Best effort: fsync what was written. The pipeline calls [`Sink::flush`] at shutdown and
+    /// learns about errors there.
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}

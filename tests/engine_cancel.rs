@@ -1,0 +1,421 @@
+//! The engines' cancellation contract, against in-test servers: a real dockerd cannot be made
+//! to hold a stream open without ever sending a byte, and that is exactly the case where the
+//! Go capturer leaked.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use log_capturer::io::uring::{self, UringEngine, UringSupport};
+use log_capturer::io::{select_engine, Engine, EngineChoice, EngineKind, Event, StreamId};
+
+const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// fd counts are per process: the tests of this file take turns.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Answers each request with a response head and then, as a stuck dockerd would, nothing;
+/// counts the connections it accepted and those its peer closed.
+struct SilentServer {
+    path: PathBuf,
+    _dir: TempDir,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+impl SilentServer {
+    fn start(then: fn(&mut UnixStream)) -> SilentServer {
+        let dir = TempDir::new();
+        let path = dir.0.join("docker.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (accepted.clone(), closed.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                a.fetch_add(1, SeqCst);
+                let c = c.clone();
+                thread::spawn(move || {
+                    read_request(&mut conn);
+                    then(&mut conn);
+                    // Wait for the client to close: read returns 0 (or an error) only then.
+                    let mut byte = [0u8; 1];
+                    while matches!(conn.read(&mut byte), Ok(n) if n > 0) {}
+                    c.fetch_add(1, SeqCst);
+                });
+            }
+        });
+        SilentServer {
+            path,
+            _dir: dir,
+            accepted,
+            closed,
+        }
+    }
+
+    fn open_connections(&self) -> usize {
+        self.accepted.load(SeqCst) - self.closed.load(SeqCst)
+    }
+}
+
+fn read_request(conn: &mut UnixStream) {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            _ => return,
+        }
+    }
+}
+
+fn silent(conn: &mut UnixStream) {
+    conn.write_all(HEAD).unwrap();
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "logcap-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, SeqCst)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn engine(choice: EngineChoice) -> Box<dyn Engine> {
+    let (engine, selection) = select_engine(choice).expect("engine");
+    let want = if choice == EngineChoice::Epoll {
+        EngineKind::Epoll
+    } else {
+        EngineKind::Uring
+    };
+    assert_eq!(engine.kind(), want, "{selection}");
+    engine
+}
+
+fn request() -> Bytes {
+    Bytes::from_static(b"GET /v1.41/containers/x/logs?follow=1 HTTP/1.1\r\nHost: docker\r\n\r\n")
+}
+
+/// Polls until `done` says so; any event the test did not expect fails it.
+fn poll_until(
+    engine: &mut dyn Engine,
+    what: &str,
+    mut on_event: impl FnMut(Event),
+    mut done: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    let mut events = Vec::new();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        engine
+            .poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+        for event in events.drain(..) {
+            on_event(event);
+        }
+    }
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Opens `n` streams and waits until each has received the response head, so that each has
+/// exactly one recv in flight.
+fn open_streams(engine: &mut dyn Engine, path: &Path, n: usize) -> HashSet<StreamId> {
+    let mut waiting: HashSet<StreamId> = (0..n)
+        .map(|_| engine.open(path, request()).unwrap())
+        .collect();
+    let live = waiting.clone();
+    let mut received = Vec::new();
+    let pending = std::cell::RefCell::new(&mut waiting);
+    poll_until(
+        engine,
+        "response heads",
+        |event| match event {
+            Event::Data(id, data) => {
+                received.extend_from_slice(&data);
+                pending.borrow_mut().remove(&id);
+            }
+            other => panic!("unexpected {other:?}"),
+        },
+        || pending.borrow().is_empty(),
+    );
+    assert_eq!(received.len(), n * HEAD.len());
+    live
+}
+
+fn close_all(engine: &mut dyn Engine, streams: &HashSet<StreamId>) {
+    for &id in streams {
+        engine.close(id);
+    }
+    let mut open = streams.clone();
+    let pending = std::cell::RefCell::new(&mut open);
+    poll_until(
+        engine,
+        "closes",
+        |event| match event {
+            Event::Closed(id) => assert!(pending.borrow_mut().remove(&id), "{id} closed twice"),
+            // Data and errors of a stream may still arrive in the batch where it was closed
+            // only if the close came after; here every close precedes the poll.
+            other => panic!("event after close: {other:?}"),
+        },
+        || pending.borrow().is_empty(),
+    );
+}
+
+/// The storm: 200 silent streams, rotated 20 times.
+fn rotation_storm(make: impl FnOnce() -> Box<dyn Engine>) {
+    let _serial = serial();
+    let server = SilentServer::start(silent);
+    let fds_before = open_fds();
+    let mut engine = make();
+    let stats = engine.stats();
+    const STREAMS: usize = 200;
+    let mut live = open_streams(&mut *engine, &server.path, STREAMS);
+    for round in 1..=20 {
+        let s = stats.snapshot();
+        assert_eq!(s.recv_in_flight, STREAMS as i64, "round {round}: {s:?}");
+        assert_eq!(
+            s.ops_in_flight(),
+            engine.live_streams() as i64,
+            "round {round}: {s:?}"
+        );
+        assert_eq!(engine.live_streams(), STREAMS);
+
+        // Rotation: the old streams are closed and new ones opened in the same breath.
+        for &id in &live {
+            engine.close(id);
+        }
+        let mut old = live.clone();
+        let mut fresh: HashSet<StreamId> = (0..STREAMS)
+            .map(|_| engine.open(&server.path, request()).unwrap())
+            .collect();
+        live = fresh.clone();
+        let state = std::cell::RefCell::new((&mut old, &mut fresh));
+        poll_until(
+            &mut *engine,
+            "rotation",
+            |event| {
+                let (old, fresh) = &mut *state.borrow_mut();
+                match event {
+                    Event::Closed(id) => assert!(old.remove(&id), "unexpected close of {id}"),
+                    Event::Data(id, _) => assert!(fresh.remove(&id), "data for {id}"),
+                    other => panic!("unexpected {other:?}"),
+                }
+            },
+            || {
+                let (old, fresh) = &*state.borrow();
+                old.is_empty() && fresh.is_empty()
+            },
+        );
+        let s = stats.snapshot();
+        assert_eq!(s.ops_in_flight(), STREAMS as i64, "round {round}: {s:?}");
+        assert_eq!(s.streams_live, STREAMS as i64);
+        assert_eq!(s.cancellations, (round * STREAMS) as u64);
+        // The server must see every old connection end: a cancelled read that still held the
+        // socket would keep it open (NOTES section 2).
+        wait_for("server to see the old connections closed", || {
+            server.closed.load(SeqCst) == round * STREAMS
+        });
+        assert_eq!(server.open_connections(), STREAMS);
+    }
+    close_all(&mut *engine, &live);
+    let s = stats.snapshot();
+    assert_eq!(s.ops_in_flight(), 0, "{s:?}");
+    assert_eq!(s.streams_live, 0);
+    assert_eq!(s.streams_opened, s.streams_closed);
+    assert_eq!(s.cancel_reaped_count, s.cancellations);
+    drop(engine);
+    wait_for("server to see all connections closed", || {
+        server.open_connections() == 0
+    });
+    assert_eq!(open_fds(), fds_before, "fds leaked");
+}
+
+#[test]
+fn uring_rotation_storm_cancels_and_reaps_everything() {
+    rotation_storm(|| engine(EngineChoice::Uring));
+}
+
+/// The same on the path for kernels older than 5.19: one cancel per op, by user_data.
+#[test]
+fn uring_rotation_storm_with_cancel_by_user_data() {
+    rotation_storm(|| {
+        let support = UringSupport {
+            cancel_by_fd: false,
+            ..uring::probe().expect("io_uring")
+        };
+        Box::new(UringEngine::new(support).unwrap())
+    });
+}
+
+#[test]
+fn epoll_rotation_storm_cancels_and_reaps_everything() {
+    rotation_storm(|| engine(EngineChoice::Epoll));
+}
+
+/// IORING_ASYNC_CANCEL_FD | _ALL exist since 5.19: the probe must find them there.
+#[test]
+fn probe_finds_cancel_by_fd_where_the_kernel_has_it() {
+    let _serial = serial();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().unwrap().parse().unwrap();
+    let minor: u32 = parts.next().unwrap().parse().unwrap();
+    let support = uring::probe().expect("io_uring");
+    assert_eq!(
+        support.cancel_by_fd,
+        (major, minor) >= (5, 19),
+        "kernel {release}"
+    );
+}
+
+fn small_body(conn: &mut UnixStream) {
+    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+}
+
+/// A stream the peer ends: all bytes, then EOF, then nothing until close.
+fn eof_is_reported(choice: EngineChoice) {
+    let _serial = serial();
+    let server = SilentServer::start(small_body);
+    let mut engine = engine(choice);
+    let id = engine.open(&server.path, request()).unwrap();
+    let mut bytes = Vec::new();
+    let mut eof = false;
+    let flag = std::cell::Cell::new(false);
+    poll_until(
+        &mut *engine,
+        "eof",
+        |event| match event {
+            Event::Data(got, data) if got == id => bytes.extend_from_slice(&data),
+            Event::Eof(got) if got == id => flag.set(true),
+            other => panic!("unexpected {other:?}"),
+        },
+        || flag.get(),
+    );
+    eof |= flag.get();
+    assert!(eof);
+    assert!(
+        bytes.ends_with(b"\r\n\r\nhello"),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert_eq!(engine.stats().snapshot().ops_in_flight(), 0);
+    engine.close(id);
+    let mut events = Vec::new();
+    engine.poll(&mut events, Some(Duration::ZERO)).unwrap();
+    assert!(
+        matches!(events.as_slice(), [Event::Closed(got)] if *got == id),
+        "{events:?}"
+    );
+    // Nothing was in flight, so nothing had to be cancelled.
+    assert_eq!(engine.stats().snapshot().cancellations, 0);
+}
+
+#[test]
+fn uring_reports_eof() {
+    eof_is_reported(EngineChoice::Uring);
+}
+
+#[test]
+fn epoll_reports_eof() {
+    eof_is_reported(EngineChoice::Epoll);
+}
+
+fn missing_socket_is_an_error(choice: EngineChoice) {
+    let _serial = serial();
+    let dir = TempDir::new();
+    let mut engine = engine(choice);
+    let id = engine.open(&dir.0.join("absent.sock"), request()).unwrap();
+    let error = std::cell::RefCell::new(None);
+    poll_until(
+        &mut *engine,
+        "connect error",
+        |event| match event {
+            Event::Error(got, e) if got == id => *error.borrow_mut() = Some(e),
+            other => panic!("unexpected {other:?}"),
+        },
+        || error.borrow().is_some(),
+    );
+    let error = error.into_inner().unwrap();
+    assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+    assert!(error.to_string().starts_with("connect"), "{error}");
+    engine.close(id);
+    assert_eq!(engine.stats().snapshot().ops_in_flight(), 0);
+}
+
+#[test]
+fn uring_connect_error_is_reported() {
+    missing_socket_is_an_error(EngineChoice::Uring);
+}
+
+#[test]
+fn epoll_connect_error_is_reported() {
+    missing_socket_is_an_error(EngineChoice::Epoll);
+}
+
+/// A paused stream arms no new receive: what the peer sends then waits in the socket, not in
+/// memory. The io_uring recv armed before the pause stays in flight (it is only replaced once
+/// it completes); epoll simply stops watching the fd.
+fn pause_holds_back_reads(choice: EngineChoice, in_flight_while_paused: i64) {
+    let _serial = serial();
+    let server = SilentServer::start(silent);
+    let mut engine = engine(choice);
+    let stats = engine.stats();
+    let ids = open_streams(&mut *engine, &server.path, 1);
+    let id = *ids.iter().next().unwrap();
+    engine.set_paused(id, true);
+    let mut events = Vec::new();
+    engine.poll(&mut events, Some(Duration::ZERO)).unwrap();
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(stats.snapshot().recv_in_flight, in_flight_while_paused);
+    engine.set_paused(id, false);
+    assert_eq!(stats.snapshot().recv_in_flight, 1);
+    close_all(&mut *engine, &ids);
+    assert_eq!(stats.snapshot().ops_in_flight(), 0);
+}
+
+#[test]
+fn uring_pause_and_resume() {
+    pause_holds_back_reads(EngineChoice::Uring, 1);
+}
+
+#[test]
+fn epoll_pause_and_resume() {
+    pause_holds_back_reads(EngineChoice::Epoll, 0);
+}

@@ -15,6 +15,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::api::ContainerRegistry;
 use crate::decode::{LogLine, StreamKind};
 use crate::discovery::ContainerEvent;
 use crate::docker::{ContainerInfo, LogsQuery};
@@ -121,6 +122,8 @@ pub struct Capture {
     containers: HashMap<Arc<str>, Container>,
     by_stream: HashMap<StreamId, Arc<str>>,
     stats: Arc<CaptureStats>,
+    /// Per-container figures for the metrics.
+    registry: Arc<ContainerRegistry>,
     paused: bool,
     batch: Vec<LogEntry>,
     touched: HashSet<Arc<str>>,
@@ -135,6 +138,7 @@ impl Capture {
         queue: QueueSender,
         committed: HashMap<String, Resume>,
         stats: Arc<CaptureStats>,
+        registry: Arc<ContainerRegistry>,
     ) -> Self {
         Capture {
             reader,
@@ -144,6 +148,7 @@ impl Capture {
             containers: HashMap::new(),
             by_stream: HashMap::new(),
             stats,
+            registry,
             paused: false,
             batch: Vec::new(),
             touched: HashSet::new(),
@@ -160,6 +165,7 @@ impl Capture {
     /// queued before the call). Returns when every stream is closed and every line queued.
     pub fn run(&mut self, control: &Receiver<ContainerEvent>, stop: &AtomicBool) {
         let mut stopping = false;
+        let mut last_timers = Instant::now();
         loop {
             if !stopping && stop.load(Relaxed) {
                 stopping = true;
@@ -173,7 +179,11 @@ impl Capture {
                 while let Ok(event) = control.try_recv() {
                     self.on_container(event);
                 }
-                self.timers();
+                // Timers look at every container: once a tick is enough, not once a poll.
+                if last_timers.elapsed() >= TICK {
+                    last_timers = Instant::now();
+                    self.timers();
+                }
             }
             self.backpressure();
             let waiting = self
@@ -291,6 +301,8 @@ impl Capture {
                     c.tracker.skipping()
                 );
                 self.stats.streams_opened.fetch_add(1, Relaxed);
+                self.registry
+                    .monitored(&c.info.id, &c.info.name, &c.info.image);
                 c.stream = Some(stream);
                 c.closing = false;
                 c.next = Next::Nothing;
@@ -325,6 +337,7 @@ impl Capture {
             None => match next {
                 Next::Forget => {
                     self.containers.remove(id);
+                    self.registry.forget(id);
                 }
                 Next::Reopen => self.open_stream(id),
                 Next::Nothing | Next::ReopenAt(_) => {}
@@ -411,6 +424,7 @@ impl Capture {
                         // is a new `Running` event.
                         c.running = false;
                         c.next = Next::Nothing;
+                        self.registry.unmonitored(&c.info.id);
                     }
                     Err(e) => {
                         self.stats.stream_errors.fetch_add(1, Relaxed);
@@ -440,6 +454,7 @@ impl Capture {
                     Next::Reopen => self.open_stream(&id),
                     Next::Forget => {
                         self.containers.remove(&id);
+                        self.registry.forget(&id);
                     }
                     Next::Nothing | Next::ReopenAt(_) => {}
                 }
@@ -513,6 +528,7 @@ impl Capture {
             else {
                 continue;
             };
+            self.registry.add_lines(&c.info.id, c.batch_lines);
             checkpoints.push(Checkpoint {
                 container_id: c.id.clone(),
                 container_name: c.info.name.clone(),

@@ -51,6 +51,10 @@ pub struct Shared {
     /// Set once the capture thread has chosen its engine.
     pub io: Arc<Mutex<Option<EngineInfo>>>,
     pub queue: Arc<QueueGauge>,
+    /// Per-container lines and monitored state, for the metrics (updated by capture).
+    pub containers: Arc<crate::api::ContainerRegistry>,
+    /// Time spent in each sink's `write_batch`, for the metrics (updated by dispatch).
+    pub sink_timings: Arc<crate::api::SinkTimings>,
 }
 
 /// Builds the enabled sinks. At least one must be enabled.
@@ -150,7 +154,11 @@ pub fn run(
         positions: positions.clone(),
         io: Arc::default(),
         queue: tx.gauge().clone(),
+        containers: Arc::default(),
+        sink_timings: Arc::default(),
     };
+    // The HTTP API's sender for POST /api/v1/logs (not in --once: nothing would close it).
+    let api_tx = (!options.once).then(|| tx.clone());
     let choice = options
         .io_engine
         .unwrap_or_else(|| config.app.io_engine.as_str().parse().unwrap_or_default());
@@ -175,14 +183,17 @@ pub fn run(
     let client = Client::new(&socket);
     let (events_tx, events_rx) = mpsc::channel::<ContainerEvent>();
     let filter = discovery::filter_from_config(cm);
-    let discovery = if options.once {
-        // Every container, stopped ones included: a backfill wants what they logged too.
-        let own = OwnContainer::detect();
-        for info in client.containers(true).map_err(|e| e.to_string())? {
-            if filter(&info.name, &info.labels) && !own.is_own(&info.id) {
-                let _ = events_tx.send(ContainerEvent::Running(info));
-            }
+    // With --once, every container, stopped ones included: a backfill wants what they logged
+    // too. Following, the containers that exited while the capturer was down: they still owe
+    // the lines logged after the last commit, and discovery offers running containers only.
+    let own = OwnContainer::detect();
+    for info in client.containers(true).map_err(|e| e.to_string())? {
+        let owed = !info.running && committed.contains_key(&info.id[..info.id.len().min(12)]);
+        if (options.once || owed) && filter(&info.name, &info.labels) && !own.is_own(&info.id) {
+            let _ = events_tx.send(ContainerEvent::Running(info));
         }
+    }
+    let discovery = if options.once {
         drop(events_tx);
         None
     } else {
@@ -223,6 +234,7 @@ pub fn run(
                 tx,
                 committed,
                 capture_shared.capture,
+                capture_shared.containers,
             );
             capture.run(&events_rx, &capture_stop);
         })
@@ -232,6 +244,21 @@ pub fn run(
         let _ = capture.join();
         return Err(e);
     }
+
+    // --- HTTP API (server.*) and metrics (metrics.*) servers: see src/api. They stop with
+    // `stop` (dropping api_tx so the dispatcher sees the queue closed) and are joined below.
+    let api = match crate::api::start(config, shared.clone(), api_tx, stop.clone()) {
+        Ok(api) => api,
+        Err(e) => {
+            stop.store(true, Relaxed);
+            let _ = capture.join();
+            if let Some(discovery) = discovery {
+                let _ = discovery.join();
+            }
+            return Err(e);
+        }
+    };
+    // --- end of the API block.
 
     let dispatcher = Dispatcher::new(
         rx,
@@ -244,11 +271,13 @@ pub fn run(
             shutdown_timeout: SHUTDOWN_TIMEOUT,
         },
         shared.dispatch.clone(),
+        shared.sink_timings.clone(),
         stop.clone(),
     );
     let undelivered = dispatcher.run();
     let _ = capture.join();
     stop.store(true, Relaxed);
+    api.join();
     if let Some(discovery) = discovery {
         let _ = discovery.join();
     }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::api::SinkTimings;
 use crate::pipeline::{Batch, Checkpoint, QueueReceiver, Received};
 use crate::positions::PositionStore;
 use crate::sink::{Backoff, Sink, SinkError};
@@ -76,6 +77,7 @@ pub struct Dispatcher {
     positions: Arc<Mutex<PositionStore>>,
     options: DispatchOptions,
     stats: Arc<DispatchStats>,
+    timings: Arc<SinkTimings>,
     backoff: Backoff,
     last_commit: Instant,
     stop: Arc<AtomicBool>,
@@ -89,6 +91,7 @@ impl Dispatcher {
         positions: Arc<Mutex<PositionStore>>,
         options: DispatchOptions,
         stats: Arc<DispatchStats>,
+        timings: Arc<SinkTimings>,
         stop: Arc<AtomicBool>,
     ) -> Self {
         Dispatcher {
@@ -97,6 +100,7 @@ impl Dispatcher {
             positions,
             options,
             stats,
+            timings,
             backoff: Backoff::default(),
             last_commit: Instant::now(),
             stop,
@@ -168,7 +172,10 @@ impl Dispatcher {
                     if done[i] {
                         continue;
                     }
-                    match sink.write_batch(chunk) {
+                    let started = Instant::now();
+                    let result = sink.write_batch(chunk);
+                    self.timings.observe(sink.name(), started.elapsed());
+                    match result {
                         Ok(()) => {
                             done[i] = true;
                             self.stats.sink_result(sink.name(), "success");

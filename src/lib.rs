@@ -7,6 +7,7 @@
 //! Unsafe code is confined to [`io::uring`]; the rest of the crate forbids it.
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod capture;
 pub mod config;
 pub mod daemon;

@@ -56,6 +56,7 @@ impl QueueGauge {
     }
 }
 
+#[derive(Clone)]
 pub struct QueueSender {
     tx: mpsc::Sender<Batch>,
     gauge: Arc<QueueGauge>,

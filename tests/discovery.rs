@@ -7,8 +7,6 @@
 //! Waits are bounded waits on the channel, never fixed sleeps.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -19,42 +17,15 @@ use log_capturer::config::Config;
 use log_capturer::discovery::{filter_from_config, ContainerEvent, Discovery, OwnContainer};
 use log_capturer::docker::Client;
 
-const IMAGE: &str = "local/busybox:latest";
+mod support;
+use support::{docker, remove_containers, socket, IMAGE};
+
 /// Runs until stopped, and stops at once on SIGTERM.
 const FOREVER: &str = "trap 'exit 0' TERM; while true; do sleep 0.1; done";
 /// Generous bound for anything the events stream should deliver "promptly".
 const PROMPT: Duration = Duration::from_secs(10);
 /// A reconcile interval long enough that only the events stream can explain a prompt report.
 const NO_RECONCILE: Duration = Duration::from_secs(300);
-
-fn socket() -> PathBuf {
-    let sock = std::env::var("LOGCAP_DOCKER_SOCK").expect(
-        "LOGCAP_DOCKER_SOCK is not set: these tests need the Docker engine that \
-         `bash scripts/test.sh` starts (or `bash scripts/docker-engine.sh start`)",
-    );
-    let path = PathBuf::from(sock);
-    assert!(
-        path.exists(),
-        "no Docker socket at {} (LOGCAP_DOCKER_SOCK)",
-        path.display()
-    );
-    path
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .arg("-H")
-        .arg(format!("unix://{}", socket().display()))
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// A name prefix no other test (or test run) uses.
 fn unique_prefix(test: &str) -> String {
@@ -96,11 +67,7 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .arg("-H")
-            .arg(format!("unix://{}", socket().display()))
-            .args(["rm", "-f", &self.id])
-            .output();
+        remove_containers(&[&self.id]);
     }
 }
 
@@ -479,7 +446,6 @@ fn dropping_the_receiver_ends_the_thread() {
 mod fake {
     use std::io::{ErrorKind, Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};
-    use std::path::PathBuf;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::thread::JoinHandle;
@@ -488,7 +454,7 @@ mod fake {
     pub const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     pub struct Daemon {
-        pub path: PathBuf,
+        pub path: std::path::PathBuf,
         /// Request targets, in arrival order.
         pub targets: Arc<Mutex<Vec<String>>>,
         stop: Arc<AtomicBool>,

@@ -1,8 +1,6 @@
 //! The reader against a real dockerd (started by scripts/test.sh, which exports
 //! LOGCAP_DOCKER_SOCK): real frames, real chunking, real 16 KiB partials, real TTY streams.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use log_capturer::decode::{LogLine, StreamKind};
@@ -10,32 +8,8 @@ use log_capturer::docker::{Client, LogsQuery};
 use log_capturer::io::{select_engine, EngineChoice};
 use log_capturer::reader::{LogReader, ReadError, ReaderEvent, StreamSpec};
 
-const IMAGE: &str = "local/busybox:latest";
-
-fn socket() -> PathBuf {
-    let sock = std::env::var("LOGCAP_DOCKER_SOCK").expect(
-        "LOGCAP_DOCKER_SOCK is not set: these tests need the Docker engine that \
-         `bash scripts/test.sh` starts",
-    );
-    let path = PathBuf::from(sock);
-    assert!(path.exists(), "no Docker socket at {}", path.display());
-    path
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .arg("-H")
-        .arg(format!("unix://{}", socket().display()))
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
+mod support;
+use support::{docker, remove_containers, socket, IMAGE};
 
 /// A container removed when the test ends, however it ends.
 struct Container(String);
@@ -57,11 +31,7 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .arg("-H")
-            .arg(format!("unix://{}", socket().display()))
-            .args(["rm", "-f", &self.0])
-            .output();
+        remove_containers(&[&self.0]);
     }
 }
 

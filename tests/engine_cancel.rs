@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -29,12 +29,16 @@ fn open_fds() -> usize {
 }
 
 /// Answers each request with a response head and then, as a stuck dockerd would, nothing;
-/// counts the connections it accepted and those its peer closed.
+/// counts the connections it accepted and those its peer closed. Dropping it waits until
+/// every connection is closed and the listener is gone, so that the next test counts fds from
+/// a quiet process.
 struct SilentServer {
     path: PathBuf,
     _dir: TempDir,
     accepted: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<thread::JoinHandle<()>>,
 }
 
 impl SilentServer {
@@ -44,9 +48,13 @@ impl SilentServer {
         let listener = UnixListener::bind(&path).unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicUsize::new(0));
-        let (a, c) = (accepted.clone(), closed.clone());
-        thread::spawn(move || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, c, s) = (accepted.clone(), closed.clone(), stop.clone());
+        let acceptor = thread::spawn(move || {
             for conn in listener.incoming() {
+                if s.load(SeqCst) {
+                    return;
+                }
                 let Ok(mut conn) = conn else { return };
                 a.fetch_add(1, SeqCst);
                 let c = c.clone();
@@ -56,6 +64,9 @@ impl SilentServer {
                     // Wait for the client to close: read returns 0 (or an error) only then.
                     let mut byte = [0u8; 1];
                     while matches!(conn.read(&mut byte), Ok(n) if n > 0) {}
+                    // Closed before it is counted, so that a test waiting for the count also
+                    // sees the fd gone.
+                    drop(conn);
                     c.fetch_add(1, SeqCst);
                 });
             }
@@ -65,11 +76,29 @@ impl SilentServer {
             _dir: dir,
             accepted,
             closed,
+            stop,
+            acceptor: Some(acceptor),
         }
     }
 
     fn open_connections(&self) -> usize {
         self.accepted.load(SeqCst) - self.closed.load(SeqCst)
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        // Wakes the acceptor, which sees the flag and drops the listener.
+        drop(UnixStream::connect(&self.path));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        if !thread::panicking() {
+            wait_for("the server's connections to close", || {
+                self.open_connections() == 0
+            });
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use select::{select_engine, EngineChoice, EngineKind, Selection};
-pub use stats::{IoStats, OpKind, StatsSnapshot};
+pub use stats::{CancelHistogram, IoStats, OpKind, StatsSnapshot, CANCEL_BUCKETS_NANOS};
 
 /// Names one stream of one engine. Ids are never reused while the engine lives: a stale id
 /// (its stream already closed) is ignored by every call.

@@ -37,7 +37,36 @@ pub struct IoStats {
     cancel_reaped_nanos_sum: AtomicU64,
     cancel_reaped_nanos_max: AtomicU64,
     cancel_reaped_count: AtomicU64,
+    /// Cancel-to-reaped latencies per bucket of [`CANCEL_BUCKETS_NANOS`] (not cumulative; the
+    /// last slot counts those above the largest bound).
+    cancel_reaped_buckets: [AtomicU64; CANCEL_BUCKETS_NANOS.len() + 1],
     bytes_received: AtomicU64,
+}
+
+/// Upper bounds (inclusive, nanoseconds) of the cancel-to-reaped latency histogram:
+/// 10 µs to 10 s.
+pub const CANCEL_BUCKETS_NANOS: [u64; 12] = [
+    10_000,
+    50_000,
+    100_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    500_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+
+/// The cancel-to-reaped histogram, Prometheus style.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CancelHistogram {
+    /// Cumulative counts, one per bound of [`CANCEL_BUCKETS_NANOS`].
+    pub cumulative: Vec<u64>,
+    pub count: u64,
+    pub sum_nanos: u64,
 }
 
 /// A consistent-enough copy of [`IoStats`] for printing and assertions.
@@ -96,6 +125,11 @@ impl IoStats {
         self.cancel_reaped_count.fetch_add(1, Relaxed);
         self.cancel_reaped_nanos_sum.fetch_add(nanos, Relaxed);
         self.cancel_reaped_nanos_max.fetch_max(nanos, Relaxed);
+        let bucket = CANCEL_BUCKETS_NANOS
+            .iter()
+            .position(|&bound| nanos <= bound)
+            .unwrap_or(CANCEL_BUCKETS_NANOS.len());
+        self.cancel_reaped_buckets[bucket].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn received(&self, bytes: usize) {
@@ -104,6 +138,26 @@ impl IoStats {
 
     pub fn in_flight(&self, kind: OpKind) -> i64 {
         self.in_flight[slot(kind)].load(Relaxed)
+    }
+
+    /// The cancel-to-reaped latency histogram (count and sum read after the buckets, so a
+    /// concurrent update can only make `count` exceed the last bucket, never fall below it).
+    pub fn cancel_histogram(&self) -> CancelHistogram {
+        let mut total = 0;
+        let cumulative = CANCEL_BUCKETS_NANOS
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                total += self.cancel_reaped_buckets[i].load(Relaxed);
+                total
+            })
+            .collect();
+        let over = self.cancel_reaped_buckets[CANCEL_BUCKETS_NANOS.len()].load(Relaxed);
+        CancelHistogram {
+            cumulative,
+            count: self.cancel_reaped_count.load(Relaxed).max(total + over),
+            sum_nanos: self.cancel_reaped_nanos_sum.load(Relaxed),
+        }
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

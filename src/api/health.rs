@@ -1,0 +1,245 @@
+//! `GET /health`: the Go keys (`status`, `timestamp`, `version`, `uptime`, `services`,
+//! `checks`) and 503 when degraded. Degraded when any of:
+//!
+//! - the queue holds more than 70 % of `dispatcher.queue_size` (`checks.queue_utilization`);
+//! - a sink has been failing (retrying, holding its batch) for longer than the retry budget,
+//!   60 s (`checks.sink_connectivity`);
+//! - open file descriptors exceed 70 % of the process's soft `RLIMIT_NOFILE`
+//!   (`checks.file_descriptors`);
+//! - io ops in flight exceed twice the live streams plus [`IO_OPS_SLACK`]: every stream has at
+//!   most a receive and a cancel in flight, so ops that keep growing while streams do not
+//!   cross this line (`checks.io_ops`);
+//! - the thread tracker is not healthy (growth over 10 threads per minute), as the Go version
+//!   did with its goroutine tracker (`services.goroutine_tracker`).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde_json::{json, Map, Value};
+
+use super::{procinfo, ApiState, DEGRADED_RATIO};
+use crate::config::format_duration;
+
+/// Ops in flight allowed above two per live stream (connects and sends of streams being
+/// opened).
+pub const IO_OPS_SLACK: i64 = 16;
+
+/// The answer of `/health`.
+#[derive(Debug, Clone)]
+pub struct HealthReport {
+    pub healthy: bool,
+    pub body: Value,
+}
+
+fn percent(ratio: f64) -> String {
+    format!("{:.2}%", ratio * 100.0)
+}
+
+fn status(ok: bool) -> &'static str {
+    if ok {
+        "healthy"
+    } else {
+        "degraded"
+    }
+}
+
+pub fn health(state: &ApiState) -> HealthReport {
+    let shared = &state.shared;
+    let mut issues: Vec<String> = Vec::new();
+
+    // Queue.
+    let queue = &shared.queue;
+    let utilization = queue.utilization();
+    let queue_ok = utilization <= DEGRADED_RATIO;
+    if !queue_ok {
+        issues.push(format!(
+            "queue at {} of its capacity (over {})",
+            percent(utilization),
+            percent(DEGRADED_RATIO)
+        ));
+    }
+
+    // Sinks failing longer than the budget.
+    let budget = state.options.sink_retry_budget;
+    let mut failing = Map::new();
+    let mut sinks_ok = true;
+    for (sink, since) in shared.dispatch.failing_sinks.lock().unwrap().iter() {
+        let for_secs = since.elapsed();
+        failing.insert(
+            sink.to_string(),
+            json!((for_secs.as_secs_f64() * 10.0).round() / 10.0),
+        );
+        if for_secs > budget {
+            sinks_ok = false;
+            issues.push(format!(
+                "sink {sink} failing for {} (budget {})",
+                format_duration(std::time::Duration::from_secs(for_secs.as_secs())),
+                format_duration(budget)
+            ));
+        }
+    }
+
+    // File descriptors.
+    let open = procinfo::open_fds();
+    let max = procinfo::max_fds();
+    let fd_ratio = max.map_or(0.0, |m| open as f64 / m.max(1) as f64);
+    let fds_ok = fd_ratio <= DEGRADED_RATIO;
+    if !fds_ok {
+        issues.push(format!(
+            "{open} file descriptors open, {} of the limit",
+            percent(fd_ratio)
+        ));
+    }
+
+    // Ops in flight against live streams.
+    let io = shared.io.lock().unwrap().clone();
+    let (engine, ops, streams) = match &io {
+        Some((stats, selection)) => {
+            let s = stats.snapshot();
+            (selection.kind.name(), s.ops_in_flight(), s.streams_live)
+        }
+        None => ("none", 0, 0),
+    };
+    let ops_limit = 2 * streams.max(0) + IO_OPS_SLACK;
+    let io_ok = ops <= ops_limit;
+    if !io_ok {
+        issues.push(format!(
+            "{ops} io ops in flight for {streams} live streams (limit {ops_limit})"
+        ));
+    }
+
+    // Threads.
+    let tracker = state.tracker.stats();
+    let tracker_ok = tracker.status == "healthy";
+    if !tracker_ok {
+        issues.push(format!(
+            "threads growing by {} per minute ({})",
+            tracker.growth_rate_per_min, tracker.status
+        ));
+    }
+
+    let memory = procinfo::memory();
+    let d = &shared.dispatch;
+    let healthy = queue_ok && sinks_ok && fds_ok && io_ok && tracker_ok;
+    let uptime = state.started.elapsed();
+    let body = json!({
+        "status": status(healthy),
+        "timestamp": procinfo::unix_now() as i64,
+        "version": state.config.app.version,
+        "uptime": format_duration(std::time::Duration::from_secs(uptime.as_secs())),
+        "uptime_seconds": uptime.as_secs(),
+        "services": {
+            "dispatcher": {
+                "status": status(queue_ok && sinks_ok),
+                "stats": {
+                    "processed": d.lines_delivered.load(Relaxed),
+                    "batches": d.batches_delivered.load(Relaxed),
+                    "retries": d.retries.load(Relaxed),
+                    "dropped": d.dropped_total(),
+                    "queue_size": queue.queued(),
+                    "queue_capacity": queue.capacity(),
+                },
+            },
+            "container_monitor": {
+                "status": "healthy",
+                "enabled": state.config.container_monitor.enabled,
+            },
+            "goroutine_tracker": {
+                "status": if tracker_ok { "healthy" } else { "warning" },
+                "stats": tracker,
+            },
+            "io_engine": {
+                "status": status(io_ok),
+                "engine": engine,
+            },
+        },
+        "checks": {
+            "queue_utilization": {
+                "status": status(queue_ok),
+                "utilization": percent(utilization),
+                "size": queue.queued(),
+                "capacity": queue.capacity(),
+                "threshold": percent(DEGRADED_RATIO),
+            },
+            "memory": {
+                "status": "healthy",
+                "alloc_mb": memory.rss / (1024 * 1024),
+                "sys_mb": memory.virtual_size / (1024 * 1024),
+                "rss_bytes": memory.rss,
+                "goroutines": procinfo::threads(),
+            },
+            "sink_connectivity": {
+                "status": status(sinks_ok),
+                "failing_seconds": failing,
+                "retry_budget_seconds": budget.as_secs_f64(),
+            },
+            "file_descriptors": {
+                "status": status(fds_ok),
+                "open": open,
+                "max": max,
+                "utilization": percent(fd_ratio),
+            },
+            "io_ops": {
+                "status": status(io_ok),
+                "ops_in_flight": ops,
+                "streams_active": streams,
+                "limit": ops_limit,
+            },
+        },
+        "issues": issues,
+    });
+    HealthReport { healthy, body }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::api::ApiOptions;
+    use crate::config::Config;
+    use crate::daemon::Shared;
+    use crate::io::{EngineKind, IoStats, OpKind, Selection};
+    use crate::pipeline::queue;
+    use crate::positions::PositionStore;
+
+    #[test]
+    fn ops_outrunning_streams_degrade() {
+        let dir = std::env::temp_dir().join(format!("logcap-health-{}", std::process::id()));
+        let io = Arc::new(IoStats::default());
+        let (tx, _rx) = queue(10);
+        let shared = Shared {
+            capture: Arc::default(),
+            dispatch: Arc::default(),
+            positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+            io: Arc::new(Mutex::new(Some((
+                io.clone(),
+                Selection {
+                    kind: EngineKind::Uring,
+                    reason: "test".into(),
+                },
+            )))),
+            queue: tx.gauge().clone(),
+            containers: Arc::default(),
+            sink_timings: Arc::default(),
+        };
+        let options = ApiOptions {
+            thread_count: || 5,
+            ..ApiOptions::default()
+        };
+        let state = ApiState::new(&Config::defaults(), shared, None, options);
+        for _ in 0..4 {
+            io.stream_opened();
+            io.op_submitted(OpKind::Recv);
+        }
+        assert!(health(&state).healthy);
+        // 2 x 4 streams + slack = 24 allowed.
+        for _ in 0..21 {
+            io.op_submitted(OpKind::Recv);
+        }
+        let report = health(&state);
+        assert!(!report.healthy);
+        assert_eq!(report.body["checks"]["io_ops"]["status"], "degraded");
+        assert_eq!(report.body["checks"]["io_ops"]["limit"], 24);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,348 @@
+//! `GET /metrics`: the Go version's metric names, labels and help texts (no prefix), then
+//! ours. Every value is read at scrape time from [`crate::daemon::Shared`]. Where the reader
+//! or dispatcher has not recorded the per-container or per-sink figure (see
+//! [`super::registry`]), the family is still written, with the totals that exist.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::prom::{Kind, Text};
+use super::{procinfo, ApiState};
+use crate::io::{OpKind, CANCEL_BUCKETS_NANOS};
+
+/// The `pipeline` label of `logs_processed_total`: there are no processing pipelines here.
+const PIPELINE: &str = "default";
+
+pub fn render(state: &ApiState) -> String {
+    let s = &state.shared;
+    let mut t = Text::new();
+
+    // --- Go names ---------------------------------------------------------------------
+    t.family(
+        "logs_processed_total",
+        "Total number of logs processed",
+        Kind::Counter,
+    );
+    if s.containers.is_used() {
+        for c in s.containers.snapshot() {
+            t.sample(
+                "logs_processed_total",
+                &[
+                    ("source_type", "docker"),
+                    ("source_id", &c.container_id),
+                    ("pipeline", PIPELINE),
+                ],
+                c.lines as f64,
+            );
+        }
+    } else {
+        // Until the reader counts per container: all containers in one series.
+        t.sample(
+            "logs_processed_total",
+            &[
+                ("source_type", "docker"),
+                ("source_id", ""),
+                ("pipeline", PIPELINE),
+            ],
+            s.capture.lines_read.load(Relaxed) as f64,
+        );
+    }
+    for ((source_type, source_id), n) in state.ingested.lock().unwrap().iter() {
+        t.sample(
+            "logs_processed_total",
+            &[
+                ("source_type", source_type),
+                ("source_id", source_id),
+                ("pipeline", PIPELINE),
+            ],
+            *n as f64,
+        );
+    }
+
+    let delivered = s.dispatch.lines_delivered.load(Relaxed);
+    let dropped = s.dispatch.dropped.lock().unwrap().clone();
+    t.family(
+        "logs_sent_total",
+        "Total number of logs sent to sinks",
+        Kind::Counter,
+    );
+    for sink in &state.sinks {
+        let prefix = format!("{sink}_");
+        let refused: u64 = dropped
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, n)| n)
+            .sum();
+        t.sample(
+            "logs_sent_total",
+            &[("sink_type", sink), ("status", "success")],
+            delivered.saturating_sub(refused) as f64,
+        );
+        t.sample(
+            "logs_sent_total",
+            &[("sink_type", sink), ("status", "error")],
+            refused as f64,
+        );
+    }
+
+    t.family("errors_total", "Total number of errors", Kind::Counter);
+    t.sample(
+        "errors_total",
+        &[
+            ("component", "container_monitor"),
+            ("error_type", "stream_error"),
+        ],
+        s.capture.stream_errors.load(Relaxed) as f64,
+    );
+    t.sample(
+        "errors_total",
+        &[
+            ("component", "container_monitor"),
+            ("error_type", "resume_mismatch"),
+        ],
+        s.capture.resume_mismatches.load(Relaxed) as f64,
+    );
+    for ((sink, status), n) in s.dispatch.sink_results.lock().unwrap().iter() {
+        if *status == "error" {
+            t.sample(
+                "errors_total",
+                &[("component", sink), ("error_type", "write_error")],
+                *n as f64,
+            );
+        }
+    }
+    for (error_type, n) in state.api_errors.lock().unwrap().iter() {
+        t.sample(
+            "errors_total",
+            &[("component", "api"), ("error_type", error_type)],
+            *n as f64,
+        );
+    }
+
+    let io = s.io.lock().unwrap().clone();
+    let io_snapshot = io.as_ref().map(|(stats, _)| stats.snapshot());
+    let streams_live = io_snapshot.map_or(0, |x| x.streams_live);
+
+    t.family(
+        "containers_monitored",
+        "Number of containers being monitored",
+        Kind::Gauge,
+    );
+    let containers = s.containers.snapshot();
+    for c in &containers {
+        t.sample(
+            "containers_monitored",
+            &[
+                ("container_id", &c.container_id),
+                ("container_name", &c.container_name),
+                ("image", &c.image),
+            ],
+            if c.monitored { 1.0 } else { 0.0 },
+        );
+    }
+    let total_containers = if s.containers.is_used() {
+        containers.iter().filter(|c| c.monitored).count() as f64
+    } else {
+        // One stream per container read.
+        streams_live.max(0) as f64
+    };
+    t.single(
+        "total_containers_monitored",
+        "Total number of containers being monitored",
+        Kind::Gauge,
+        total_containers,
+    );
+    // File monitoring is not implemented: the family without series, as Go with no file.
+    t.family(
+        "files_monitored",
+        "Number of files being monitored",
+        Kind::Gauge,
+    );
+    t.single(
+        "total_files_monitored",
+        "Total number of files being monitored across all sources",
+        Kind::Gauge,
+        0.0,
+    );
+
+    t.single(
+        "dispatcher_queue_utilization",
+        "Current utilization of the dispatcher queue (0.0 to 1.0)",
+        Kind::Gauge,
+        s.queue.utilization(),
+    );
+    t.family("queue_size", "Current size of queues", Kind::Gauge);
+    t.sample(
+        "queue_size",
+        &[("component", "dispatcher"), ("queue_type", "main")],
+        s.queue.queued() as f64,
+    );
+
+    t.family(
+        "sink_send_duration_seconds",
+        "Time spent sending logs to sinks",
+        Kind::Histogram,
+    );
+    let mut sinks: Vec<&'static str> = state.sinks.clone();
+    for sink in s.sink_timings.sinks() {
+        if !sinks.contains(&sink) {
+            sinks.push(sink);
+        }
+    }
+    for sink in sinks {
+        s.sink_timings.histogram(sink).write(
+            &mut t,
+            "sink_send_duration_seconds",
+            &[("sink_type", sink)],
+        );
+    }
+
+    t.family(
+        "response_time_seconds",
+        "Response time in seconds",
+        Kind::Histogram,
+    );
+    let response_times = state.response_times.lock().unwrap().clone();
+    for ((endpoint, method), h) in response_times {
+        h.write(
+            &mut t,
+            "response_time_seconds",
+            &[("endpoint", endpoint), ("method", method)],
+        );
+    }
+
+    let threads = procinfo::threads() as f64;
+    let fds = procinfo::open_fds() as f64;
+    t.single("goroutines", "Number of goroutines", Kind::Gauge, threads);
+    t.single(
+        "file_descriptors_open",
+        "Number of open file descriptors",
+        Kind::Gauge,
+        fds,
+    );
+
+    // --- process metrics (as Go's process collector names them) ------------------------
+    let times = procinfo::times();
+    let memory = procinfo::memory();
+    t.single(
+        "process_cpu_seconds_total",
+        "Total user and system CPU time spent in seconds.",
+        Kind::Counter,
+        times.cpu_seconds,
+    );
+    t.single(
+        "process_open_fds",
+        "Number of open file descriptors.",
+        Kind::Gauge,
+        fds,
+    );
+    if let Some(max) = procinfo::max_fds() {
+        t.single(
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            Kind::Gauge,
+            max as f64,
+        );
+    }
+    t.single(
+        "process_virtual_memory_bytes",
+        "Virtual memory size in bytes.",
+        Kind::Gauge,
+        memory.virtual_size as f64,
+    );
+    t.single(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+        Kind::Gauge,
+        memory.rss as f64,
+    );
+    t.single(
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds.",
+        Kind::Gauge,
+        times.start_time_seconds,
+    );
+    t.single(
+        "process_threads",
+        "Number of OS threads in the process.",
+        Kind::Gauge,
+        threads,
+    );
+
+    // --- ours ---------------------------------------------------------------------------
+    t.family(
+        "io_ops_in_flight",
+        "io operations submitted and not yet reaped, by kind",
+        Kind::Gauge,
+    );
+    for op in OpKind::ALL {
+        let n = io.as_ref().map_or(0, |(stats, _)| stats.in_flight(op));
+        t.sample("io_ops_in_flight", &[("op", op.name())], n as f64);
+    }
+    t.family(
+        "io_engine_info",
+        "The io engine reading the log streams (value 1)",
+        Kind::Gauge,
+    );
+    if let Some((_, selection)) = &io {
+        t.sample("io_engine_info", &[("engine", selection.kind.name())], 1.0);
+    }
+    t.single(
+        "streams_active",
+        "Log streams open (every op of a closed stream reaped)",
+        Kind::Gauge,
+        streams_live as f64,
+    );
+    t.single(
+        "stream_rotations_total",
+        "Log streams closed and reopened on schedule (stream_rotation_interval)",
+        Kind::Counter,
+        s.capture.rotations.load(Relaxed) as f64,
+    );
+    t.single(
+        "stream_cancellations_total",
+        "Streams closed with an op in flight, so that a cancel was submitted",
+        Kind::Counter,
+        io_snapshot.map_or(0, |x| x.cancellations) as f64,
+    );
+    t.family(
+        "stream_cancel_seconds",
+        "Time from a stream's cancel to its last completion reaped",
+        Kind::Histogram,
+    );
+    let bounds: Vec<f64> = CANCEL_BUCKETS_NANOS
+        .iter()
+        .map(|n| *n as f64 / 1e9)
+        .collect();
+    let hist = io
+        .as_ref()
+        .map(|(stats, _)| stats.cancel_histogram())
+        .unwrap_or_else(|| crate::io::CancelHistogram {
+            cumulative: vec![0; bounds.len()],
+            count: 0,
+            sum_nanos: 0,
+        });
+    t.histogram(
+        "stream_cancel_seconds",
+        &[],
+        &bounds,
+        &hist.cumulative,
+        hist.count,
+        hist.sum_nanos as f64 / 1e9,
+    );
+    t.family(
+        "lines_dropped_total",
+        "Lines given up on, by reason (a sink refusing them for good); a full queue pauses \
+         reading instead of dropping",
+        Kind::Counter,
+    );
+    for (reason, n) in &dropped {
+        t.sample("lines_dropped_total", &[("reason", reason)], *n as f64);
+    }
+    t.single(
+        "positions_commit_lag_seconds",
+        "How long the oldest position advance not yet committed to disk has waited (0: all committed)",
+        Kind::Gauge,
+        state.commit_lag_seconds(),
+    );
+    t.finish()
+}

@@ -1564,3 +1564,55 @@ fn container_exiting_while_the_capturer_is_down_is_read_at_its_next_start() {
     capturer.terminate();
     assert_exact(&read_output(&env.out_dir(), false), &want);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A positions file written by log_capturer_go
+
+/// The Go version's `container_positions.json` (keyed by the 12-character id, RFC 3339 times,
+/// no nanosecond fields of ours) is resumed from: for a stopped container Go resumes at
+/// `last_log_time`, the capture time of its last batch, which is just after the newest line it
+/// had read. The lines after it arrive exactly once; none before it comes again.
+#[test]
+fn go_positions_file_is_resumed_without_loss_or_repeat() {
+    use log_capturer::decode::timestamp::{format_rfc3339_nanos, parse_rfc3339_nanos};
+    let env = TestEnv::new("gopos");
+    let config = write_config(&env, &Settings::default());
+    // One stream only: its timestamps follow its file order, so "after line 120" is exact.
+    let name = env.run(
+        "c",
+        "i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo \"out $i\"; done",
+    );
+    env.wait_exited(std::slice::from_ref(&name), Duration::from_secs(60));
+    let logs = docker(&["logs", "-t", &name]);
+    let stamp_of = |n: usize| -> i64 {
+        let line = logs
+            .lines()
+            .find(|l| l.ends_with(&format!(" out {n}")))
+            .unwrap_or_else(|| panic!("line {n} not in docker logs"));
+        parse_rfc3339_nanos(line.split(' ').next().unwrap().as_bytes()).unwrap()
+    };
+    // Go read lines 1..=120 and stamped its batch a microsecond later.
+    let captured_at = stamp_of(120) + 1_000;
+    assert!(
+        captured_at < stamp_of(121),
+        "lines 120 and 121 less than 1 µs apart"
+    );
+    let id = env.id_of(&name)[..12].to_string();
+    let time = format_rfc3339_nanos(captured_at);
+    let go_file = format!(
+        "{{\n  \"{id}\": {{\n    \"container_id\": \"{id}\",\n    \"since\": \"{time}\",\n    \
+         \"last_read\": \"{time}\",\n    \"last_log_time\": \"{time}\",\n    \"log_count\": 120,\n    \
+         \"bytes_read\": 1012,\n    \"status\": \"stopped\",\n    \"restart_count\": 0\n  }}\n}}"
+    );
+    fs::create_dir_all(env.dir.join("positions")).unwrap();
+    fs::write(env.dir.join("positions/container_positions.json"), go_file).unwrap();
+
+    Capturer::start(&env, &config, &["--once"]).expect_success(Duration::from_secs(60));
+    let mut want = Lines::new();
+    want.insert(key(&name, "stdout"), numbered("out", 121..=200));
+    assert_exact(&read_output(&env.out_dir(), false), &want);
+
+    // Our own record replaced Go's: a second run adds nothing.
+    Capturer::start(&env, &config, &["--once"]).expect_success(Duration::from_secs(60));
+    assert_exact(&read_output(&env.out_dir(), false), &want);
+}

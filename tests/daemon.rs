@@ -388,11 +388,13 @@ impl Capturer {
         self.child.id() as i32
     }
 
+    /// The pid is our own child's, not yet reaped (only this struct waits for it), so the
+    /// signal cannot reach another process.
     fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) takes plain integers; the pid is our own child's, not yet reaped
-        // (the Child is waited for only by this struct).
-        let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+        let pid = rustix::process::Pid::from_raw(self.pid()).expect("a child pid");
+        let sig = rustix::process::Signal::from_named_raw(sig).expect("a named signal");
+        rustix::process::kill_process(pid, sig)
+            .unwrap_or_else(|e| panic!("kill({pid:?}, {sig:?}): {e}"));
     }
 
     fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {

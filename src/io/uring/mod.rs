@@ -26,6 +26,9 @@ use slab::Slab;
 use super::table::StreamTable;
 use super::{Engine, EngineKind, Event, IoStats, OpKind, StreamId};
 
+#[doc(hidden)]
+pub mod recv_modes;
+
 /// Submission queue entries. Not a limit on streams: a full queue is submitted and reused.
 const SQ_ENTRIES: u32 = 256;
 /// Completion queue entries: room for one recv completion per stream at 4096 streams without

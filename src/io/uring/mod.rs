@@ -437,30 +437,31 @@ impl UringEngine {
             }
         }
     }
+}
 
-    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        let result = match timeout {
-            None => self.ring.submit_and_wait(1),
-            Some(timeout) => {
-                let ts = Timespec::from(timeout);
-                let args = SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-        };
-        match result {
-            Ok(_) => Ok(()),
-            // ETIME: the timeout passed; EINTR: a signal; EBUSY: completions are waiting to
-            // be reaped first, which is what happens next.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
+/// Submits what is queued and waits for one completion, or until `timeout` passes.
+pub(crate) fn submit_and_wait(ring: &IoUring, timeout: Option<Duration>) -> io::Result<()> {
+    let result = match timeout {
+        None => ring.submit_and_wait(1),
+        Some(timeout) => {
+            let ts = Timespec::from(timeout);
+            let args = SubmitArgs::new().timespec(&ts);
+            ring.submitter().submit_with_args(1, &args)
         }
+    };
+    match result {
+        Ok(_) => Ok(()),
+        // ETIME: the timeout passed; EINTR: a signal; EBUSY: completions are waiting to be
+        // reaped first, which is what the caller does next.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -563,7 +564,10 @@ impl Engine for UringEngine {
         self.retry_owed_cancels();
         events.append(&mut self.pending);
         let ready = !events.is_empty() || !self.ring.completion().is_empty();
-        self.wait(if ready { Some(Duration::ZERO) } else { timeout })?;
+        submit_and_wait(
+            &self.ring,
+            if ready { Some(Duration::ZERO) } else { timeout },
+        )?;
         self.reaped.extend(
             self.ring
                 .completion()

@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::types::{BufRingEntry, CancelBuilder, Fd};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use serde::{Deserialize, Serialize};
 
@@ -270,29 +270,10 @@ unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry, enters: &mut u64) -> i
     }
 }
 
-/// Submits what is queued and waits for one completion (or `timeout`).
+/// Submits what is queued and waits for one completion (or `timeout`), counting the enter.
 fn enter(ring: &mut IoUring, timeout: Option<Duration>, enters: &mut u64) -> io::Result<()> {
     *enters += 1;
-    let result = match timeout {
-        None => ring.submit_and_wait(1),
-        Some(t) => {
-            let ts = Timespec::from(t);
-            ring.submitter()
-                .submit_with_args(1, &SubmitArgs::new().timespec(&ts))
-        }
-    };
-    match result {
-        Ok(_) => Ok(()),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+    super::submit_and_wait(ring, timeout)
 }
 
 fn reap(ring: &mut IoUring, into: &mut Vec<(u64, i32, u32)>) {

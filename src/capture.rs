@@ -356,7 +356,9 @@ impl Capture {
                 (Some(_), _) if !c.closing => {
                     let rotation = self.options.rotation;
                     let idle_timeout = self.options.idle_timeout;
-                    if !rotation.is_zero() && now - c.opened_at >= rotation {
+                    // A paused stream reads nothing: reopening it would only cost dockerd a
+                    // decode of the whole log file (`since`) for lines it cannot take yet.
+                    if !rotation.is_zero() && !self.paused && now - c.opened_at >= rotation {
                         rotate.push(id.clone());
                     } else if !idle_timeout.is_zero()
                         && c.running

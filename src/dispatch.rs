@@ -189,11 +189,7 @@ impl Dispatcher {
                                 .unwrap()
                                 .entry(sink.name())
                                 .or_insert_with(Instant::now);
-                            log::warn!(
-                                "{}: {e} (will retry, holding {} lines)",
-                                sink.name(),
-                                chunk.len()
-                            );
+                            log::warn!("{e} (will retry, holding {} lines)", chunk.len());
                         }
                         Err(e) => {
                             done[i] = true;

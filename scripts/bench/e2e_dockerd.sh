@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# End to end with the real dockerd (scripts/docker-engine.sh: dockerd 20.10, json-file): one
+# container printing ~100-byte lines as fast as it can (`yes <100 chars>`), followed by
+# log_capturer (io_uring, blackhole sink, new_containers_from: now) for E2E_SECONDS (default 20).
+# Over the window after a 3 s warm-up: the capturer's CPU and dockerd's CPU (utime+stime from
+# /proc/PID/stat), lines/s delivered. Median of BENCH_RUNS runs (default 3). The engine is left
+# running if it was already up, else stopped at the end.
+#
+#   bash scripts/bench/e2e_dockerd.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+SECS="${E2E_SECONDS:-20}"
+NAME="logcap-bench-yes-$$"
+ENGINE_SH="$ROOT/scripts/docker-engine.sh"
+
+need_tools
+build
+machine
+was_up=0
+bash "$ENGINE_SH" status 2>/dev/null && was_up=1
+DSOCK="$(bash "$ENGINE_SH" start | tail -n1)"
+DPID="$(tr -dc '0-9' <"${LOGCAP_DOCKER_DIR:-/tmp/logcap-docker}/docker.pid")"
+dk() { docker -H "unix://$DSOCK" "$@"; }
+end() {
+    dk rm -f "$NAME" >/dev/null 2>&1 || true
+    [[ $was_up == 1 ]] || bash "$ENGINE_SH" stop || true
+    cleanup
+}
+trap end EXIT
+MSG="$(printf 'bench-e2e-%090d' 0)"
+dk run -d --network none --name "$NAME" local/busybox:latest yes "$MSG" >/dev/null
+SOCK="$DSOCK"
+write_config "$WORK/cfg.yaml" "  include_names: [\"$NAME\"]
+  new_containers_from: \"now\"
+  stream_rotation_interval: \"0\"" "${E2E_API_PORT:-18402}"
+RES="$WORK/results"
+: >"$RES"
+# Lines delivered so far (the capturer's GET /stats, dispatcher.processed).
+processed() {
+    curl -s --max-time 2 "http://127.0.0.1:${E2E_API_PORT:-18402}/stats" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["dispatcher"]["processed"])' 2>/dev/null || echo 0
+}
+for run in $(seq 1 "$RUNS"); do
+    log "run $run/$RUNS (load:$(cut -d' ' -f1-3 /proc/loadavg))"
+    rm -rf "$WORK/positions"
+    "$BIN" --config "$WORK/cfg.yaml" --io-engine uring >"$WORK/out" 2>"$WORK/err" &
+    pid=$!
+    sleep 3
+    c0=$(cpu_ticks "$pid"); d0=$(cpu_ticks "$DPID")
+    l0=$(processed)
+    s0=$(date +%s.%N)
+    sleep "$SECS"
+    c1=$(cpu_ticks "$pid"); d1=$(cpu_ticks "$DPID")
+    l1=$(processed)
+    s1=$(date +%s.%N)
+    kill -TERM "$pid"
+    wait "$pid" || true
+    echo "$((c1 - c0)) $((d1 - d0)) $l1 $l0 $s0 $s1" >>"$RES"
+done
+
+python3 - "$RES" "$CLK_TCK" "$SECS" <<'PY'
+import sys, statistics as st
+rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
+tck, secs = int(sys.argv[2]), int(sys.argv[3])
+cap = st.median(r[0] / tck for r in rows); dd = st.median(r[1] / tck for r in rows)
+# Lines delivered in the window (the API's count at both ends).
+lps = st.median((r[2] - r[3]) / (r[5] - r[4]) for r in rows)
+ratio = st.median(r[0] / r[1] for r in rows if r[1] > 0)
+print(f"\nend to end, real dockerd: 1 container `yes <100 B>`, {secs} s window, median of {len(rows)} runs")
+print(f"dockerd CPU {dd:.2f} s ({100*dd/secs:.0f}%), log_capturer CPU {cap:.2f} s ({100*cap/secs:.0f}%), "
+      f"{lps:,.0f} lines/s ({lps*130/1e6:.1f} MB/s of text), capturer/dockerd CPU {ratio:.3f}")
+print(f"log_capturer: {1e6*cap/max(lps*secs,1):.2f} µs CPU per line; dockerd: {1e6*dd/max(lps*secs,1):.2f} µs per line")
+PY

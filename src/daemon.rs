@@ -68,10 +68,7 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Box<dyn Sink>>, String> {
             filename_pattern: f.filename_pattern.clone(),
             filename_pattern_containers: f.filename_pattern_containers.clone().unwrap_or_default(),
             filename_pattern_files: f.filename_pattern_files.clone().unwrap_or_default(),
-            output_format: match f.output_format {
-                config::OutputFormat::Json => sink::OutputFormat::Json,
-                config::OutputFormat::Text => sink::OutputFormat::Text,
-            },
+            output_format: f.output_format,
             text_format: sink::TextFormatOptions {
                 include_timestamp: f.text_format.include_timestamp,
                 timestamp_format: f.text_format.timestamp_format.clone(),

@@ -299,12 +299,7 @@ pub struct SimpleSinkConfig {
     pub enabled: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    Json,
-    Text,
-}
+pub use crate::sink::OutputFormat;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LocalFileSinkConfig {

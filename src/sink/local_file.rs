@@ -41,8 +41,9 @@ use crate::entry::LogEntry;
 
 const SINK: &str = "local_file";
 
-/// `sinks.local_file.output_format`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `sinks.local_file.output_format` (the config holds this type too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// One JSON object per line, keys sorted ([`super::format::json_line`]).
     #[default]

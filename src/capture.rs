@@ -23,7 +23,7 @@ use crate::entry::{Labels, LogEntry};
 use crate::io::StreamId;
 use crate::pipeline::{Batch, Checkpoint, QueueSender};
 use crate::positions::Resume;
-use crate::reader::{LogReader, ReaderEvent, StreamSpec};
+use crate::reader::{LogReader, ReadError, ReaderEvent, StreamSpec};
 use crate::resume::ResumeTracker;
 
 /// How long to wait before reopening a stream that failed, so a persistent failure (a daemon
@@ -223,7 +223,8 @@ impl Capture {
                     ReaderEvent::Line(stream, line) => {
                         self.on_lines(stream, line, &mut drain, now, now_wall_ns)
                     }
-                    other => self.on_event(other),
+                    ReaderEvent::Ended(stream, result) => self.on_ended(stream, result),
+                    ReaderEvent::Closed(stream) => self.on_closed(stream),
                 }
             }
             drop(drain);
@@ -436,63 +437,58 @@ impl Capture {
         }
     }
 
-    fn on_event(&mut self, event: ReaderEvent) {
-        match event {
-            ReaderEvent::Line(stream, line) => {
-                let mut none = std::iter::empty().peekable();
-                self.on_lines(stream, line, &mut none, Instant::now(), now_ns())
+    /// The stream ended by itself (EOF or an error); `Closed` follows.
+    fn on_ended(&mut self, stream: StreamId, result: Result<(), ReadError>) {
+        let Some(id) = self.by_stream.get(&stream).cloned() else {
+            return;
+        };
+        let Some(c) = self.containers.get_mut(&id) else {
+            return;
+        };
+        c.closing = true;
+        match result {
+            Ok(()) => {
+                log::debug!("{}: stream ended", c.info.name);
+                c.failures = 0;
+                // In follow mode a clean end means the container stopped; a restart
+                // is a new `Running` event.
+                c.running = false;
+                c.next = Next::Nothing;
+                self.registry.unmonitored(&c.info.id);
             }
-            ReaderEvent::Ended(stream, result) => {
-                let Some(id) = self.by_stream.get(&stream).cloned() else {
-                    return;
+            Err(e) => {
+                self.stats.stream_errors.fetch_add(1, Relaxed);
+                c.failures += 1;
+                log::warn!("{}: log stream failed, reopening: {e}", c.info.name);
+                let backoff = REOPEN_BACKOFF * c.failures.min(30);
+                c.next = if (self.options.follow && !c.running)
+                    || (!self.options.follow && c.failures >= ONCE_ATTEMPTS)
+                {
+                    Next::Nothing
+                } else {
+                    Next::ReopenAt(Instant::now() + backoff)
                 };
-                let Some(c) = self.containers.get_mut(&id) else {
-                    return;
-                };
-                c.closing = true;
-                match result {
-                    Ok(()) => {
-                        log::debug!("{}: stream ended", c.info.name);
-                        c.failures = 0;
-                        // In follow mode a clean end means the container stopped; a restart
-                        // is a new `Running` event.
-                        c.running = false;
-                        c.next = Next::Nothing;
-                        self.registry.unmonitored(&c.info.id);
-                    }
-                    Err(e) => {
-                        self.stats.stream_errors.fetch_add(1, Relaxed);
-                        c.failures += 1;
-                        log::warn!("{}: log stream failed, reopening: {e}", c.info.name);
-                        let backoff = REOPEN_BACKOFF * c.failures.min(30);
-                        c.next = if (self.options.follow && !c.running)
-                            || (!self.options.follow && c.failures >= ONCE_ATTEMPTS)
-                        {
-                            Next::Nothing
-                        } else {
-                            Next::ReopenAt(Instant::now() + backoff)
-                        };
-                    }
-                }
             }
-            ReaderEvent::Closed(stream) => {
-                let Some(id) = self.by_stream.remove(&stream) else {
-                    return;
-                };
-                let Some(c) = self.containers.get_mut(&id) else {
-                    return;
-                };
-                c.stream = None;
-                c.closing = false;
-                match c.next {
-                    Next::Reopen => self.open_stream(&id),
-                    Next::Forget => {
-                        self.containers.remove(&id);
-                        self.registry.forget(&id);
-                    }
-                    Next::Nothing | Next::ReopenAt(_) => {}
-                }
+        }
+    }
+
+    /// Everything of the stream is released: reopen, forget or leave the container.
+    fn on_closed(&mut self, stream: StreamId) {
+        let Some(id) = self.by_stream.remove(&stream) else {
+            return;
+        };
+        let Some(c) = self.containers.get_mut(&id) else {
+            return;
+        };
+        c.stream = None;
+        c.closing = false;
+        match c.next {
+            Next::Reopen => self.open_stream(&id),
+            Next::Forget => {
+                self.containers.remove(&id);
+                self.registry.forget(&id);
             }
+            Next::Nothing | Next::ReopenAt(_) => {}
         }
     }
 

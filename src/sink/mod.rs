@@ -1,8 +1,8 @@
 //! Sinks: where entries go. Several can be enabled at once; a line is acknowledged when every
 //! enabled sink has it.
 //!
-//! Delivery is at least once. A [`Sink`] is synchronous and owned by one thread (the pipeline
-//! gives each sink its own); the caller holds a batch until [`Sink::write_batch`] returns `Ok`
+//! Delivery is at least once. A [`Sink`] is synchronous and owned by one thread (the dispatcher
+//! drives every sink in turn); the caller holds a batch until [`Sink::write_batch`] returns `Ok`
 //! (and, for durability, [`Sink::flush`] after it), and only then advances positions. On a
 //! [retryable](SinkError::is_retryable) error the caller keeps the batch and calls
 //! `write_batch` again with the same entries after [`retry::Backoff::delay`]; a batch may thus

@@ -5,7 +5,7 @@
 //! reader itself; a stream closed on request (rotation, shutdown) is not reported as ended.
 //! Either way [`ReaderEvent::Closed`] comes last, once the engine has reaped everything.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ struct Tracked {
 pub struct LogReader {
     engine: Box<dyn Engine>,
     socket: PathBuf,
-    streams: HashMap<StreamId, Tracked>,
+    streams: FxHashMap<StreamId, Tracked>,
     events: Vec<Event>,
     lines: Vec<LogLine>,
 }
@@ -71,7 +71,7 @@ impl LogReader {
         LogReader {
             engine,
             socket: socket.to_path_buf(),
-            streams: HashMap::new(),
+            streams: FxHashMap::default(),
             events: Vec::new(),
             lines: Vec::new(),
         }
@@ -105,6 +105,11 @@ impl LogReader {
             tracked.closing = true;
             self.engine.close(id);
         }
+    }
+
+    /// See [`Engine::set_coalesce`].
+    pub fn set_coalesce(&mut self, window: Duration) {
+        self.engine.set_coalesce(window);
     }
 
     pub fn set_paused(&mut self, id: StreamId, paused: bool) {

@@ -448,3 +448,77 @@ fn uring_pause_and_resume() {
 fn epoll_pause_and_resume() {
     pause_holds_back_reads(EngineChoice::Epoll, 0);
 }
+
+/// Opened by `close_while_data_waits`: every connection then sends one chunk.
+static GATE: (Mutex<bool>, std::sync::Condvar) = (Mutex::new(false), std::sync::Condvar::new());
+static CHUNKS_SENT: AtomicUsize = AtomicUsize::new(0);
+
+fn head_then_chunk_at_gate(conn: &mut UnixStream) {
+    conn.write_all(HEAD).unwrap();
+    let (open, opened) = &GATE;
+    let mut guard = open.lock().unwrap();
+    while !*guard {
+        guard = opened.wait(guard).unwrap();
+    }
+    drop(guard);
+    conn.write_all(b"5\r\nhello\r\n").unwrap();
+    CHUNKS_SENT.fetch_add(1, SeqCst);
+}
+
+/// `close` finishes its stream before it returns (io_uring: the cancel is submitted and its
+/// completions reaped in the call), and whatever it reaped for other streams is delivered by
+/// the next poll, except for streams closed in between: after `close`, only `Closed`.
+fn close_while_data_waits(choice: EngineChoice) {
+    let _serial = serial();
+    *GATE.0.lock().unwrap() = false;
+    CHUNKS_SENT.store(0, SeqCst);
+    let server = SilentServer::start(head_then_chunk_at_gate);
+    let mut engine = engine(choice);
+    let stats = engine.stats();
+    let mut ids: Vec<StreamId> = open_streams(&mut *engine, &server.path, 3)
+        .into_iter()
+        .collect();
+    ids.sort();
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    *GATE.0.lock().unwrap() = true;
+    GATE.1.notify_all();
+    // Once written, the chunks are in the client sockets: nothing is polled from here on.
+    wait_for("the chunks to be sent", || CHUNKS_SENT.load(SeqCst) == 3);
+
+    engine.close(a);
+    assert_eq!(engine.live_streams(), 2, "a's close is complete on return");
+    assert_eq!(stats.snapshot().streams_live, 2);
+    wait_for("a's connection to close", || {
+        server.closed.load(SeqCst) == 1
+    });
+    engine.close(b);
+    assert_eq!(engine.live_streams(), 1);
+
+    let seen = std::cell::RefCell::new((Vec::new(), Vec::new()));
+    poll_until(
+        &mut *engine,
+        "c's chunk and the closes",
+        |event| match event {
+            Event::Closed(id) => seen.borrow_mut().0.push(id),
+            Event::Data(id, data) if id == c => seen.borrow_mut().1.extend_from_slice(&data),
+            other => panic!("event after close: {other:?}"),
+        },
+        || seen.borrow().0.len() == 2 && seen.borrow().1.len() == 10,
+    );
+    let (mut closed, c_data) = seen.into_inner();
+    closed.sort();
+    assert_eq!(closed, [a, b]);
+    assert_eq!(c_data, b"5\r\nhello\r\n");
+    close_all(&mut *engine, &[c].into_iter().collect());
+    assert_eq!(stats.snapshot().ops_in_flight(), 0);
+}
+
+#[test]
+fn uring_close_completes_before_returning() {
+    close_while_data_waits(EngineChoice::Uring);
+}
+
+#[test]
+fn epoll_close_completes_before_returning() {
+    close_while_data_waits(EngineChoice::Epoll);
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
-use io_uring::{opcode, squeue, IoUring, Probe};
+use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use slab::Slab;
 
 use super::table::StreamTable;
@@ -44,6 +44,8 @@ const RECV_MIN_SPARE: usize = 4 * 1024;
 /// (a line now and then) thus lends the kernel 4 KiB, not 64 KiB: with 1000 followed streams
 /// the 64 KiB buffers alone were 64 MiB of RSS (issue 5, many streams).
 const RECV_BUFFER_MIN: usize = 4 * 1024;
+/// `IORING_RECVSEND_POLL_FIRST` from `<linux/io_uring.h>` (5.19), not exported by the crate.
+const IORING_RECVSEND_POLL_FIRST: u16 = 1;
 
 /// What the kernel offers, found by [`probe`].
 #[derive(Clone, Debug)]
@@ -52,13 +54,19 @@ pub struct UringSupport {
     pub cancel_by_fd: bool,
     /// The ring could be set up with `SINGLE_ISSUER | DEFER_TASKRUN` (6.1).
     pub defer_taskrun: bool,
+    /// Waits take a minimum wait (`IORING_FEAT_MIN_TIMEOUT`, 6.12): "wait this long for
+    /// `want` completions, then return with whatever is in", which is how a poll coalesces
+    /// completions without a timer or a second syscall.
+    pub min_timeout: bool,
+    /// Recvs take `IORING_RECVSEND_POLL_FIRST` (5.19).
+    pub poll_first: bool,
 }
 
 /// Checks that io_uring can run this engine here: a ring can be set up (seccomp profiles and
 /// `kernel.io_uring_disabled` make this fail with EPERM), the kernel knows every opcode the
 /// engine submits, and waits can carry a timeout (`IORING_FEAT_EXT_ARG`, 5.11).
 pub fn probe() -> Result<UringSupport, String> {
-    let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    let mut ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
     if !ring.params().is_feature_ext_arg() {
         return Err("kernel lacks IORING_FEAT_EXT_ARG (needs Linux 5.11)".into());
     }
@@ -76,12 +84,46 @@ pub fn probe() -> Result<UringSupport, String> {
             return Err(format!("kernel does not support IORING_OP_{name}"));
         }
     }
+    let min_timeout = ring.params().is_feature_min_timeout();
+    let poll_first = probe_poll_first(&mut ring).unwrap_or(false);
     let cancel_by_fd = probe_cancel_by_fd(ring).unwrap_or(false);
     let defer_taskrun = build_ring(true).is_ok();
     Ok(UringSupport {
         cancel_by_fd,
         defer_taskrun,
+        min_timeout,
+        poll_first,
     })
+}
+
+/// Older kernels refuse a recv with a nonzero `ioprio` (EINVAL), so the flag is tried: a recv
+/// with POLL_FIRST on a socket holding one byte must return that byte.
+fn probe_poll_first(ring: &mut IoUring) -> io::Result<bool> {
+    let (a, b) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::io::write(&b, b"x")?;
+    let mut buf = Box::new([0u8; 16]);
+    let entry = opcode::Recv::new(Fd(a.as_raw_fd()), buf.as_mut_ptr(), buf.len() as u32)
+        .ioprio(IORING_RECVSEND_POLL_FIRST)
+        .build()
+        .user_data(2);
+    // SAFETY: the kernel writes into `buf` until this recv's completion. The byte is already
+    // queued, so the recv completes at once; should the wait fail, `buf` is leaked rather
+    // than freed while the recv might still be pending.
+    unsafe { ring.submission().push(&entry) }.map_err(|_| io::Error::other("probe ring full"))?;
+    if let Err(e) = ring.submit_and_wait(1) {
+        std::mem::forget(buf);
+        return Err(e);
+    }
+    let result = ring.completion().next().map(|cqe| cqe.result());
+    if result.is_none() {
+        std::mem::forget(buf);
+    }
+    Ok(result == Some(1))
 }
 
 /// Cancel-by-fd is a flag of ASYNC_CANCEL, not an opcode, so `register_probe` cannot tell:
@@ -137,6 +179,8 @@ struct Stream {
     /// Receive buffer while no recv holds it.
     buf: BytesMut,
     recv_armed: bool,
+    /// The last recv's completion said the socket had more queued (`F_SOCK_NONEMPTY`).
+    nonempty: bool,
     /// Size of the next receive buffer: [`RECV_BUFFER_MIN`]..=[`RECV_BUFFER`], by use.
     recv_size: usize,
     paused: bool,
@@ -171,12 +215,17 @@ pub struct UringEngine {
     ring: IoUring,
     ops: Slab<Op>,
     streams: StreamTable<Stream>,
-    /// Events produced outside `poll` (a close with nothing in flight), delivered by it.
+    /// Events produced outside `poll` (a close with nothing in flight, completions reaped
+    /// by a close), delivered by it.
     pending: Vec<Event>,
+    /// Streams whose cancel could not be queued yet (see [`Stream::cancel_owed`]).
+    owed: Vec<StreamId>,
     stats: Arc<IoStats>,
     support: UringSupport,
     /// Completions copied out of the ring before handling, since handling submits.
-    reaped: Vec<(u64, i32)>,
+    reaped: Vec<(u64, i32, u32)>,
+    /// See [`Engine::set_coalesce`]; used only when the kernel has `min_timeout`.
+    coalesce: Duration,
     _single_thread: PhantomData<*const ()>,
 }
 
@@ -189,9 +238,11 @@ impl UringEngine {
             ops: Slab::new(),
             streams: StreamTable::default(),
             pending: Vec::new(),
+            owed: Vec::new(),
             stats: Arc::default(),
             support,
             reaped: Vec::new(),
+            coalesce: Duration::ZERO,
             _single_thread: PhantomData,
         })
     }
@@ -266,6 +317,7 @@ impl UringEngine {
 
     /// Arms a recv unless one is armed, the stream is paused, finished or closing.
     fn arm_recv(&mut self, id: StreamId) -> io::Result<()> {
+        let poll_first = self.support.poll_first;
         let stream = self.stream_mut(id);
         if stream.recv_armed
             || stream.paused
@@ -282,7 +334,18 @@ impl UringEngine {
         let spare = buf.spare_capacity_mut();
         let (ptr, len) = (spare.as_mut_ptr().cast::<u8>(), spare.len());
         let fd = stream.fd.as_raw_fd();
-        let entry = opcode::Recv::new(Fd(fd), ptr, u32::try_from(len).unwrap_or(u32::MAX)).build();
+        // A stream just drained has nothing to read yet, almost always: POLL_FIRST skips the
+        // recv attempt that would fail with EAGAIN before the poll is armed, which is one
+        // socket read per line saved when lines come one at a time. Unless the last recv said
+        // more was queued.
+        let ioprio = if poll_first && !stream.nonempty {
+            IORING_RECVSEND_POLL_FIRST
+        } else {
+            0
+        };
+        let entry = opcode::Recv::new(Fd(fd), ptr, u32::try_from(len).unwrap_or(u32::MAX))
+            .ioprio(ioprio)
+            .build();
         stream.recv_armed = true;
         let result = self.submit(
             entry,
@@ -340,7 +403,7 @@ impl UringEngine {
 
     /// Handles one reaped completion. The op leaves the table here, and with it the memory it
     /// lent to the kernel returns to its owner.
-    fn complete(&mut self, key: usize, result: i32, events: &mut Vec<Event>) {
+    fn complete(&mut self, key: usize, result: i32, flags: u32, events: &mut Vec<Event>) {
         let Some(op) = self.ops.try_remove(key) else {
             log::error!("io_uring completion for unknown op {key} (result {result})");
             return;
@@ -407,6 +470,7 @@ impl UringEngine {
                     }
                     let data = buf.split().freeze();
                     stream.buf = buf;
+                    stream.nonempty = cqueue::sock_nonempty(flags);
                     self.stats.received(n);
                     events.push(Event::Data(id, data));
                     self.arm_recv(id)
@@ -442,10 +506,30 @@ impl UringEngine {
         }
     }
 
+    /// Handles every completion the ring holds, pushing the events to `events`.
+    fn reap(&mut self, events: &mut Vec<Event>) {
+        self.reaped.extend(
+            self.ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+        );
+        let reaped = std::mem::take(&mut self.reaped);
+        for &(key, result, flags) in &reaped {
+            self.complete(key as usize, result, flags, events);
+        }
+        self.reaped = reaped;
+        self.reaped.clear();
+    }
+
     fn retry_owed_cancels(&mut self) {
-        for id in self.streams.ids() {
-            if self.stream(id).cancel_owed && self.submit_cancel(id).is_ok() {
+        if self.owed.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.owed) {
+            if self.submit_cancel(id).is_ok() {
                 self.stream_mut(id).cancel_owed = false;
+            } else {
+                self.owed.push(id);
             }
         }
     }
@@ -453,12 +537,29 @@ impl UringEngine {
 
 /// Submits what is queued and waits for one completion, or until `timeout` passes.
 pub(crate) fn submit_and_wait(ring: &IoUring, timeout: Option<Duration>) -> io::Result<()> {
+    submit_and_wait_for(ring, timeout, 1, Duration::ZERO)
+}
+
+/// Submits what is queued and waits until `want` completions are in, or `min_wait` has passed
+/// with at least one in, or `timeout` has passed. A nonzero `min_wait` needs
+/// [`UringSupport::min_timeout`].
+fn submit_and_wait_for(
+    ring: &IoUring,
+    timeout: Option<Duration>,
+    want: usize,
+    min_wait: Duration,
+) -> io::Result<()> {
+    let min_wait_usec = u32::try_from(min_wait.as_micros()).unwrap_or(u32::MAX);
     let result = match timeout {
-        None => ring.submit_and_wait(1),
+        None if min_wait_usec == 0 => ring.submit_and_wait(want),
+        None => {
+            let args = SubmitArgs::new().min_wait_usec(min_wait_usec);
+            ring.submitter().submit_with_args(want, &args)
+        }
         Some(timeout) => {
             let ts = Timespec::from(timeout);
-            let args = SubmitArgs::new().timespec(&ts);
-            ring.submitter().submit_with_args(1, &args)
+            let args = SubmitArgs::new().timespec(&ts).min_wait_usec(min_wait_usec);
+            ring.submitter().submit_with_args(want, &args)
         }
     };
     match result {
@@ -525,6 +626,7 @@ impl Engine for UringEngine {
             buf: BytesMut::new(),
             recv_size: RECV_BUFFER_MIN,
             recv_armed: false,
+            nonempty: false,
             paused: false,
             closing: None,
             cancel_owed: false,
@@ -546,7 +648,13 @@ impl Engine for UringEngine {
             return;
         }
         stream.closing = Some(Instant::now());
-        if stream.in_flight.is_empty() {
+        let idle = stream.in_flight.is_empty();
+        // Events of this stream not yet handed out must not be: after `close` only `Closed`.
+        self.pending.retain(|e| match e {
+            Event::Data(s, _) | Event::Eof(s) | Event::Error(s, _) => *s != id,
+            Event::Closed(_) => true,
+        });
+        if idle {
             let mut events = std::mem::take(&mut self.pending);
             self.finalize(id, &mut events);
             self.pending = events;
@@ -556,7 +664,21 @@ impl Engine for UringEngine {
         if let Err(e) = self.submit_cancel(id) {
             log::warn!("cancel for {id} not queued yet, will retry: {e}");
             self.stream_mut(id).cancel_owed = true;
+            self.owed.push(id);
+            return;
         }
+        // Submit the cancel now and reap what it completes (with DEFER_TASKRUN the cancelled
+        // recv's completion is posted by the task work this enter runs): the fd is closed and
+        // the buffer freed before `close` returns, instead of when the thread next polls,
+        // after whatever else it does first (decoding, other closes: that wait was most of
+        // the cancel-to-reaped time in the rotation storm).
+        if let Err(e) = submit_and_wait(&self.ring, Some(Duration::ZERO)) {
+            log::warn!("io_uring submit of the cancel for {id} failed, will reap later: {e}");
+            return;
+        }
+        let mut events = std::mem::take(&mut self.pending);
+        self.reap(&mut events);
+        self.pending = events;
     }
 
     fn set_paused(&mut self, id: StreamId, paused: bool) {
@@ -577,22 +699,22 @@ impl Engine for UringEngine {
         self.retry_owed_cancels();
         events.append(&mut self.pending);
         let ready = !events.is_empty() || !self.ring.completion().is_empty();
-        submit_and_wait(
-            &self.ring,
-            if ready { Some(Duration::ZERO) } else { timeout },
-        )?;
-        self.reaped.extend(
-            self.ring
-                .completion()
-                .map(|cqe| (cqe.user_data(), cqe.result())),
-        );
-        let reaped = std::mem::take(&mut self.reaped);
-        for &(key, result) in &reaped {
-            self.complete(key as usize, result, events);
+        if ready {
+            submit_and_wait(&self.ring, Some(Duration::ZERO))?;
+        } else if self.support.min_timeout && !self.coalesce.is_zero() {
+            // Every op in flight completes at most once before we reap: asking for more than
+            // that would always sit out the minimum wait.
+            let want = self.ops.len().clamp(1, super::COALESCE_COMPLETIONS);
+            submit_and_wait_for(&self.ring, timeout, want, self.coalesce)?;
+        } else {
+            submit_and_wait(&self.ring, timeout)?;
         }
-        self.reaped = reaped;
-        self.reaped.clear();
+        self.reap(events);
         Ok(())
+    }
+
+    fn set_coalesce(&mut self, window: Duration) {
+        self.coalesce = window;
     }
 
     fn live_streams(&self) -> usize {

@@ -144,7 +144,7 @@ impl Dispatcher {
                     for c in &lost.checkpoints {
                         *undelivered
                             .by_container
-                            .entry(c.container_name.clone())
+                            .entry(c.container_name.to_string())
                             .or_default() += c.lines;
                     }
                     self.queue.release(lost.entries.len());

@@ -19,7 +19,7 @@ use crate::positions::Resume;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
     pub container_id: Arc<str>,
-    pub container_name: String,
+    pub container_name: Arc<str>,
     pub resume: Resume,
     pub newest_ns: i64,
     /// Entries and message bytes of this container in the batch.

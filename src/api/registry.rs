@@ -9,6 +9,7 @@
 //!   every `write_batch`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,7 +33,29 @@ pub struct ContainerRecord {
 
 #[derive(Debug, Default)]
 pub struct ContainerRegistry {
-    inner: Mutex<BTreeMap<String, ContainerRecord>>,
+    inner: Mutex<BTreeMap<String, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: ContainerRecord,
+    /// The live count: the capture thread adds to it without the lock or a lookup.
+    lines: Arc<AtomicU64>,
+}
+
+impl Entry {
+    fn new(id: &str) -> Self {
+        Entry {
+            record: ContainerRecord {
+                container_id: short(id),
+                container_name: String::new(),
+                image: String::new(),
+                monitored: true,
+                lines: 0,
+            },
+            lines: Arc::default(),
+        }
+    }
 }
 
 fn short(id: &str) -> String {
@@ -40,27 +63,29 @@ fn short(id: &str) -> String {
 }
 
 impl ContainerRegistry {
-    /// The container's log is read from now on. `name` without the leading `/`.
-    pub fn monitored(&self, id: &str, name: &str, image: &str) {
+    /// The container's log is read from now on. `name` without the leading `/`. Returns its
+    /// line counter: adding to it is what [`ContainerRegistry::add_lines`] does.
+    pub fn monitored(&self, id: &str, name: &str, image: &str) -> Arc<AtomicU64> {
         let mut inner = self.inner.lock().unwrap();
-        let r = inner
+        let e = inner
             .entry(id.to_string())
-            .or_insert_with(|| ContainerRecord {
-                container_id: short(id),
-                container_name: String::new(),
-                image: String::new(),
-                monitored: true,
-                lines: 0,
-            });
-        r.container_name = name.trim_start_matches('/').to_string();
-        r.image = image.to_string();
+            .or_insert_with(|| Entry::new(id));
+        let r = &mut e.record;
+        let name = name.trim_start_matches('/');
+        if r.container_name != name {
+            r.container_name = name.to_string();
+        }
+        if r.image != image {
+            r.image = image.to_string();
+        }
         r.monitored = true;
+        e.lines.clone()
     }
 
     /// The container stopped: its series stays (Go kept it at 0), its line count too.
     pub fn unmonitored(&self, id: &str) {
-        if let Some(r) = self.inner.lock().unwrap().get_mut(id) {
-            r.monitored = false;
+        if let Some(e) = self.inner.lock().unwrap().get_mut(id) {
+            e.record.monitored = false;
         }
     }
 
@@ -72,25 +97,21 @@ impl ContainerRegistry {
     /// `n` more lines of the container were queued.
     pub fn add_lines(&self, id: &str, n: u64) {
         let mut inner = self.inner.lock().unwrap();
-        match inner.get_mut(id) {
-            Some(r) => r.lines += n,
-            None => {
-                inner.insert(
-                    id.to_string(),
-                    ContainerRecord {
-                        container_id: short(id),
-                        container_name: String::new(),
-                        image: String::new(),
-                        monitored: true,
-                        lines: n,
-                    },
-                );
-            }
-        }
+        let e = inner
+            .entry(id.to_string())
+            .or_insert_with(|| Entry::new(id));
+        e.lines.fetch_add(n, Relaxed);
     }
 
     pub fn snapshot(&self) -> Vec<ContainerRecord> {
-        self.inner.lock().unwrap().values().cloned().collect()
+        let inner = self.inner.lock().unwrap();
+        inner
+            .values()
+            .map(|e| ContainerRecord {
+                lines: e.lines.load(Relaxed),
+                ..e.record.clone()
+            })
+            .collect()
     }
 
     /// True once anything was recorded: until the capture thread calls this registry, the

@@ -84,7 +84,7 @@ pub fn decide(
         (_, Ok(support)) => Ok(Selection {
             kind: EngineKind::Uring,
             reason: format!(
-                "probe passed; cancel by {}, {}",
+                "probe passed; cancel by {}, {}, {}",
                 if support.cancel_by_fd {
                     "fd"
                 } else {
@@ -94,6 +94,11 @@ pub fn decide(
                     "deferred task run"
                 } else {
                     "plain ring"
+                },
+                if support.min_timeout {
+                    "waits coalesce completions"
+                } else {
+                    "no min-wait: a wakeup per completion"
                 },
             ),
         }),

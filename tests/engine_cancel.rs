@@ -522,3 +522,46 @@ fn uring_close_completes_before_returning() {
 fn epoll_close_completes_before_returning() {
     close_while_data_waits(EngineChoice::Epoll);
 }
+
+/// With pacing, a small receive is not followed by another recv until the delay is over: the
+/// next chunk waits in the socket, nothing is in flight, and a close completes at once.
+fn paced_stream_waits_in_the_socket(choice: EngineChoice) {
+    let _serial = serial();
+    *GATE.0.lock().unwrap() = false;
+    CHUNKS_SENT.store(0, SeqCst);
+    let server = SilentServer::start(head_then_chunk_at_gate);
+    let mut engine = engine(choice);
+    engine.set_pacing(Duration::from_secs(3600));
+    let stats = engine.stats();
+    let ids = open_streams(&mut *engine, &server.path, 1);
+    assert_eq!(stats.snapshot().ops_in_flight(), 0, "no recv while paced");
+    *GATE.0.lock().unwrap() = true;
+    GATE.1.notify_all();
+    wait_for("the chunk to be sent", || CHUNKS_SENT.load(SeqCst) == 1);
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        engine
+            .poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+    }
+    assert!(events.is_empty(), "read during the delay: {events:?}");
+    let id = *ids.iter().next().unwrap();
+    engine.close(id);
+    assert_eq!(engine.live_streams(), 0);
+    engine.poll(&mut events, Some(Duration::ZERO)).unwrap();
+    assert!(
+        matches!(events[..], [Event::Closed(c)] if c == id),
+        "{events:?}"
+    );
+    assert_eq!(stats.snapshot().ops_in_flight(), 0);
+}
+
+#[test]
+fn uring_paced_stream_waits_in_the_socket() {
+    paced_stream_waits_in_the_socket(EngineChoice::Uring);
+}
+
+#[test]
+fn epoll_paced_stream_waits_in_the_socket() {
+    paced_stream_waits_in_the_socket(EngineChoice::Epoll);
+}

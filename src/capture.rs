@@ -213,7 +213,13 @@ impl Capture {
         reader.set_coalesce(POLL_COALESCE);
         if options.follow {
             // Without follow every stream ends soon anyway: waiting would only delay the end.
-            reader.set_pacing(READ_PACING);
+            // A stream must read between rotations: with rotation every 200 ms and a 250 ms
+            // delay, streams were rotated before their second receive, forever.
+            let mut pacing = READ_PACING;
+            if !options.rotation.is_zero() {
+                pacing = pacing.min(options.rotation / 8);
+            }
+            reader.set_pacing(pacing);
         }
         Capture {
             reader,

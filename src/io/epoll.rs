@@ -47,6 +47,8 @@ struct Stream {
     waiting: Option<OpKind>,
     /// Waiting in [`EpollEngine::paced`] before it reads again (see [`Engine::set_pacing`]).
     paced: bool,
+    /// Anything was received yet.
+    received: bool,
 }
 
 pub struct EpollEngine {
@@ -198,7 +200,9 @@ impl EpollEngine {
                     self.stats.received(n);
                     events.push(Event::Data(id, Bytes::copy_from_slice(&self.scratch)));
                     reads += 1;
-                    if n < super::PACE_BELOW && !self.pacing.is_zero() {
+                    // Not after the first receive, which is mostly the response head alone.
+                    let first = !std::mem::replace(&mut stream.received, true);
+                    if n < super::PACE_BELOW && !self.pacing.is_zero() && !first {
                         stream.paced = true;
                         self.paced.push_back((self.now + self.pacing, id));
                         return Ok(());
@@ -272,6 +276,7 @@ impl Engine for EpollEngine {
             registered: None,
             waiting: None,
             paced: false,
+            received: false,
         });
         self.stats.stream_opened();
         let mut events = std::mem::take(&mut self.pending);

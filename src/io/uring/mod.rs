@@ -184,6 +184,8 @@ struct Stream {
     nonempty: bool,
     /// Waiting in [`UringEngine::paced`] for its next recv.
     paced: bool,
+    /// Anything was received yet.
+    received: bool,
     /// Size of the next receive buffer: [`RECV_BUFFER_MIN`]..=[`RECV_BUFFER`], by use.
     recv_size: usize,
     paused: bool,
@@ -487,7 +489,9 @@ impl UringEngine {
                     stream.nonempty = cqueue::sock_nonempty(flags);
                     self.stats.received(n);
                     events.push(Event::Data(id, data));
-                    if n < super::PACE_BELOW && !self.pacing.is_zero() {
+                    // Not after the first receive, which is mostly the response head alone.
+                    let first = !std::mem::replace(&mut self.stream_mut(id).received, true);
+                    if n < super::PACE_BELOW && !self.pacing.is_zero() && !first {
                         self.stream_mut(id).paced = true;
                         self.paced.push_back((self.now + self.pacing, id));
                         Ok(())
@@ -669,6 +673,7 @@ impl Engine for UringEngine {
             recv_armed: false,
             nonempty: false,
             paced: false,
+            received: false,
             paused: false,
             closing: None,
             cancel_owed: false,

@@ -107,11 +107,6 @@ impl LogReader {
         }
     }
 
-    /// See [`Engine::set_pacing`].
-    pub fn set_pacing(&mut self, delay: Duration) {
-        self.engine.set_pacing(delay);
-    }
-
     /// See [`Engine::set_coalesce`].
     pub fn set_coalesce(&mut self, window: Duration) {
         self.engine.set_coalesce(window);

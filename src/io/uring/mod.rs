@@ -10,7 +10,6 @@
 //! This is the only module of the crate with `unsafe` code.
 #![allow(unsafe_code)]
 
-use std::collections::VecDeque;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -182,10 +181,6 @@ struct Stream {
     recv_armed: bool,
     /// The last recv's completion said the socket had more queued (`F_SOCK_NONEMPTY`).
     nonempty: bool,
-    /// Waiting in [`UringEngine::paced`] for its next recv.
-    paced: bool,
-    /// Anything was received yet.
-    received: bool,
     /// Size of the next receive buffer: [`RECV_BUFFER_MIN`]..=[`RECV_BUFFER`], by use.
     recv_size: usize,
     paused: bool,
@@ -231,13 +226,6 @@ pub struct UringEngine {
     reaped: Vec<(u64, i32, u32)>,
     /// See [`Engine::set_coalesce`]; used only when the kernel has `min_timeout`.
     coalesce: Duration,
-    /// See [`Engine::set_pacing`].
-    pacing: Duration,
-    /// Streams whose next recv waits for the pacing delay, in the order they are due (one
-    /// delay for all, so a queue is enough). Stale ids (closed since) are skipped.
-    paced: VecDeque<(Instant, StreamId)>,
-    /// Taken once per poll: what a paced stream's delay counts from.
-    now: Instant,
     _single_thread: PhantomData<*const ()>,
 }
 
@@ -255,9 +243,6 @@ impl UringEngine {
             support,
             reaped: Vec::new(),
             coalesce: Duration::ZERO,
-            pacing: Duration::ZERO,
-            paced: VecDeque::new(),
-            now: Instant::now(),
             _single_thread: PhantomData,
         })
     }
@@ -335,7 +320,6 @@ impl UringEngine {
         let poll_first = self.support.poll_first;
         let stream = self.stream_mut(id);
         if stream.recv_armed
-            || stream.paced
             || stream.paused
             || stream.phase != Phase::Receiving
             || stream.closing.is_some()
@@ -489,15 +473,7 @@ impl UringEngine {
                     stream.nonempty = cqueue::sock_nonempty(flags);
                     self.stats.received(n);
                     events.push(Event::Data(id, data));
-                    // Not after the first receive, which is mostly the response head alone.
-                    let first = !std::mem::replace(&mut self.stream_mut(id).received, true);
-                    if n < super::PACE_BELOW && !self.pacing.is_zero() && !first {
-                        self.stream_mut(id).paced = true;
-                        self.paced.push_back((self.now + self.pacing, id));
-                        Ok(())
-                    } else {
-                        self.arm_recv(id)
-                    }
+                    self.arm_recv(id)
                 } else if result == 0 {
                     stream.buf = buf;
                     stream.phase = Phase::Finished;
@@ -543,27 +519,6 @@ impl UringEngine {
         }
         self.reaped = reaped;
         self.reaped.clear();
-    }
-
-    /// Arms the recvs whose pacing delay is over; returns when the next one is due.
-    fn arm_paced(&mut self, events: &mut Vec<Event>) -> Option<Instant> {
-        while let Some(&(due, id)) = self.paced.front() {
-            if due > self.now {
-                return Some(due);
-            }
-            self.paced.pop_front();
-            let Some(stream) = self.streams.get_mut(id) else {
-                continue;
-            };
-            stream.paced = false;
-            // Whatever came during the delay is queued: the recv should try at once, not
-            // arm a poll first.
-            stream.nonempty = true;
-            if let Err(e) = self.arm_recv(id) {
-                self.fail(id, e, events);
-            }
-        }
-        None
     }
 
     fn retry_owed_cancels(&mut self) {
@@ -672,8 +627,6 @@ impl Engine for UringEngine {
             recv_size: RECV_BUFFER_MIN,
             recv_armed: false,
             nonempty: false,
-            paced: false,
-            received: false,
             paused: false,
             closing: None,
             cancel_owed: false,
@@ -745,12 +698,6 @@ impl Engine for UringEngine {
     fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         self.retry_owed_cancels();
         events.append(&mut self.pending);
-        self.now = Instant::now();
-        let mut timeout = timeout;
-        if let Some(due) = self.arm_paced(events) {
-            let until = due - self.now;
-            timeout = Some(timeout.map_or(until, |t| t.min(until)));
-        }
         let ready = !events.is_empty() || !self.ring.completion().is_empty();
         if ready {
             submit_and_wait(&self.ring, Some(Duration::ZERO))?;
@@ -768,10 +715,6 @@ impl Engine for UringEngine {
 
     fn set_coalesce(&mut self, window: Duration) {
         self.coalesce = window;
-    }
-
-    fn set_pacing(&mut self, delay: Duration) {
-        self.pacing = delay;
     }
 
     fn live_streams(&self) -> usize {

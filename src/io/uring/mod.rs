@@ -96,15 +96,20 @@ pub fn probe() -> Result<UringSupport, String> {
     })
 }
 
-/// Older kernels refuse a recv with a nonzero `ioprio` (EINVAL), so the flag is tried: a recv
-/// with POLL_FIRST on a socket holding one byte must return that byte.
-fn probe_poll_first(ring: &mut IoUring) -> io::Result<bool> {
-    let (a, b) = rustix::net::socketpair(
+/// A connected pair of unix stream sockets for the probes.
+fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
         rustix::net::AddressFamily::UNIX,
         rustix::net::SocketType::STREAM,
         rustix::net::SocketFlags::CLOEXEC,
         None,
-    )?;
+    )?)
+}
+
+/// Older kernels refuse a recv with a nonzero `ioprio` (EINVAL), so the flag is tried: a recv
+/// with POLL_FIRST on a socket holding one byte must return that byte.
+fn probe_poll_first(ring: &mut IoUring) -> io::Result<bool> {
+    let (a, b) = socket_pair()?;
     rustix::io::write(&b, b"x")?;
     let mut buf = Box::new([0u8; 16]);
     let entry = opcode::Recv::new(Fd(a.as_raw_fd()), buf.as_mut_ptr(), buf.len() as u32)
@@ -130,12 +135,7 @@ fn probe_poll_first(ring: &mut IoUring) -> io::Result<bool> {
 /// cancel all ops of an idle socket and see whether the kernel answers with a count (0 here;
 /// with `_ALL` it counts what it cancelled) or ENOENT, or EINVAL for flags it does not know.
 fn probe_cancel_by_fd(mut ring: IoUring) -> io::Result<bool> {
-    let (a, _b) = rustix::net::socketpair(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::STREAM,
-        rustix::net::SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let (a, _b) = socket_pair()?;
     let entry = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(a.as_raw_fd())).all())
         .build()
         .user_data(1);

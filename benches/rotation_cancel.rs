@@ -2,7 +2,8 @@
 //! `benches/support/fake_dockerd.rs`, in-process) are all closed and reopened every second, as
 //! the capture thread does at `stream_rotation_interval`. For every stream, the time from
 //! `Engine::close` to its `Event::Closed` (cancel submitted, every completion reaped, fd
-//! closed) as the polling thread sees it: p50, p99 and max per engine; and after every round
+//! closed) as the polling thread sees it, and the engine's own cancel-to-reaped histogram
+//! (cancel submitted to last completion reaped): p50, p99 and max per engine; and after every round
 //! ops in flight, live streams, open fds and the server's open connections, which must stay
 //! flat.
 //!
@@ -20,7 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log_capturer::docker::{logs_request, LogsQuery};
-use log_capturer::io::{select_engine, Engine, EngineChoice, Event, StreamId};
+use log_capturer::io::{
+    select_engine, CancelHistogram, Engine, EngineChoice, Event, StreamId, CANCEL_BUCKETS_NANOS,
+};
 
 use fake_dockerd::{container_id, Mode, ServerConfig};
 
@@ -63,6 +66,8 @@ fn wait_heads(engine: &mut dyn Engine, pending: &mut HashMap<StreamId, usize>) {
 struct Report {
     latencies: Vec<Duration>,
     flat: bool,
+    cancel: CancelHistogram,
+    cancel_max_nanos: u64,
 }
 
 fn storm(choice: EngineChoice, streams: usize, rounds: usize, pause: Duration) -> Report {
@@ -183,10 +188,25 @@ fn storm(choice: EngineChoice, streams: usize, rounds: usize, pause: Duration) -
             s.cancel_reaped_nanos_max as f64 / 1e3
         );
     }
+    let cancel = stats.cancel_histogram();
     stop.store(true, Relaxed);
     let _ = handle.join();
     let _ = std::fs::remove_dir_all(&dir);
-    Report { latencies, flat }
+    Report {
+        latencies,
+        flat,
+        cancel,
+        cancel_max_nanos: s.cancel_reaped_nanos_max,
+    }
+}
+
+/// The bucket bound under which a fraction `p` of the engine's cancel-to-reaped times fall.
+fn bucket_pct(h: &CancelHistogram, p: f64) -> String {
+    let want = (h.count as f64 * p).ceil() as u64;
+    match h.cumulative.iter().position(|&c| c >= want) {
+        Some(i) => format!("<= {} µs", CANCEL_BUCKETS_NANOS[i] / 1000),
+        None => format!("> {} µs", CANCEL_BUCKETS_NANOS.last().unwrap() / 1000),
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -225,15 +245,33 @@ fn main() {
             pct(&r.latencies, 0.99),
             *r.latencies.last().unwrap(),
         );
+        // The issue's figure is the engine's own cancel-to-reaped time per stream (cancel
+        // submitted to last completion reaped). close()->Closed as the poller sees it also
+        // holds the rest of the batch: all 1000 closes are made before the next poll.
+        let h = &r.cancel;
+        let p99_ok = h
+            .cumulative
+            .get(
+                CANCEL_BUCKETS_NANOS
+                    .iter()
+                    .position(|&b| b == 1_000_000)
+                    .unwrap(),
+            )
+            .is_some_and(|&c| c as f64 >= h.count as f64 * 0.99);
         summary.push(format!(
-            "rotation_cancel {:>5}: {} closes, close()->Closed p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; \
-             p99 < 1 ms: {}; ops/fds/connections flat: {}",
+            "rotation_cancel {:>5}: {} closes; cancel-to-reaped (engine) mean {:.1} µs, p50 {}, p99 {}, \
+             max {:.0} µs; close()->Closed seen by the poller p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; \
+             p99 cancel-to-reaped < 1 ms: {}; ops/fds/connections flat: {}",
             format!("{choice:?}").to_lowercase(),
             r.latencies.len(),
+            h.sum_nanos as f64 / h.count.max(1) as f64 / 1e3,
+            bucket_pct(h, 0.5),
+            bucket_pct(h, 0.99),
+            r.cancel_max_nanos as f64 / 1e3,
             us(p50),
             us(p99),
             us(max),
-            if p99 < Duration::from_millis(1) { "PASS" } else { "MISS" },
+            if p99_ok { "PASS" } else { "MISS" },
             if r.flat { "PASS" } else { "MISS" },
         ));
     }

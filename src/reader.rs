@@ -136,9 +136,7 @@ impl LogReader {
     }
 
     fn handle(&mut self, event: Event, out: &mut Vec<ReaderEvent>) {
-        let id = match &event {
-            Event::Data(id, _) | Event::Eof(id) | Event::Error(id, _) | Event::Closed(id) => *id,
-        };
+        let id = event.stream();
         if let Event::Closed(_) = event {
             self.streams.remove(&id);
             out.push(ReaderEvent::Closed(id));

@@ -266,11 +266,7 @@ impl Engine for EpollEngine {
             self.stats.cancelled();
         }
         let had_op = stream.waiting.is_some();
-        // Events of this stream not yet handed out must not follow its close.
-        self.pending.retain(|event| match event {
-            Event::Data(s, _) | Event::Eof(s) | Event::Error(s, _) => *s != id,
-            Event::Closed(_) => true,
-        });
+        super::discard_events_of(&mut self.pending, id);
         self.finalize(id);
         if had_op {
             self.stats

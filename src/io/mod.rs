@@ -65,6 +65,21 @@ pub enum Event {
     Closed(StreamId),
 }
 
+impl Event {
+    /// The stream the event is about.
+    pub fn stream(&self) -> StreamId {
+        match self {
+            Event::Data(id, _) | Event::Eof(id) | Event::Error(id, _) | Event::Closed(id) => *id,
+        }
+    }
+}
+
+/// Drops the events of `id` still waiting to be handed out, but not a `Closed`: what both
+/// engines do in `close`, since after it only `Closed` may be reported for the stream.
+fn discard_events_of(pending: &mut Vec<Event>, id: StreamId) {
+    pending.retain(|e| matches!(e, Event::Closed(_)) || e.stream() != id);
+}
+
 /// The stream API both engines offer.
 pub trait Engine {
     /// Which engine this is.

@@ -649,11 +649,7 @@ impl Engine for UringEngine {
         }
         stream.closing = Some(Instant::now());
         let idle = stream.in_flight.is_empty();
-        // Events of this stream not yet handed out must not be: after `close` only `Closed`.
-        self.pending.retain(|e| match e {
-            Event::Data(s, _) | Event::Eof(s) | Event::Error(s, _) => *s != id,
-            Event::Closed(_) => true,
-        });
+        super::discard_events_of(&mut self.pending, id);
         if idle {
             let mut events = std::mem::take(&mut self.pending);
             self.finalize(id, &mut events);

@@ -176,6 +176,37 @@ impl ContainerPosition {
         }
     }
 
+    /// Applies [`PositionStore::advance`] to this record; true when anything changed.
+    fn advance(
+        &mut self,
+        name: &str,
+        resume: Resume,
+        (lines, bytes): (u64, u64),
+        last_log_time_ns: i64,
+    ) -> bool {
+        let unchanged = lines == 0
+            && bytes == 0
+            && self.resume() == Some(resume)
+            && self.since_ns.is_some()
+            && self.last_log_time_ns == Some(last_log_time_ns)
+            && (name.is_empty() || self.container_name.as_deref() == Some(name));
+        if unchanged {
+            return false;
+        }
+        self.since = Some(resume.since_ns);
+        self.since_ns = Some(resume.since_ns);
+        self.skip = resume.skip;
+        self.last_log_time = Some(last_log_time_ns);
+        self.last_log_time_ns = Some(last_log_time_ns);
+        self.last_read = Some(now_ns());
+        self.log_count = self.log_count.saturating_add(to_i64(lines));
+        self.bytes_read = self.bytes_read.saturating_add(to_i64(bytes));
+        if !name.is_empty() && self.container_name.as_deref() != Some(name) {
+            self.container_name = Some(name.to_owned());
+        }
+        true
+    }
+
     /// Where to resume this container; `None` when nothing was recorded (read from the start).
     ///
     /// Our records resume exactly from `(since_ns, skip)`. Go records (no `since_ns`) resume by
@@ -360,34 +391,16 @@ impl PositionStore {
     ) {
         let name = name.trim_start_matches('/');
         let key = short_id(container_id);
-        if !self.positions.contains_key(key) {
-            self.positions
-                .insert(key.to_owned(), ContainerPosition::new(key));
-            self.dirty = true;
-        }
-        let p = self.positions.get_mut(key).expect("inserted above");
-        let unchanged = delivered_lines == 0
-            && delivered_bytes == 0
-            && p.resume() == Some(resume)
-            && p.since_ns.is_some()
-            && p.last_log_time_ns == Some(last_log_time_ns)
-            && (name.is_empty() || p.container_name.as_deref() == Some(name));
-        if unchanged {
+        let delivered = (delivered_lines, delivered_bytes);
+        // Called per container per delivered batch: one lookup when the record exists (the
+        // common case), updated in place with no copy to compare against.
+        if let Some(p) = self.positions.get_mut(key) {
+            self.dirty |= p.advance(name, resume, delivered, last_log_time_ns);
             return;
         }
-        // Called per container per delivered batch: updated in place, no copy of the record
-        // to compare against (that clone was a visible share of the dispatcher's time).
-        p.since = Some(resume.since_ns);
-        p.since_ns = Some(resume.since_ns);
-        p.skip = resume.skip;
-        p.last_log_time = Some(last_log_time_ns);
-        p.last_log_time_ns = Some(last_log_time_ns);
-        p.last_read = Some(now_ns());
-        p.log_count = p.log_count.saturating_add(to_i64(delivered_lines));
-        p.bytes_read = p.bytes_read.saturating_add(to_i64(delivered_bytes));
-        if !name.is_empty() && p.container_name.as_deref() != Some(name) {
-            p.container_name = Some(name.to_owned());
-        }
+        let mut p = ContainerPosition::new(key);
+        p.advance(name, resume, delivered, last_log_time_ns);
+        self.positions.insert(key.to_owned(), p);
         self.dirty = true;
     }
 

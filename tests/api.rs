@@ -593,8 +593,8 @@ fn metrics_have_every_name_and_label_on_both_ports() {
         .unwrap()
         .insert(("loki", "error"), 4);
     s.containers
-        .monitored("0123456789abcdef", "/web", "nginx:1");
-    s.containers.add_lines("0123456789abcdef", 7);
+        .monitored("0123456789abcdef", "/web", "nginx:1")
+        .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
     s.sink_timings.observe("loki", Duration::from_millis(200));
     f.tx.as_ref().unwrap().send(entries(5)).unwrap();
     assert_eq!(get(f.api, "/health").status, 200);

@@ -4,7 +4,8 @@
 //! - [`ContainerRegistry`]: which containers are read (`containers_monitored`,
 //!   `total_containers_monitored`) and lines per container (`logs_processed_total`).
 //!   The capture thread calls `monitored` when a container's stream opens, `unmonitored`
-//!   when its container stops, `forget` when it is removed, `add_lines` per queued batch.
+//!   when its container stops, `forget` when it is removed, and adds to the line counter
+//!   `monitored` returns per queued batch.
 //! - [`SinkTimings`]: `sink_send_duration_seconds`; the dispatcher calls `observe` around
 //!   every `write_batch`.
 
@@ -64,7 +65,7 @@ fn short(id: &str) -> String {
 
 impl ContainerRegistry {
     /// The container's log is read from now on. `name` without the leading `/`. Returns its
-    /// line counter: adding to it is what [`ContainerRegistry::add_lines`] does.
+    /// line counter (lines queued for delivery), which the caller adds to without the lock.
     pub fn monitored(&self, id: &str, name: &str, image: &str) -> Arc<AtomicU64> {
         let mut inner = self.inner.lock().unwrap();
         let e = inner
@@ -92,15 +93,6 @@ impl ContainerRegistry {
     /// The container is gone: its series are dropped.
     pub fn forget(&self, id: &str) {
         self.inner.lock().unwrap().remove(id);
-    }
-
-    /// `n` more lines of the container were queued.
-    pub fn add_lines(&self, id: &str, n: u64) {
-        let mut inner = self.inner.lock().unwrap();
-        let e = inner
-            .entry(id.to_string())
-            .or_insert_with(|| Entry::new(id));
-        e.lines.fetch_add(n, Relaxed);
     }
 
     pub fn snapshot(&self) -> Vec<ContainerRecord> {
@@ -155,8 +147,8 @@ mod tests {
     fn registry_lifecycle() {
         let r = ContainerRegistry::default();
         assert!(!r.is_used());
-        r.monitored("0123456789abcdef", "/web", "nginx:1");
-        r.add_lines("0123456789abcdef", 5);
+        let lines = r.monitored("0123456789abcdef", "/web", "nginx:1");
+        lines.fetch_add(5, Relaxed);
         r.unmonitored("0123456789abcdef");
         let s = r.snapshot();
         assert_eq!(s.len(), 1);

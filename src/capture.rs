@@ -197,14 +197,13 @@ pub struct Capture {
 impl Capture {
     /// `committed`: the positions delivered before this start, per full container id.
     pub fn new(
-        reader: LogReader,
+        mut reader: LogReader,
         options: CaptureOptions,
         queue: QueueSender,
         committed: HashMap<String, Resume>,
         stats: Arc<CaptureStats>,
         registry: Arc<ContainerRegistry>,
     ) -> Self {
-        let mut reader = reader;
         reader.set_coalesce(POLL_COALESCE);
         Capture {
             reader,

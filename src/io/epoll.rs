@@ -196,15 +196,23 @@ impl EpollEngine {
         Ok(())
     }
 
-    /// One `epoll_wait`, appending to `self.ready`.
+    /// Completions a coalescing poll waits for: one per stream waiting to send or receive, up
+    /// to [`super::COALESCE_COMPLETIONS`], as the io_uring engine counts its ops in flight.
+    fn want(&self) -> usize {
+        let waiting = self.stats.in_flight(OpKind::Recv) + self.stats.in_flight(OpKind::Send);
+        usize::try_from(waiting)
+            .unwrap_or(0)
+            .clamp(1, super::COALESCE_COMPLETIONS)
+    }
+
+    /// One `epoll_wait`; `self.ready` holds what it reported.
     fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let ts = timeout.map(|t| rustix::event::Timespec {
             tv_sec: t.as_secs() as i64,
             tv_nsec: i64::from(t.subsec_nanos()),
         });
-        if self.ready.capacity() == self.ready.len() {
-            self.ready.reserve(1024);
-        }
+        // Capacity from `new`; `spare_capacity` fills up to it and sets the length.
+        self.ready.clear();
         match epoll::wait(
             &self.epoll,
             rustix::buffer::spare_capacity(&mut self.ready),
@@ -308,18 +316,12 @@ impl Engine for EpollEngine {
         if !connecting.is_empty() {
             timeout = Some(timeout.map_or(CONNECT_RETRY, |t| t.min(CONNECT_RETRY)));
         }
-        self.ready.clear();
         self.wait(timeout)?;
-        let waiting = self.stats.in_flight(OpKind::Recv) + self.stats.in_flight(OpKind::Send);
-        let want = usize::try_from(waiting)
-            .unwrap_or(0)
-            .clamp(1, super::COALESCE_COMPLETIONS);
-        if !self.coalesce.is_zero() && !self.ready.is_empty() && self.ready.len() < want {
+        if !self.coalesce.is_zero() && !self.ready.is_empty() && self.ready.len() < self.want() {
             // epoll has no "at least n events" wait: sleep out the window, then take what is
             // ready. Level-triggered, so the second wait reports the first one's fds again.
             // Costs two syscalls per poll, saves a wakeup per event.
             std::thread::sleep(self.coalesce);
-            self.ready.clear();
             self.wait(Some(Duration::ZERO))?;
         }
         let ready: Vec<StreamId> = self.ready.iter().map(|e| id_of(e.data.u64())).collect();

@@ -237,7 +237,7 @@ impl Capture {
         loop {
             if !stopping && stop.load(Relaxed) {
                 stopping = true;
-                log::info!("stopping: closing {} streams", self.reader.live_streams());
+                tracing::info!("stopping: closing {} streams", self.reader.live_streams());
                 let keys: Vec<Key> = self.containers.iter().map(|(k, _)| k).collect();
                 for key in keys {
                     self.close_stream(key, Next::Nothing);
@@ -272,7 +272,7 @@ impl Capture {
             }
             if let Err(e) = self.reader.poll(&mut self.events, Some(wait)) {
                 // The ring or epoll instance itself failed: nothing can be read any more.
-                log::error!("io engine failed: {e}");
+                tracing::error!("io engine failed: {e}");
                 stop.store(true, Relaxed);
             }
             let mut events = std::mem::take(&mut self.events);
@@ -395,7 +395,7 @@ impl Capture {
         };
         match self.reader.open(&spec) {
             Ok(stream) => {
-                log::debug!(
+                tracing::debug!(
                     "{}: stream opened (since {:?}, skipping {})",
                     c.info.name,
                     resume.map(|r| r.since_ns),
@@ -420,7 +420,7 @@ impl Capture {
                 }
             }
             Err(e) => {
-                log::warn!("{}: cannot open log stream: {e}", c.info.name);
+                tracing::warn!("{}: cannot open log stream: {e}", c.info.name);
                 self.stats.stream_errors.fetch_add(1, Relaxed);
                 c.next = Next::ReopenAt(Instant::now() + REOPEN_BACKOFF);
             }
@@ -525,7 +525,7 @@ impl Capture {
         self.paused = pause;
         if pause {
             self.stats.pauses.fetch_add(1, Relaxed);
-            log::debug!(
+            tracing::debug!(
                 "queue full ({queued} entries): pausing {} streams",
                 self.by_stream.len()
             );
@@ -547,7 +547,7 @@ impl Capture {
         c.closing = true;
         match result {
             Ok(()) => {
-                log::debug!("{}: stream ended", c.info.name);
+                tracing::debug!("{}: stream ended", c.info.name);
                 c.failures = 0;
                 // In follow mode a clean end means the container stopped; a restart
                 // is a new `Running` event.
@@ -558,7 +558,7 @@ impl Capture {
             Err(e) => {
                 self.stats.stream_errors.fetch_add(1, Relaxed);
                 c.failures += 1;
-                log::warn!("{}: log stream failed, reopening: {e}", c.info.name);
+                tracing::warn!("{}: log stream failed, reopening: {e}", c.info.name);
                 let backoff = REOPEN_BACKOFF * c.failures.min(30);
                 c.next = if (self.options.follow && !c.running)
                     || (!self.options.follow && c.failures >= ONCE_ATTEMPTS)
@@ -657,7 +657,7 @@ impl Capture {
             stats.lines_skipped.fetch_add(1, Relaxed);
             if c.tracker.mismatches() != before {
                 stats.resume_mismatches.fetch_add(1, Relaxed);
-                log::warn!(
+                tracing::warn!(
                     "{}: a repeated line differs from the one read before",
                     c.info.name
                 );
@@ -717,7 +717,7 @@ impl Capture {
             checkpoints,
         };
         if let Err(batch) = self.queue.send(batch) {
-            log::error!(
+            tracing::error!(
                 "dispatcher gone: {} lines read and not delivered",
                 batch.entries.len()
             );

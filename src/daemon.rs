@@ -142,7 +142,7 @@ pub fn run(
     let positions = Arc::new(Mutex::new(positions));
     let sinks = build_sinks(config)?;
     let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
-    log::info!("sinks: {}", sink_names.join(", "));
+    tracing::info!("sinks: {}", sink_names.join(", "));
 
     let (tx, rx) = queue(config.dispatcher.queue_size);
     let shared = Shared {
@@ -221,7 +221,7 @@ pub fn run(
                     return;
                 }
             };
-            log::info!("{selection}");
+            tracing::info!("{selection}");
             *capture_shared.io.lock().unwrap() = Some((engine.stats(), selection));
             let _ = ready_tx.send(Ok(()));
             let reader = LogReader::new(engine, &socket);
@@ -279,7 +279,7 @@ pub fn run(
         let _ = discovery.join();
     }
     let dropped = shared.dispatch.dropped_total();
-    log::info!(
+    tracing::info!(
         "done: {} lines read, {} delivered, {} dropped, {} undelivered",
         shared.capture.lines_read.load(Relaxed),
         shared.dispatch.lines_delivered.load(Relaxed),
@@ -287,7 +287,7 @@ pub fn run(
         undelivered.lines
     );
     for (container, lines) in &undelivered.by_container {
-        log::warn!(
+        tracing::warn!(
             "{container}: {lines} lines not delivered; they will be read again at the next start"
         );
     }

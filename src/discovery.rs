@@ -542,7 +542,7 @@ impl EventsConn {
             match parse_event(line) {
                 Ok(Some(event)) => events.push(event),
                 Ok(None) => {}
-                Err(e) => log::warn!(
+                Err(e) => tracing::warn!(
                     "discovery: skipping an events line that does not parse ({e}): {}",
                     String::from_utf8_lossy(&line[..line.len().min(200)])
                 ),
@@ -609,13 +609,13 @@ impl Worker {
     }
 
     fn send(&self, event: ContainerEvent) -> Result<(), Gone> {
-        log::debug!("discovery: {event:?}");
+        tracing::debug!("discovery: {event:?}");
         self.tx.send(event).map_err(|_| Gone)
     }
 
     fn run(mut self) {
         if !self.own.is_empty() {
-            log::info!("discovery: own container {:?} is never captured", self.own);
+            tracing::info!("discovery: own container {:?} is never captured", self.own);
         }
         let mut reconcile_backoff = Backoff::new(self.reconcile_every);
         let mut events_backoff = Backoff::new(self.reconcile_every);
@@ -636,7 +636,9 @@ impl Worker {
                     Err(PassError::Gone) => return,
                     Err(PassError::Docker(e)) => {
                         let delay = reconcile_backoff.step();
-                        log::warn!("discovery: listing containers failed, again in {delay:?}: {e}");
+                        tracing::warn!(
+                            "discovery: listing containers failed, again in {delay:?}: {e}"
+                        );
                         next_reconcile = Instant::now() + delay;
                     }
                 }
@@ -653,7 +655,7 @@ impl Worker {
                     Ok(sock) => conn = Some(EventsConn::new(sock)),
                     Err(e) => {
                         let delay = events_backoff.step();
-                        log::warn!(
+                        tracing::warn!(
                             "discovery: events stream failed, reconnecting in {delay:?}: {e}"
                         );
                         reconnect_at = Instant::now() + delay;
@@ -675,7 +677,9 @@ impl Worker {
                         events_backoff.reset();
                     }
                     let delay = events_backoff.step();
-                    log::warn!("discovery: events stream failed, reconnecting in {delay:?}: {e}");
+                    tracing::warn!(
+                        "discovery: events stream failed, reconnecting in {delay:?}: {e}"
+                    );
                     reconnect_at = Instant::now() + delay;
                     conn = None;
                 }
@@ -714,7 +718,7 @@ impl Worker {
                     // Gone already: its destroy event follows.
                     Err(e) if e.status == Some(404) => return Ok(()),
                     Err(e) => {
-                        log::warn!(
+                        tracing::warn!(
                             "discovery: {:?} of {}: {e}; reconciling by listing",
                             event.action,
                             short(&event.id)

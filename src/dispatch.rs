@@ -189,7 +189,7 @@ impl Dispatcher {
                                 .unwrap()
                                 .entry(sink.name())
                                 .or_insert_with(Instant::now);
-                            log::warn!("{e} (will retry, holding {} lines)", chunk.len());
+                            tracing::warn!("{e} (will retry, holding {} lines)", chunk.len());
                         }
                         Err(e) => {
                             done[i] = true;
@@ -203,7 +203,7 @@ impl Dispatcher {
                 attempt += 1;
                 self.stats.retries.fetch_add(1, Relaxed);
                 if !self.sleep(self.backoff.delay_random(attempt)) {
-                    log::error!(
+                    tracing::error!(
                         "shutdown deadline passed with {} lines undelivered; they stay unacknowledged",
                         total - start
                     );
@@ -259,7 +259,7 @@ impl Dispatcher {
         }
         for sink in &mut self.sinks {
             if let Err(e) = sink.flush() {
-                log::warn!(
+                tracing::warn!(
                     "{}: flush failed, positions not committed: {e}",
                     sink.name()
                 );
@@ -270,14 +270,14 @@ impl Dispatcher {
             Ok(()) => {
                 self.stats.commits.fetch_add(1, Relaxed);
             }
-            Err(e) => log::error!("positions not committed: {e}"),
+            Err(e) => tracing::error!("positions not committed: {e}"),
         }
     }
 }
 
 fn drop_lines(stats: &DispatchStats, sink: &'static str, error: &SinkError, lines: usize) {
     let reason = error.drop_reason().unwrap_or("refused");
-    log::error!("{sink}: {lines} lines refused for good ({reason}): {error}");
+    tracing::error!("{sink}: {lines} lines refused for good ({reason}): {error}");
     stats.sink_result(sink, "dropped");
     *stats
         .dropped

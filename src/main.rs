@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
-use log_capturer::config::Config;
+use log_capturer::config::{Config, LogFormat};
 use log_capturer::daemon::{self, RunOptions};
 use log_capturer::io::EngineChoice;
 
@@ -41,19 +41,13 @@ fn main() -> ExitCode {
     if let Some(socket) = args.docker_socket {
         config.container_monitor.socket_path = socket;
     }
-    // RUST_LOG, when set, wins over app.log_level (SSW_LOG_LEVEL).
-    let mut logger = env_logger::Builder::new();
-    logger
-        .filter_level(config.app.log_level.to_level_filter())
-        .parse_env("RUST_LOG")
-        .target(env_logger::Target::Stderr)
-        .init();
+    init_logging(&config);
     report.log();
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
-            log::error!("cannot handle signal {signal}: {e}");
+            tracing::error!("cannot handle signal {signal}: {e}");
             return ExitCode::FAILURE;
         }
     }
@@ -66,8 +60,26 @@ fn main() -> ExitCode {
         // the positions do not cover them, so the next start delivers them: nothing is lost.
         Ok(_undelivered) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The log goes to stderr, as JSON lines or text (`app.log_format`, `SSW_LOG_FORMAT`), at
+/// `app.log_level` (`SSW_LOG_LEVEL`); `RUST_LOG`, when set, wins over the level.
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::new(directives),
+        _ => EnvFilter::default().add_directive(config.app.log_level.to_level_filter().into()),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    match config.app.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
     }
 }

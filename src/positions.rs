@@ -294,7 +294,7 @@ impl PositionStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => FxHashMap::default(),
             Err(source) => return Err(PositionsError::Read { path, source }),
         };
-        log::debug!(
+        tracing::debug!(
             "loaded {} container positions from {}",
             positions.len(),
             path.display()
@@ -452,7 +452,7 @@ impl PositionStore {
         write_atomic(&self.dir, &data)?;
         self.dirty = false;
         self.commits += 1;
-        log::debug!(
+        tracing::debug!(
             "committed {} container positions to {}",
             self.positions.len(),
             self.path().display()

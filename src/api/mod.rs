@@ -255,7 +255,7 @@ pub fn start_with(
             let (bound, t) =
                 server::spawn("api", &addr, state.clone(), stop.clone(), routes::api_route)
                     .map_err(|e| format!("server (HTTP API) on {addr}: {e}"))?;
-            log::info!("HTTP API listening on {bound}");
+            tracing::info!("HTTP API listening on {bound}");
             api_addr = Some(bound);
             threads.push(t);
         }
@@ -269,7 +269,7 @@ pub fn start_with(
                 routes::metrics_route,
             )
             .map_err(|e| format!("metrics server on {addr}: {e}"))?;
-            log::info!("metrics on http://{bound}{}", config.metrics.path);
+            tracing::info!("metrics on http://{bound}{}", config.metrics.path);
             metrics_addr = Some(bound);
             threads.push(t);
         }

@@ -123,7 +123,7 @@ fn serve(server: &Server, state: &ApiState, stop: &AtomicBool, router: Router) {
             Ok(Some(r)) => r,
             Ok(None) => continue,
             Err(e) => {
-                log::warn!("HTTP server: {e}");
+                tracing::warn!("HTTP server: {e}");
                 thread::sleep(POLL);
                 continue;
             }
@@ -150,7 +150,7 @@ fn serve(server: &Server, state: &ApiState, stop: &AtomicBool, router: Router) {
             }
         }
         if let Err(e) = request.respond(response) {
-            log::debug!("HTTP {method} {path}: answer not sent: {e}");
+            tracing::debug!("HTTP {method} {path}: answer not sent: {e}");
         }
         state.observe_response(endpoint, method, started.elapsed());
     }

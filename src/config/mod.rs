@@ -107,13 +107,13 @@ impl LogLevel {
         })
     }
 
-    pub fn to_level_filter(self) -> log::LevelFilter {
+    pub fn to_level_filter(self) -> tracing::level_filters::LevelFilter {
         match self {
-            Self::Trace => log::LevelFilter::Trace,
-            Self::Debug => log::LevelFilter::Debug,
-            Self::Info => log::LevelFilter::Info,
-            Self::Warn => log::LevelFilter::Warn,
-            Self::Error => log::LevelFilter::Error,
+            Self::Trace => tracing::level_filters::LevelFilter::TRACE,
+            Self::Debug => tracing::level_filters::LevelFilter::DEBUG,
+            Self::Info => tracing::level_filters::LevelFilter::INFO,
+            Self::Warn => tracing::level_filters::LevelFilter::WARN,
+            Self::Error => tracing::level_filters::LevelFilter::ERROR,
         }
     }
 }
@@ -436,7 +436,7 @@ impl LoadReport {
     /// Logs the report: one info line for the file, unknown keys once at debug level,
     /// each difference at info level.
     pub fn log(&self) {
-        log::info!(
+        tracing::info!(
             "configuration loaded from {} (default_configs={}, env overrides: {})",
             self.path.display(),
             self.defaults_applied,
@@ -447,14 +447,14 @@ impl LoadReport {
             }
         );
         if !self.unknown_keys.is_empty() {
-            log::debug!(
+            tracing::debug!(
                 "config keys not used by this program ({}): {}",
                 self.unknown_keys.len(),
                 self.unknown_keys.join(", ")
             );
         }
         for d in &self.differences {
-            log::info!(
+            tracing::info!(
                 "config key {} differs from log_capturer_go: {}",
                 d.key,
                 d.note

@@ -227,7 +227,7 @@ impl EpollEngine {
         self.set_waiting(id, None);
         // Deregistering before the close keeps the epoll set exact even if the fd was dup'ed.
         if let Err(e) = self.register(id, None) {
-            log::warn!("epoll delete for {id}: {e}");
+            tracing::warn!("epoll delete for {id}: {e}");
         }
         if let Some(stream) = self.streams.remove(id) {
             drop(stream.fd);

@@ -442,7 +442,7 @@ impl Sink for LokiSink {
                         }
                         other => format!("{reason}: {other}"),
                     };
-                    log::warn!(
+                    tracing::warn!(
                         "loki rejected a batch of {} entries for good, not retrying ({detail})",
                         entries.len()
                     );
@@ -451,7 +451,7 @@ impl Sink for LokiSink {
                     }
                 } else {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    log::debug!(
+                    tracing::debug!(
                         "loki push of {} entries failed, retryable: {err}",
                         entries.len()
                     );

@@ -405,14 +405,14 @@ impl UringEngine {
     /// lent to the kernel returns to its owner.
     fn complete(&mut self, key: usize, result: i32, flags: u32, events: &mut Vec<Event>) {
         let Some(op) = self.ops.try_remove(key) else {
-            log::error!("io_uring completion for unknown op {key} (result {result})");
+            tracing::error!("io_uring completion for unknown op {key} (result {result})");
             return;
         };
         self.stats.op_reaped(op.kind);
         let id = op.stream;
         let Some(stream) = self.streams.get_mut(id) else {
             // Cannot happen: a stream is removed only once its in-flight list is empty.
-            log::error!("io_uring completion for {id}, which is gone");
+            tracing::error!("io_uring completion for {id}, which is gone");
             return;
         };
         stream.in_flight.retain(|&k| k != key);
@@ -422,7 +422,7 @@ impl UringEngine {
                 Lent::Cancel
                     if result < 0 && result != -libc::ENOENT && result != -libc::EALREADY =>
                 {
-                    log::warn!(
+                    tracing::warn!(
                         "cancel for {id} failed: {}",
                         io::Error::from_raw_os_error(-result)
                     );
@@ -658,7 +658,7 @@ impl Engine for UringEngine {
         }
         self.stats.cancelled();
         if let Err(e) = self.submit_cancel(id) {
-            log::warn!("cancel for {id} not queued yet, will retry: {e}");
+            tracing::warn!("cancel for {id} not queued yet, will retry: {e}");
             self.stream_mut(id).cancel_owed = true;
             self.owed.push(id);
             return;
@@ -669,7 +669,7 @@ impl Engine for UringEngine {
         // after whatever else it does first (decoding, other closes: that wait was most of
         // the cancel-to-reaped time in the rotation storm).
         if let Err(e) = submit_and_wait(&self.ring, Some(Duration::ZERO)) {
-            log::warn!("io_uring submit of the cancel for {id} failed, will reap later: {e}");
+            tracing::warn!("io_uring submit of the cancel for {id} failed, will reap later: {e}");
             return;
         }
         let mut events = std::mem::take(&mut self.pending);
@@ -733,13 +733,13 @@ impl Drop for UringEngine {
         let mut events = Vec::new();
         while !self.ops.is_empty() && Instant::now() < deadline {
             if let Err(e) = self.poll(&mut events, Some(Duration::from_millis(100))) {
-                log::error!("io_uring wait failed while shutting down: {e}");
+                tracing::error!("io_uring wait failed while shutting down: {e}");
                 break;
             }
             events.clear();
         }
         if !self.ops.is_empty() {
-            log::error!(
+            tracing::error!(
                 "{} io_uring ops not reaped at shutdown; leaking their buffers",
                 self.ops.len()
             );

@@ -304,6 +304,12 @@ pub fn render(state: &ApiState) -> String {
         Kind::Counter,
         io_snapshot.map_or(0, |x| x.cancellations) as f64,
     );
+    t.single(
+        "io_uring_cq_overflow_total",
+        "Completions that waited on the kernel's CQ overflow list (io_uring; 0 on epoll)",
+        Kind::Counter,
+        io.as_ref().map_or(0, |(stats, _)| stats.cq_overflows()) as f64,
+    );
     t.family(
         "stream_cancel_seconds",
         "Time from a stream's cancel to its last completion reaped",

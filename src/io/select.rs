@@ -119,12 +119,30 @@ pub fn select_engine(choice: EngineChoice) -> io::Result<(Box<dyn Engine>, Selec
     } else {
         uring::probe()
     };
-    let selection = decide(choice, &probe).map_err(io::Error::other)?;
-    let engine: Box<dyn Engine> = match (selection.kind, probe) {
-        (EngineKind::Uring, Ok(support)) => Box::new(UringEngine::new(support)?),
-        _ => Box::new(EpollEngine::new()?),
-    };
-    Ok((engine, selection))
+    let mut selection = decide(choice, &probe).map_err(io::Error::other)?;
+    if let (EngineKind::Uring, Ok(support)) = (selection.kind, probe) {
+        match UringEngine::new(support) {
+            Ok(engine) => return Ok((Box::new(engine), selection)),
+            Err(e) => selection = after_ring_failure(choice, e)?,
+        }
+    }
+    Ok((Box::new(EpollEngine::new()?), selection))
+}
+
+/// The probe's small ring worked but the engine's larger one did not (RLIMIT_MEMLOCK on
+/// kernels before 5.12 charges rings to it; a memory cgroup near its limit): `auto` still
+/// has epoll, `uring` was a promise that cannot be kept.
+fn after_ring_failure(choice: EngineChoice, error: io::Error) -> io::Result<Selection> {
+    match choice {
+        EngineChoice::Auto => Ok(Selection {
+            kind: EngineKind::Epoll,
+            reason: format!("io_uring probe passed, but its ring could not be set up: {error}"),
+        }),
+        _ => Err(io::Error::new(
+            error.kind(),
+            format!("io_uring asked for, but its ring could not be set up: {error}"),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +158,17 @@ mod tests {
         assert!(sel.to_string().contains("Operation not permitted"), "{sel}");
         let err = decide(EngineChoice::Uring, &refused).unwrap_err();
         assert!(err.contains("unavailable"), "{err}");
+    }
+
+    #[test]
+    fn a_ring_that_fails_after_the_probe_falls_back_under_auto_only() {
+        let enomem = || io::Error::from_raw_os_error(libc::ENOMEM);
+        let sel = after_ring_failure(EngineChoice::Auto, enomem()).unwrap();
+        assert_eq!(sel.kind, EngineKind::Epoll);
+        assert!(sel.to_string().contains("could not be set up"), "{sel}");
+        let err = after_ring_failure(EngineChoice::Uring, enomem()).unwrap_err();
+        assert_eq!(err.raw_os_error(), None);
+        assert!(err.to_string().contains("Cannot allocate memory"), "{err}");
     }
 
     #[test]

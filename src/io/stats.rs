@@ -41,6 +41,8 @@ pub struct IoStats {
     /// last slot counts those above the largest bound).
     cancel_reaped_buckets: [AtomicU64; CANCEL_BUCKETS_NANOS.len() + 1],
     bytes_received: AtomicU64,
+    /// Completions that waited on the kernel's CQ overflow list (io_uring only).
+    cq_overflows: AtomicU64,
 }
 
 /// Upper bounds (inclusive, nanoseconds) of the cancel-to-reaped latency histogram:
@@ -134,6 +136,15 @@ impl IoStats {
 
     pub(crate) fn received(&self, bytes: usize) {
         self.bytes_received.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub(crate) fn cq_overflowed(&self, completions: u64) {
+        self.cq_overflows.fetch_add(completions, Relaxed);
+    }
+
+    /// Completions that had to wait on the kernel's CQ overflow list, over the engine's life.
+    pub fn cq_overflows(&self) -> u64 {
+        self.cq_overflows.load(Relaxed)
     }
 
     pub fn in_flight(&self, kind: OpKind) -> i64 {

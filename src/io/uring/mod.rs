@@ -15,6 +15,8 @@ use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +46,11 @@ const RECV_MIN_SPARE: usize = 4 * 1024;
 /// (a line now and then) thus lends the kernel 4 KiB, not 64 KiB: with 1000 followed streams
 /// the 64 KiB buffers alone were 64 MiB of RSS (issue 5, many streams).
 const RECV_BUFFER_MIN: usize = 4 * 1024;
+/// How long `io_uring_enter` may keep failing with EAGAIN/ENOMEM before the engine gives up.
+const ENTER_RETRY_FOR: Duration = Duration::from_secs(60);
+/// First and longest backoff between retries of a failed `io_uring_enter`.
+const ENTER_BACKOFF_START: Duration = Duration::from_millis(1);
+const ENTER_BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// `IORING_RECVSEND_POLL_FIRST` from `<linux/io_uring.h>` (5.19), not exported by the crate.
 const IORING_RECVSEND_POLL_FIRST: u16 = 1;
 
@@ -226,6 +233,19 @@ pub struct UringEngine {
     reaped: Vec<(u64, i32, u32)>,
     /// See [`Engine::set_coalesce`]; used only when the kernel has `min_timeout`.
     coalesce: Duration,
+    /// Consecutive `io_uring_enter` failures the kernel called transient (EAGAIN, ENOMEM),
+    /// and since when: `poll` backs off and retries them, and gives up only after
+    /// [`ENTER_RETRY_FOR`].
+    enter_failures: u32,
+    enter_failing_since: Option<Instant>,
+    /// The kernel's CQ overflow count last seen: an increase is logged once and counted.
+    cq_overflow_seen: u32,
+    /// Tests: the next submits fail as if the SQ were full and the kernel said EAGAIN.
+    #[cfg(test)]
+    fail_submits: u32,
+    /// Tests: the next waits fail with this errno.
+    #[cfg(test)]
+    fail_enters: (u32, i32),
     _single_thread: PhantomData<*const ()>,
 }
 
@@ -243,6 +263,13 @@ impl UringEngine {
             support,
             reaped: Vec::new(),
             coalesce: Duration::ZERO,
+            enter_failures: 0,
+            enter_failing_since: None,
+            cq_overflow_seen: 0,
+            #[cfg(test)]
+            fail_submits: 0,
+            #[cfg(test)]
+            fail_enters: (0, 0),
             _single_thread: PhantomData,
         })
     }
@@ -258,6 +285,12 @@ impl UringEngine {
         let stream = op.stream;
         let key = self.ops.insert(op);
         let entry = entry.user_data(key as u64);
+        #[cfg(test)]
+        if self.fail_submits > 0 {
+            self.fail_submits -= 1;
+            self.ops.remove(key);
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
         loop {
             // SAFETY: every pointer in `entry` points into memory owned by `self.ops[key]`
             // (a boxed address, a `Bytes`, or a `BytesMut`'s heap allocation, none of which
@@ -500,6 +533,11 @@ impl UringEngine {
     fn finalize(&mut self, id: StreamId, events: &mut Vec<Event>) {
         if let Some(stream) = self.streams.remove(id) {
             debug_assert!(stream.in_flight.is_empty());
+            if stream.cancel_owed {
+                // Its ops completed before the cancel could be queued: nothing is left to
+                // cancel, and the id may soon name another stream.
+                self.owed.retain(|&owed| owed != id);
+            }
             drop(stream.fd);
             self.stats.stream_closed();
             events.push(Event::Closed(id));
@@ -521,11 +559,77 @@ impl UringEngine {
         self.reaped.clear();
     }
 
+    /// A failed wait. EAGAIN and ENOMEM are the kernel saying "not now" (no memory for the
+    /// submission's work, or too many requests in flight): what is queued stays queued, so the
+    /// wait is tried again after a backoff, and completions already posted are still reaped.
+    /// Only a failure that lasts [`ENTER_RETRY_FOR`], or any other error, ends the engine.
+    fn enter_failed(&mut self, error: io::Error, timeout: Option<Duration>) -> io::Result<()> {
+        if !matches!(error.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM)) {
+            return Err(error);
+        }
+        let since = *self.enter_failing_since.get_or_insert_with(Instant::now);
+        self.enter_failures += 1;
+        if since.elapsed() >= ENTER_RETRY_FOR {
+            return Err(io::Error::new(
+                error.kind(),
+                format!(
+                    "io_uring_enter kept failing for {:?} ({} tries): {error}",
+                    since.elapsed(),
+                    self.enter_failures
+                ),
+            ));
+        }
+        if self.enter_failures == 1 {
+            tracing::warn!("io_uring_enter failed, retrying with backoff: {error}");
+        }
+        let backoff = ENTER_BACKOFF_START
+            .saturating_mul(1 << self.enter_failures.min(10))
+            .min(ENTER_BACKOFF_MAX)
+            .min(timeout.unwrap_or(ENTER_BACKOFF_MAX));
+        std::thread::sleep(backoff);
+        Ok(())
+    }
+
+    /// Completions the kernel could not post because the CQ was full wait on its overflow
+    /// list (not lost on 5.5+), but they mean the CQ is too small for the load: counted, and
+    /// logged the first time.
+    fn note_overflow(&mut self) {
+        let overflow = self.ring.completion().overflow();
+        if overflow != self.cq_overflow_seen {
+            let new = overflow.wrapping_sub(self.cq_overflow_seen);
+            if self.cq_overflow_seen == 0 {
+                tracing::warn!(
+                    "io_uring completion queue overflowed ({new} completions waited on the \
+                     kernel's overflow list): more streams than CQ_ENTRIES={CQ_ENTRIES} expects"
+                );
+            }
+            self.cq_overflow_seen = overflow;
+            self.stats.cq_overflowed(u64::from(new));
+        }
+    }
+
+    #[cfg(test)]
+    fn injected_enter_failure(&mut self) -> Option<io::Result<()>> {
+        let (count, errno) = self.fail_enters;
+        (count > 0).then(|| {
+            self.fail_enters.0 -= 1;
+            Err(io::Error::from_raw_os_error(errno))
+        })
+    }
+
+    #[cfg(not(test))]
+    fn injected_enter_failure(&mut self) -> Option<io::Result<()>> {
+        None
+    }
+
     fn retry_owed_cancels(&mut self) {
         if self.owed.is_empty() {
             return;
         }
         for id in std::mem::take(&mut self.owed) {
+            if !self.streams.get(id).is_some_and(|s| s.cancel_owed) {
+                continue;
+            }
             if self.submit_cancel(id).is_ok() {
                 self.stream_mut(id).cancel_owed = false;
             } else {
@@ -695,16 +799,32 @@ impl Engine for UringEngine {
         self.retry_owed_cancels();
         events.append(&mut self.pending);
         let ready = !events.is_empty() || !self.ring.completion().is_empty();
-        if ready {
-            submit_and_wait(&self.ring, Some(Duration::ZERO))?;
-        } else if self.support.min_timeout && !self.coalesce.is_zero() {
-            // Every op in flight completes at most once before we reap: asking for more than
-            // that would always sit out the minimum wait.
-            let want = self.ops.len().clamp(1, super::COALESCE_COMPLETIONS);
-            submit_and_wait_for(&self.ring, timeout, want, self.coalesce)?;
-        } else {
-            submit_and_wait(&self.ring, timeout)?;
+        let waited = self.injected_enter_failure().unwrap_or_else(|| {
+            if ready {
+                submit_and_wait(&self.ring, Some(Duration::ZERO))
+            } else if self.support.min_timeout && !self.coalesce.is_zero() {
+                // Every op in flight completes at most once before we reap: asking for more
+                // than that would always sit out the minimum wait.
+                let want = self.ops.len().clamp(1, super::COALESCE_COMPLETIONS);
+                submit_and_wait_for(&self.ring, timeout, want, self.coalesce)
+            } else {
+                submit_and_wait(&self.ring, timeout)
+            }
+        });
+        match waited {
+            Ok(()) => {
+                if let Some(since) = self.enter_failing_since.take() {
+                    tracing::info!(
+                        "io_uring_enter works again after {} transient failures in {:?}",
+                        self.enter_failures,
+                        since.elapsed()
+                    );
+                }
+                self.enter_failures = 0;
+            }
+            Err(e) => self.enter_failed(e, timeout)?,
         }
+        self.note_overflow();
         self.reap(events);
         Ok(())
     }
@@ -745,5 +865,187 @@ impl Drop for UringEngine {
             );
             std::mem::forget(std::mem::take(&mut self.ops));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    struct Server {
+        dir: PathBuf,
+        listener: UnixListener,
+    }
+
+    impl Server {
+        fn new(name: &str) -> Server {
+            let dir =
+                std::env::temp_dir().join(format!("uring-unit-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let listener = UnixListener::bind(dir.join("s.sock")).unwrap();
+            Server { dir, listener }
+        }
+
+        fn path(&self) -> PathBuf {
+            self.dir.join("s.sock")
+        }
+
+        /// Accepts the engine's connection and reads its whole request: from here on the
+        /// stream has a recv armed and nothing else in flight.
+        fn accept(&self, engine: &mut UringEngine, request: &[u8]) -> UnixStream {
+            // The connect is submitted by the engine's next poll.
+            self.listener.set_nonblocking(true).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut events = Vec::new();
+            let mut conn = loop {
+                match self.listener.accept() {
+                    Ok((conn, _)) => break conn,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        assert!(Instant::now() < deadline, "no connection");
+                        engine
+                            .poll(&mut events, Some(Duration::from_millis(1)))
+                            .unwrap();
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            };
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(Duration::from_millis(10)))
+                .unwrap();
+            let mut got = Vec::new();
+            while got.len() < request.len() || engine.stats.in_flight(OpKind::Recv) == 0 {
+                assert!(Instant::now() < deadline, "request not sent: {got:?}");
+                let mut buf = [0u8; 256];
+                if let Ok(n) = conn.read(&mut buf) {
+                    got.extend_from_slice(&buf[..n]);
+                }
+                engine
+                    .poll(&mut events, Some(Duration::from_millis(1)))
+                    .unwrap();
+            }
+            assert_eq!(got, request);
+            assert!(events.is_empty(), "{events:?}");
+            conn
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn engine() -> UringEngine {
+        UringEngine::new(probe().expect("io_uring is available on the test machines")).unwrap()
+    }
+
+    fn poll_until(
+        engine: &mut UringEngine,
+        what: &str,
+        done: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let mut all = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done(&all) {
+            assert!(Instant::now() < deadline, "{what}: {all:?}");
+            let mut events = Vec::new();
+            engine
+                .poll(&mut events, Some(Duration::from_millis(10)))
+                .unwrap();
+            all.append(&mut events);
+        }
+        all
+    }
+
+    /// A cancel that could not be queued (SQ full and the submit refused) is owed; if the
+    /// stream's last op completes by itself before the retry, the stream is finalized and the
+    /// retry must not touch it, nor a new stream that got its id. It used to panic on
+    /// `expect("live stream")` in the capture thread.
+    #[test]
+    fn an_owed_cancel_of_a_finalized_stream_is_dropped() {
+        let server = Server::new("owed");
+        let mut engine = engine();
+        let request = Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n");
+        let id = engine.open(&server.path(), request.clone()).unwrap();
+        let mut conn = server.accept(&mut engine, &request);
+
+        engine.fail_submits = 1;
+        engine.close(id);
+        assert_eq!(engine.owed, [id], "the cancel is owed");
+        // The recv completes by itself: the stream's last op is in, so it is finalized.
+        conn.write_all(b"late").unwrap();
+        let events = poll_until(&mut engine, "closed", |e| {
+            e.iter().any(|e| matches!(e, Event::Closed(_)))
+        });
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Closed(s) if *s == id))
+                .count(),
+            1,
+            "{events:?}"
+        );
+        assert!(engine.owed.is_empty());
+
+        // A new stream (possibly with the same slot) keeps its recv armed through polls.
+        let id2 = engine.open(&server.path(), request.clone()).unwrap();
+        let _conn2 = server.accept(&mut engine, &request);
+        let mut events = Vec::new();
+        for _ in 0..3 {
+            engine
+                .poll(&mut events, Some(Duration::from_millis(1)))
+                .unwrap();
+        }
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(engine.stats.in_flight(OpKind::Recv), 1);
+        assert_eq!(engine.stats.in_flight(OpKind::Cancel), 0);
+        engine.close(id2);
+        poll_until(&mut engine, "second closed", |e| {
+            e.iter().any(|e| matches!(e, Event::Closed(s) if *s == id2))
+        });
+        assert_eq!(engine.ops.len(), 0);
+        assert_eq!(engine.live_streams(), 0);
+    }
+
+    /// EAGAIN and ENOMEM from io_uring_enter are the kernel saying "not now": polls keep
+    /// going and data still arrives; another error ends the engine.
+    #[test]
+    fn transient_enter_failures_are_retried() {
+        let server = Server::new("enter");
+        let mut engine = engine();
+        let request = Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n");
+        let id = engine.open(&server.path(), request.clone()).unwrap();
+        let mut conn = server.accept(&mut engine, &request);
+        conn.write_all(b"hello").unwrap();
+        for (round, errno) in [libc::EAGAIN, libc::ENOMEM].into_iter().enumerate() {
+            engine.fail_enters = (3, errno);
+            let mut events = Vec::new();
+            for _ in 0..3 {
+                engine
+                    .poll(&mut events, Some(Duration::from_millis(1)))
+                    .expect("a transient failure is retried, not returned");
+            }
+            assert_eq!(engine.enter_failures, 3 * (round as u32 + 1));
+        }
+        let events = poll_until(&mut engine, "data", |e| {
+            e.iter().any(|e| matches!(e, Event::Data(..)))
+        });
+        let data: Vec<u8> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Data(s, d) if *s == id => Some(d.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(data, b"hello");
+        assert_eq!(engine.enter_failures, 0, "reset by a good wait");
+        engine.fail_enters = (1, libc::EBADF);
+        let mut events = Vec::new();
+        let err = engine.poll(&mut events, Some(Duration::ZERO)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
     }
 }

@@ -307,6 +307,14 @@ impl Discovery {
         tx: Sender<ContainerEvent>,
         stop: Arc<AtomicBool>,
     ) -> io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("discovery".into())
+            .spawn(move || self.run(tx, stop))
+    }
+
+    /// What [`spawn`](Self::spawn)'s thread does, on the calling thread (for a caller that
+    /// has work of its own to do on that thread first).
+    pub fn run(self, tx: Sender<ContainerEvent>, stop: Arc<AtomicBool>) {
         let worker = Worker {
             client: self.client,
             filter: self.filter,
@@ -320,9 +328,7 @@ impl Discovery {
             recent_order: VecDeque::new(),
             reconcile_soon: false,
         };
-        std::thread::Builder::new()
-            .name("discovery".into())
-            .spawn(move || worker.run())
+        worker.run()
     }
 }
 
@@ -651,7 +657,10 @@ impl Worker {
                     continue;
                 }
                 let path = events_path(self.cursor_ns - REPLAY_MARGIN_NS);
-                match self.client.open_stream(&path, EVENTS_READ_TIMEOUT) {
+                match self
+                    .client
+                    .open_stream("events", &path, EVENTS_READ_TIMEOUT)
+                {
                     Ok(sock) => conn = Some(EventsConn::new(sock)),
                     Err(e) => {
                         let delay = events_backoff.step();
@@ -673,6 +682,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
+                    self.client.stream_failed("events");
                     if c.opened_at.elapsed() >= BACKOFF_RESET_AFTER {
                         events_backoff.reset();
                     }

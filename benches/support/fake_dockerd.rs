@@ -66,21 +66,26 @@ pub struct ServerConfig {
     pub rate: u32,
     /// The API versions served, `(min, max)` as `(major, minor)`; `None`: 1.41 reported,
     /// every version served.
-    pub api_versions: Option<((u16, u16), (u16, u16))>,
+    pub api_versions: Option<ApiRange>,
 }
 
+/// `(major, minor)`.
+pub type Version = (u16, u16);
+/// `(min, max)`.
+pub type ApiRange = (Version, Version);
+
 /// `1.44-1.52` -> `((1, 44), (1, 52))`.
-pub fn parse_api_versions(s: &str) -> Result<((u16, u16), (u16, u16)), String> {
+pub fn parse_api_versions(s: &str) -> Result<ApiRange, String> {
     let bad = || format!("API versions {s:?}: expected MIN-MAX, e.g. 1.44-1.52");
     let (min, max) = s.split_once('-').ok_or_else(bad)?;
-    let one = |v: &str| -> Result<(u16, u16), String> {
+    let one = |v: &str| -> Result<Version, String> {
         let (a, b) = v.split_once('.').ok_or_else(bad)?;
         Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
     };
     Ok((one(min)?, one(max)?))
 }
 
-fn version_text(v: (u16, u16)) -> String {
+fn version_text(v: Version) -> String {
     format!("{}.{}", v.0, v.1)
 }
 
@@ -589,7 +594,7 @@ impl Server {
     }
 
     /// `(min, max)` as reported.
-    fn api_range(&self) -> ((u16, u16), (u16, u16)) {
+    fn api_range(&self) -> ApiRange {
         self.config.api_versions.unwrap_or(((1, 12), (1, 41)))
     }
 
@@ -798,7 +803,7 @@ impl Server {
 }
 
 /// `/v1.44/containers/json` -> `(Some((1, 44)), "/containers/json")`.
-fn split_version(path: &str) -> (Option<(u16, u16)>, &str) {
+fn split_version(path: &str) -> (Option<Version>, &str) {
     if let Some(rest) = path.strip_prefix("/v") {
         if let Some(slash) = rest.find('/') {
             if let Some((a, b)) = rest[..slash].split_once('.') {

@@ -56,7 +56,7 @@ impl ApiVersion {
     }
 
     pub(crate) fn from_bits(bits: u32) -> Option<Self> {
-        (bits != 0).then(|| ApiVersion {
+        (bits != 0).then_some(ApiVersion {
             major: ((bits >> 16) & 0x7fff) as u16,
             minor: (bits & 0xffff) as u16,
         })

@@ -124,6 +124,11 @@ fn free_port() -> u16 {
 
 /// Writes a config reading `socket` into `dir/out`, the HTTP API on `port` (0: off).
 fn write_config(dir: &Path, socket: &Path, port: u16) -> PathBuf {
+    write_config_for(dir, socket, port, "")
+}
+
+/// [`write_config`], capturing only the containers whose name contains `include` (if set).
+fn write_config_for(dir: &Path, socket: &Path, port: u16, include: &str) -> PathBuf {
     let d = dir.display();
     let yaml = format!(
         r#"app:
@@ -139,6 +144,7 @@ container_monitor:
   enabled: true
   socket_path: "unix://{sock}"
   reconnect_interval: "2s"
+  include_names: [{include}]
 file_monitor_service:
   enabled: false
 positions:
@@ -160,6 +166,11 @@ sinks:
 "#,
         server = port != 0,
         sock = socket.display(),
+        include = if include.is_empty() {
+            String::new()
+        } else {
+            format!("\"{include}\"")
+        },
     );
     let path = dir.join("config.yaml");
     fs::write(&path, yaml).unwrap();
@@ -590,4 +601,98 @@ fn daemon_negotiates_again_when_the_engine_comes_back_upgraded() {
     let status = capturer.terminate();
     assert!(status.success(), "exit {status}");
     drop(new);
+}
+
+#[test]
+fn client_refused_for_its_version_negotiates_again_and_retries_once() {
+    let dir = Dir::new("refused");
+    let socket = dir.0.join("docker.sock");
+    let old = Engine::start(&socket, ENGINE_20_10);
+    let client = Client::new(&socket);
+    assert_eq!(client.negotiate().unwrap(), ApiVersion::new(1, 41));
+    drop(old);
+    // Upgraded between two calls: the next call, still at 1.41, is refused once, then
+    // succeeds at 1.52.
+    let new = Engine::start(&socket, ENGINE_29);
+    let list = client
+        .list_containers(true)
+        .expect("list after the upgrade");
+    assert_eq!(list.len(), CONTAINERS);
+    assert_eq!(new.stats.refused.load(Relaxed), 1);
+    assert_eq!(client.status().api_version(), Some(ApiVersion::new(1, 52)));
+    assert_eq!(client.status().errors().get("containers_list"), None);
+}
+
+#[test]
+fn once_and_daemon_speak_the_real_dockerds_version() {
+    let socket = support::socket();
+    let dir = Dir::new("dockerd");
+    let name = format!("lcapi{}-real", std::process::id());
+    let _guard = Containers(vec![name.clone()]);
+    support::docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        support::IMAGE,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo \"line $i\"; done",
+    ]);
+    let engine = Client::new(&socket)
+        .negotiate()
+        .expect("negotiate with dockerd");
+    let port = free_port();
+    let config = write_config_for(&dir.0, &socket, port, &name);
+    let out = dir.0.join("out");
+    let lines = |out: &Path| -> Vec<String> {
+        let text = fs::read_to_string(out.join(format!("{name}.log"))).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let want: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
+
+    // The container may still be writing: --once reads what is there, the daemon the rest.
+    let mut once = Capturer::start(&dir.0, &config, &["--once"], &[]);
+    let status = once.wait_exit(BOUND);
+    assert!(status.success(), "exit {status}; log:\n{}", once.log());
+    assert!(
+        once.log()
+            .contains(&format!("docker API version {engine} ")),
+        "{}",
+        once.log()
+    );
+    let got = lines(&out);
+    assert_eq!(got[..], want[..got.len()], "--once read other lines");
+    drop(once);
+
+    let mut daemon = Capturer::start(&dir.0, &config, &[], &[]);
+    wait_until("every line of the container", &mut daemon, || {
+        lines(&out).len() >= 300
+    });
+    let (_, health) = get_json(port, "/health").expect("/health");
+    assert_eq!(
+        health["checks"]["docker"]["api_version"],
+        engine.to_string().as_str()
+    );
+    let status = daemon.terminate();
+    assert!(status.success(), "exit {status}");
+    assert_eq!(lines(&out), want);
+}
+
+/// Removes the named containers however the test ends.
+struct Containers(Vec<String>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        support::remove_containers(&self.0);
+    }
 }

@@ -12,7 +12,8 @@
 //! engine that does not answer is retried with backoff (up to [`STARTUP_RETRY_MAX`]) on the
 //! discovery thread, which then goes on as usual; meanwhile everything else runs and
 //! `/health` says degraded, so a capturer started before dockerd at boot waits for it. An
-//! engine that answers but whose API versions do not meet this program's stops the start.
+//! engine that answers the first attempt but whose API versions do not meet this program's
+//! stops the start (exit 1); met later, it is retried like an absent one, `/health` naming it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -214,7 +215,7 @@ pub fn run(
         match &first {
             Err(e) if e.kind == ErrorKind::Incompatible => return Err(e.to_string()),
             Err(e) => tracing::warn!(
-                "docker not reachable at start ({e}); retrying with backoff, /health says \
+                "docker not usable at start ({e}); retrying with backoff, /health says \
                  degraded until it answers"
             ),
             Ok(_) => {}

@@ -10,7 +10,9 @@
 //!    `destroy` into `Removed` and `rename` into `Renamed`. After any error (daemon restarted,
 //!    socket gone, bad answer) it reconnects with a backoff of 100 ms doubling up to
 //!    `reconcile_every`, logging at warn, and asks for `since=<newest event seen - 1 s>` (at the
-//!    very first connection: the start time - 1 s), so no event in the gap is lost. The
+//!    very first connection: the start time - 1 s), so no event in the gap is lost. Each
+//!    connection negotiates the API version again ([`Client::open_stream`]): the daemon may
+//!    have been upgraded while it was away. The
 //!    events that come twice because of that overlap are dropped by their
 //!    `(timeNano, id, action)`, and handling is idempotent besides.
 //! 3. **Every `reconcile_every`** it lists again: `Running` for every matching running container

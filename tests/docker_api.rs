@@ -678,7 +678,14 @@ fn once_and_daemon_speak_the_real_dockerds_version() {
     wait_until("every line of the container", &mut daemon, || {
         lines(&out).len() >= 300
     });
-    let (_, health) = get_json(port, "/health").expect("/health");
+    // --once may have read everything already: wait for the daemon's API too.
+    let mut health = Value::Null;
+    wait_until("/health", &mut daemon, || {
+        get_json(port, "/health").is_some_and(|(_, h)| {
+            health = h;
+            true
+        })
+    });
     assert_eq!(
         health["checks"]["docker"]["api_version"],
         engine.to_string().as_str()

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log_capturer::docker::{logs_request, LogsQuery};
+use log_capturer::docker::{logs_request, ApiVersion, LogsQuery};
 use log_capturer::io::{
     select_engine, CancelHistogram, Engine, EngineChoice, Event, StreamId, CANCEL_BUCKETS_NANOS,
 };
@@ -33,6 +33,7 @@ fn open_fds() -> usize {
 
 fn open(engine: &mut dyn Engine, sock: &Path, i: usize) -> StreamId {
     let request = logs_request(
+        ApiVersion::FALLBACK,
         &container_id(i),
         LogsQuery {
             follow: true,
@@ -82,6 +83,7 @@ fn storm(choice: EngineChoice, streams: usize, rounds: usize, pause: Duration) -
             containers: streams,
             lines: 0,
             rate: 1,
+            api_versions: None,
         },
         stop.clone(),
     )

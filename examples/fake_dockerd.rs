@@ -3,7 +3,7 @@
 //! fake_dockerd`, never installed with log_capturer.
 //!
 //! `fake_dockerd --socket PATH --mode bulk|steady|silent [--containers N] [--lines L]
-//! [--rate R]`: prints `ready <bulk body bytes per container>` on stdout once listening, and
+//! [--rate R] [--api-versions MIN-MAX]`: prints `ready <bulk body bytes per container>` on stdout once listening, and
 //! serves until SIGTERM/SIGINT.
 
 #[path = "../benches/support/fake_dockerd.rs"]
@@ -24,6 +24,7 @@ fn main() {
         containers: 4,
         lines: 1000,
         rate: 20,
+        api_versions: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -37,6 +38,10 @@ fn main() {
             }
             "--lines" => config.lines = value.parse().unwrap_or_else(|_| die("--lines L")),
             "--rate" => config.rate = value.parse().unwrap_or_else(|_| die("--rate R")),
+            "--api-versions" => {
+                config.api_versions =
+                    Some(fake_dockerd::parse_api_versions(&value).unwrap_or_else(|e| die(&e)))
+            }
             other => die(&format!("unknown argument {other}")),
         }
         i += 2;

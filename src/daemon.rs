@@ -7,6 +7,13 @@
 //! Stop (SIGINT/SIGTERM, or the end of a `--once` read) flows the same way: capture closes
 //! every stream and closes the queue; the dispatcher delivers what is left, flushes and
 //! commits.
+//!
+//! Docker at start: `--once` fails at once when the engine cannot be listed. Following, an
+//! engine that does not answer is retried with backoff (up to [`STARTUP_RETRY_MAX`]) on the
+//! discovery thread, which then goes on as usual; meanwhile everything else runs and
+//! `/health` says degraded, so a capturer started before dockerd at boot waits for it. An
+//! engine that answers the first attempt but whose API versions do not meet this program's
+//! stops the start (exit 1); met later, it is retried like an absent one, `/health` naming it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +26,7 @@ use crate::capture::{Capture, CaptureOptions, CaptureStats};
 use crate::config::{self, Config, NewContainersFrom};
 use crate::discovery::{self, ContainerEvent, OwnContainer};
 use crate::dispatch::{DispatchOptions, DispatchStats, Dispatcher, Undelivered};
-use crate::docker::{socket_path, Client};
+use crate::docker::{pinned_from_env, socket_path, Client, ContainerInfo, DockerStatus, ErrorKind};
 use crate::io::{select_engine, EngineChoice, IoStats, Selection};
 use crate::pipeline::{queue, QueueGauge};
 use crate::positions::PositionStore;
@@ -30,6 +37,9 @@ use crate::sink::{self, BlackholeSink, LocalFileSink, LokiSink, Sink, StdoutSink
 pub const RESUME_OVERLAP: Duration = Duration::from_secs(1);
 /// How long failing sinks are retried after a stop before the rest is left for next time.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between two attempts to reach a Docker engine that did not answer at start
+/// (the first waits 100 ms, then twice as long each time).
+pub const STARTUP_RETRY_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -55,6 +65,8 @@ pub struct Shared {
     pub containers: Arc<crate::api::ContainerRegistry>,
     /// Time spent in each sink's `write_batch`, for the metrics (updated by dispatch).
     pub sink_timings: Arc<crate::api::SinkTimings>,
+    /// The Docker engine as the client sees it: reachable, API version, failed calls.
+    pub docker: Arc<DockerStatus>,
 }
 
 /// Builds the enabled sinks. At least one must be enabled.
@@ -134,6 +146,10 @@ pub fn run(
 ) -> Result<Undelivered, String> {
     let cm = &config.container_monitor;
     let socket: PathBuf = socket_path(&cm.socket_path)?;
+    let docker = Arc::new(DockerStatus::new(pinned_from_env()?));
+    if let Some(pinned) = docker.pinned() {
+        tracing::info!("docker API version {pinned}, pinned by DOCKER_API_VERSION");
+    }
     let positions = PositionStore::load(&config.positions.directory).map_err(|e| e.to_string())?;
     let committed: HashMap<String, _> = positions
         .iter()
@@ -153,6 +169,7 @@ pub fn run(
         queue: tx.gauge().clone(),
         containers: Arc::default(),
         sink_timings: Arc::default(),
+        docker: docker.clone(),
     };
     // The HTTP API's sender for POST /api/v1/logs (not in --once: nothing would close it).
     let api_tx = (!options.once).then(|| tx.clone());
@@ -177,32 +194,49 @@ pub fn run(
         include_stderr: cm.include_stderr,
     };
 
-    let client = Client::new(&socket);
+    let client = Client::with_status(&socket, docker.clone());
     let (events_tx, events_rx) = mpsc::channel::<ContainerEvent>();
-    let filter = discovery::filter_from_config(cm);
     // With --once, every container, stopped ones included: a backfill wants what they logged
     // too. Following, the containers that exited while the capturer was down: they still owe
     // the lines logged after the last commit, and discovery offers running containers only.
-    let own = OwnContainer::detect();
-    for info in client.containers(true).map_err(|e| e.to_string())? {
-        let owed = !info.running && committed.contains_key(&info.id[..info.id.len().min(12)]);
-        if (options.once || owed) && filter(&info.name, &info.labels) && !own.is_own(&info.id) {
-            let _ = events_tx.send(ContainerEvent::Running(info));
-        }
-    }
+    let owed = Owed {
+        once: options.once,
+        committed: committed.keys().cloned().collect(),
+        filter: discovery::filter_from_config(cm),
+        own: OwnContainer::detect(),
+    };
     let discovery = if options.once {
+        let list = client.containers(true).map_err(|e| e.to_string())?;
+        owed.offer(list, &events_tx);
         drop(events_tx);
         None
     } else {
+        let first = client.containers(true);
+        match &first {
+            Err(e) if e.kind == ErrorKind::Incompatible => return Err(e.to_string()),
+            Err(e) => tracing::warn!(
+                "docker not usable at start ({e}); retrying with backoff, /health says \
+                 degraded until it answers"
+            ),
+            Ok(_) => {}
+        }
+        let discovery = discovery::Discovery::new(
+            client.clone(),
+            discovery::filter_from_config(cm),
+            cm.reconnect_interval,
+        );
+        let discovery_stop = stop.clone();
         Some(
-            discovery::spawn(
-                client,
-                filter,
-                cm.reconnect_interval,
-                events_tx,
-                stop.clone(),
-            )
-            .map_err(|e| format!("discovery: {e}"))?,
+            thread::Builder::new()
+                .name("discovery".into())
+                .spawn(move || {
+                    let Some(list) = retry_list(&client, first, &discovery_stop) else {
+                        return;
+                    };
+                    owed.offer(list, &events_tx);
+                    discovery.run(events_tx, discovery_stop);
+                })
+                .map_err(|e| format!("discovery: {e}"))?,
         )
     };
 
@@ -224,7 +258,7 @@ pub fn run(
             tracing::info!("{selection}");
             *capture_shared.io.lock().unwrap() = Some((engine.stats(), selection));
             let _ = ready_tx.send(Ok(()));
-            let reader = LogReader::new(engine, &socket);
+            let reader = LogReader::new(engine, &socket).with_docker_status(capture_shared.docker);
             let mut capture = Capture::new(
                 reader,
                 capture_options,
@@ -292,4 +326,68 @@ pub fn run(
         );
     }
     Ok(undelivered)
+}
+
+/// Which containers of the start-up list to read before discovery takes over.
+struct Owed {
+    once: bool,
+    /// Short ids with a committed position.
+    committed: std::collections::HashSet<String>,
+    filter: discovery::Filter,
+    own: OwnContainer,
+}
+
+impl Owed {
+    fn offer(&self, list: Vec<ContainerInfo>, tx: &mpsc::Sender<ContainerEvent>) {
+        for info in list {
+            let owed = !info.running && self.committed.contains(&info.id[..info.id.len().min(12)]);
+            if (self.once || owed)
+                && (self.filter)(&info.name, &info.labels)
+                && !self.own.is_own(&info.id)
+            {
+                let _ = tx.send(ContainerEvent::Running(info));
+            }
+        }
+    }
+}
+
+/// The start-up list: `first`, or, while it failed, listing again with backoff until it
+/// works. `None` when `stop` is set first.
+fn retry_list(
+    client: &Client,
+    first: Result<Vec<ContainerInfo>, crate::docker::ClientError>,
+    stop: &AtomicBool,
+) -> Option<Vec<ContainerInfo>> {
+    let mut result = first;
+    let mut delay = Duration::from_millis(100);
+    let mut failed = false;
+    loop {
+        match result {
+            Ok(list) => {
+                if failed {
+                    tracing::info!("docker reachable: {} containers", list.len());
+                }
+                return Some(list);
+            }
+            Err(e) => {
+                failed = true;
+                let until = std::time::Instant::now() + delay;
+                while std::time::Instant::now() < until {
+                    if stop.load(Relaxed) {
+                        return None;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+                delay = (delay * 2).min(STARTUP_RETRY_MAX);
+                result = client.containers(true);
+                if let Err(next) = &result {
+                    if next.to_string() != e.to_string() {
+                        tracing::warn!("docker still not usable: {next}");
+                    } else {
+                        tracing::debug!("docker still not usable: {next}");
+                    }
+                }
+            }
+        }
+    }
 }

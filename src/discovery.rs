@@ -10,7 +10,9 @@
 //!    `destroy` into `Removed` and `rename` into `Renamed`. After any error (daemon restarted,
 //!    socket gone, bad answer) it reconnects with a backoff of 100 ms doubling up to
 //!    `reconcile_every`, logging at warn, and asks for `since=<newest event seen - 1 s>` (at the
-//!    very first connection: the start time - 1 s), so no event in the gap is lost. The
+//!    very first connection: the start time - 1 s), so no event in the gap is lost. Each
+//!    connection negotiates the API version again ([`Client::open_stream`]): the daemon may
+//!    have been upgraded while it was away. The
 //!    events that come twice because of that overlap are dropped by their
 //!    `(timeNano, id, action)`, and handling is idempotent besides.
 //! 3. **Every `reconcile_every`** it lists again: `Running` for every matching running container
@@ -307,6 +309,14 @@ impl Discovery {
         tx: Sender<ContainerEvent>,
         stop: Arc<AtomicBool>,
     ) -> io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("discovery".into())
+            .spawn(move || self.run(tx, stop))
+    }
+
+    /// What [`spawn`](Self::spawn)'s thread does, on the calling thread (for a caller that
+    /// has work of its own to do on that thread first).
+    pub fn run(self, tx: Sender<ContainerEvent>, stop: Arc<AtomicBool>) {
         let worker = Worker {
             client: self.client,
             filter: self.filter,
@@ -320,9 +330,7 @@ impl Discovery {
             recent_order: VecDeque::new(),
             reconcile_soon: false,
         };
-        std::thread::Builder::new()
-            .name("discovery".into())
-            .spawn(move || worker.run())
+        worker.run()
     }
 }
 
@@ -651,7 +659,10 @@ impl Worker {
                     continue;
                 }
                 let path = events_path(self.cursor_ns - REPLAY_MARGIN_NS);
-                match self.client.open_stream(&path, EVENTS_READ_TIMEOUT) {
+                match self
+                    .client
+                    .open_stream("events", &path, EVENTS_READ_TIMEOUT)
+                {
                     Ok(sock) => conn = Some(EventsConn::new(sock)),
                     Err(e) => {
                         let delay = events_backoff.step();
@@ -673,6 +684,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
+                    self.client.stream_failed("events");
                     if c.opened_at.elapsed() >= BACKOFF_RESET_AFTER {
                         events_backoff.reset();
                     }

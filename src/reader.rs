@@ -9,10 +9,11 @@ use rustc_hash::FxHashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decode::{DecodeError, DecodeOptions, LogDecoder, LogLine};
-use crate::docker::{logs_request, LogsQuery};
+use crate::docker::{logs_request, DockerStatus, LogsQuery};
 use crate::io::{Engine, Event, StreamId};
 
 /// Which container's log to read, and how.
@@ -61,6 +62,8 @@ struct Tracked {
 pub struct LogReader {
     engine: Box<dyn Engine>,
     socket: PathBuf,
+    /// Where the API version of each request comes from (negotiated by the control client).
+    docker: Arc<DockerStatus>,
     streams: FxHashMap<StreamId, Tracked>,
     events: Vec<Event>,
     lines: Vec<LogLine>,
@@ -71,10 +74,18 @@ impl LogReader {
         LogReader {
             engine,
             socket: socket.to_path_buf(),
+            docker: Arc::new(DockerStatus::new(None)),
             streams: FxHashMap::default(),
             events: Vec::new(),
             lines: Vec::new(),
         }
+    }
+
+    /// Takes the API version of every stream opened from here on from `docker` (without it:
+    /// [`crate::docker::ApiVersion::FALLBACK`]).
+    pub fn with_docker_status(mut self, docker: Arc<DockerStatus>) -> Self {
+        self.docker = docker;
+        self
     }
 
     pub fn engine(&self) -> &dyn Engine {
@@ -82,7 +93,11 @@ impl LogReader {
     }
 
     pub fn open(&mut self, spec: &StreamSpec) -> io::Result<StreamId> {
-        let request = logs_request(&spec.container_id, spec.query);
+        let request = logs_request(
+            self.docker.request_version(),
+            &spec.container_id,
+            spec.query,
+        );
         let id = self.engine.open(&self.socket, request)?;
         let decoder = LogDecoder::new(DecodeOptions {
             tty: spec.tty,

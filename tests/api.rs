@@ -85,6 +85,7 @@ fn fixture_with(name: &str, capacity: usize, options: ApiOptions) -> Fixture {
         queue: tx.gauge().clone(),
         containers: Arc::default(),
         sink_timings: Arc::default(),
+        docker: Arc::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let servers = api::start_with(

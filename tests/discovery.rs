@@ -517,7 +517,10 @@ mod fake {
                     let text = String::from_utf8(req).unwrap();
                     let target = text.split(' ').nth(1).unwrap().to_string();
                     targets2.lock().unwrap().push(target.clone());
-                    if target == "/v1.41/containers/json?all=1" {
+                    if target == "/version" {
+                        // What dockerd 20.10 answers: the client negotiates 1.41.
+                        answer(&mut conn, r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12"}"#);
+                    } else if target == "/v1.41/containers/json?all=1" {
                         answer(
                             &mut conn,
                             &format!(

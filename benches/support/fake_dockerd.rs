@@ -4,8 +4,13 @@
 //!
 //! One thread, one epoll set, non-blocking sockets, HTTP/1.1 with keep-alive (bollard/hyper
 //! reuse connections) or `Connection: close` (what log_capturer sends). It answers:
-//! - `GET /_ping`, `/version`, `/containers/json`, `/containers/{id}/json` (inspect: `Config.Tty`
-//!   false, `State.Running` true, `Name`, `Image`, `Created`), with or without `/v1.41`;
+//! - `GET /_ping` (`API-Version` header), `/version` (`ApiVersion`, `MinAPIVersion`),
+//!   `/containers/json`, `/containers/{id}/json` (inspect: `Config.Tty` false, `State.Running`
+//!   true, `Name`, `Image`, `Created`), with or without a `/v1.xx` prefix. With
+//!   `api_versions: Some((min, max))` a versioned path outside that range gets dockerd's
+//!   `400 client version 1.41 is too old. Minimum supported API version is 1.44, ...` (or
+//!   `... is too new. Maximum supported API version is 1.52`), as Engine 29 answers; without,
+//!   it reports 1.41 (minimum 1.12), as dockerd 20.10, and serves any version;
 //! - `GET /events`: the chunked head, then nothing, held open;
 //! - `GET /containers/{id}/logs`: multiplexed frames (stdout), `timestamps=1` prefixes, chunked
 //!   transfer encoding with one frame per chunk as dockerd sends them, in one of three modes:
@@ -59,6 +64,29 @@ pub struct ServerConfig {
     pub lines: usize,
     /// Steady: lines per second per stream.
     pub rate: u32,
+    /// The API versions served, `(min, max)` as `(major, minor)`; `None`: 1.41 reported,
+    /// every version served.
+    pub api_versions: Option<ApiRange>,
+}
+
+/// `(major, minor)`.
+pub type Version = (u16, u16);
+/// `(min, max)`.
+pub type ApiRange = (Version, Version);
+
+/// `1.44-1.52` -> `((1, 44), (1, 52))`.
+pub fn parse_api_versions(s: &str) -> Result<ApiRange, String> {
+    let bad = || format!("API versions {s:?}: expected MIN-MAX, e.g. 1.44-1.52");
+    let (min, max) = s.split_once('-').ok_or_else(bad)?;
+    let one = |v: &str| -> Result<Version, String> {
+        let (a, b) = v.split_once('.').ok_or_else(bad)?;
+        Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
+    };
+    Ok((one(min)?, one(max)?))
+}
+
+fn version_text(v: Version) -> String {
+    format!("{}.{}", v.0, v.1)
 }
 
 /// Live counters, readable from any thread (and over `GET /_bench/stats`).
@@ -70,6 +98,8 @@ pub struct ServerStats {
     pub log_bytes: AtomicU64,
     /// Log lines written (steady mode; bulk counts whole responses' lines when queued).
     pub log_lines: AtomicU64,
+    /// Requests refused with a 400 for their API version.
+    pub refused: AtomicU64,
 }
 
 /// Ten lines share one microsecond-spaced timeline: line i of the bulk body is stamped
@@ -463,24 +493,49 @@ impl Server {
             .split('&')
             .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
             .collect();
-        let path = strip_version(path);
+        let (version, path) = split_version(path);
         let keep = if close {
             After::Close
         } else {
             After::NextRequest
         };
+        if let (Some(v), Some((min, max))) = (version, self.config.api_versions) {
+            // dockerd's version middleware: the whole range check before any route.
+            let refusal = if v < min {
+                Some(format!(
+                    "client version {} is too old. Minimum supported API version is {}, please upgrade your client to a newer version",
+                    version_text(v),
+                    version_text(min)
+                ))
+            } else if v > max {
+                Some(format!(
+                    "client version {} is too new. Maximum supported API version is {}",
+                    version_text(v),
+                    version_text(max)
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = refusal {
+                self.stats.refused.fetch_add(1, Relaxed);
+                return self.json(index, 400, format!("{{\"message\":\"{message}\"}}"), keep);
+            }
+        }
         let n = self.config.containers;
         if method != "GET" && method != "HEAD" {
             return self.json(index, 405, "{\"message\":\"only GET\"}".into(), keep);
         }
         match path {
             "/_ping" => self.reply(index, 200, "text/plain", b"OK".to_vec(), keep),
-            "/version" => self.json(
-                index,
-                200,
-                "{\"Version\":\"20.10.24-bench\",\"ApiVersion\":\"1.41\",\"MinAPIVersion\":\"1.12\",\"Os\":\"linux\",\"Arch\":\"amd64\"}".into(),
-                keep,
-            ),
+            "/version" => {
+                let (min, max) = self.api_range();
+                let body = format!(
+                    "{{\"Version\":\"bench\",\"ApiVersion\":\"{}\",\"MinAPIVersion\":\"{}\",\"Os\":\"linux\",\"Arch\":\"amd64\"}}",
+                    version_text(max),
+                    version_text(min)
+                );
+                self.json(index, 200, body, keep)
+            }
             "/_bench/stats" => {
                 let s = &self.stats;
                 let body = format!(
@@ -538,6 +593,11 @@ impl Server {
         }
     }
 
+    /// `(min, max)` as reported.
+    fn api_range(&self) -> ApiRange {
+        self.config.api_versions.unwrap_or(((1, 12), (1, 41)))
+    }
+
     fn json(&mut self, index: usize, status: u16, body: String, after: After) {
         self.reply(index, status, "application/json", body.into_bytes(), after);
     }
@@ -545,15 +605,17 @@ impl Server {
     fn reply(&mut self, index: usize, status: u16, ctype: &str, body: Vec<u8>, after: After) {
         let reason = match status {
             200 => "OK",
+            400 => "Bad Request",
             404 => "Not Found",
             _ => "Error",
         };
+        let api = version_text(self.api_range().1);
         let conn = self.conns[index].as_mut().unwrap();
         conn.out.clear();
         conn.out_pos = 0;
         conn.out.extend_from_slice(
             format!(
-                "HTTP/1.1 {status} {reason}\r\nApi-Version: 1.41\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nServer: Docker/20.10.24-bench (linux)\r\n{}\r\n",
+                "HTTP/1.1 {status} {reason}\r\nApi-Version: {api}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nServer: Docker/bench (linux)\r\n{}\r\n",
                 body.len(),
                 if after == After::Close { "Connection: close\r\n" } else { "" }
             )
@@ -567,11 +629,12 @@ impl Server {
     }
 
     fn stream_head(&mut self, index: usize, after: After) {
+        let api = version_text(self.api_range().1);
         let conn = self.conns[index].as_mut().unwrap();
         conn.out.clear();
         conn.out_pos = 0;
         conn.out.extend_from_slice(
-            b"HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/vnd.docker.raw-stream\r\nServer: Docker/20.10.24-bench (linux)\r\nTransfer-Encoding: chunked\r\n\r\n",
+            format!("HTTP/1.1 200 OK\r\nApi-Version: {api}\r\nContent-Type: application/vnd.docker.raw-stream\r\nServer: Docker/bench (linux)\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes(),
         );
         conn.bulk = (0, 0);
         conn.tail = b"";
@@ -739,18 +802,18 @@ impl Server {
     }
 }
 
-fn strip_version(path: &str) -> &str {
+/// `/v1.44/containers/json` -> `(Some((1, 44)), "/containers/json")`.
+fn split_version(path: &str) -> (Option<Version>, &str) {
     if let Some(rest) = path.strip_prefix("/v") {
         if let Some(slash) = rest.find('/') {
-            if rest[..slash]
-                .chars()
-                .all(|c| c.is_ascii_digit() || c == '.')
-            {
-                return &rest[slash..];
+            if let Some((a, b)) = rest[..slash].split_once('.') {
+                if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+                    return (Some((a, b)), &rest[slash..]);
+                }
             }
         }
     }
-    path
+    (None, path)
 }
 
 /// `SEC`, `SEC.NANOS` (or a fraction of fewer digits) -> nanoseconds.

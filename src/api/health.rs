@@ -10,7 +10,10 @@
 //!   most a receive and a cancel in flight, so ops that keep growing while streams do not
 //!   cross this line (`checks.io_ops`);
 //! - the thread tracker is not healthy (growth over 10 threads per minute), as the Go version
-//!   did with its goroutine tracker (`services.goroutine_tracker`).
+//!   did with its goroutine tracker (`services.goroutine_tracker`);
+//! - the last call to the Docker engine did not reach it, or the engine refused every API
+//!   version this program speaks (`checks.docker`, with the reason, and
+//!   `services.container_monitor`). Not yet having called it is not degraded.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -18,6 +21,27 @@ use serde_json::{json, Map, Value};
 
 use super::{procinfo, ApiState, DEGRADED_RATIO};
 use crate::config::format_duration;
+use crate::docker::{DockerStatus, Reachability};
+
+/// The engine as the client sees it, for `/health` and `/debug/goroutines`.
+pub(super) fn docker_object(docker: &DockerStatus) -> Value {
+    let reach = docker.reachability();
+    let (status_text, reachable, reason) = match &reach {
+        Reachability::Unknown => ("healthy", Value::Null, Value::Null),
+        Reachability::Up => ("healthy", json!(true), Value::Null),
+        Reachability::Down(why) => ("degraded", json!(false), json!(why)),
+    };
+    let engine = docker.engine_versions();
+    json!({
+        "status": status_text,
+        "reachable": reachable,
+        "reason": reason,
+        "api_version": docker.api_version().map(|v| v.to_string()),
+        "api_version_pinned": docker.pinned().is_some(),
+        "engine_api_version": engine.map(|e| e.max.to_string()),
+        "engine_min_api_version": engine.and_then(|e| e.min).map(|v| v.to_string()),
+    })
+}
 
 /// Ops in flight allowed above two per live stream (connects and sends of streams being
 /// opened).
@@ -117,9 +141,18 @@ pub fn health(state: &ApiState) -> HealthReport {
         ));
     }
 
+    // Docker.
+    let docker_ok = match shared.docker.reachability() {
+        Reachability::Down(why) => {
+            issues.push(format!("docker engine not usable: {why}"));
+            false
+        }
+        Reachability::Unknown | Reachability::Up => true,
+    };
+
     let memory = procinfo::memory();
     let d = &shared.dispatch;
-    let healthy = queue_ok && sinks_ok && fds_ok && io_ok && tracker_ok;
+    let healthy = queue_ok && sinks_ok && fds_ok && io_ok && tracker_ok && docker_ok;
     let uptime = state.started.elapsed();
     let body = json!({
         "status": status(healthy),
@@ -140,8 +173,9 @@ pub fn health(state: &ApiState) -> HealthReport {
                 },
             },
             "container_monitor": {
-                "status": "healthy",
+                "status": status(docker_ok),
                 "enabled": state.config.container_monitor.enabled,
+                "docker_api_version": shared.docker.api_version().map(|v| v.to_string()),
             },
             "goroutine_tracker": {
                 "status": if tracker_ok { "healthy" } else { "warning" },
@@ -184,6 +218,7 @@ pub fn health(state: &ApiState) -> HealthReport {
                 "streams_active": streams,
                 "limit": ops_limit,
             },
+            "docker": docker_object(&shared.docker),
         },
         "issues": issues,
     });
@@ -221,6 +256,7 @@ mod tests {
             queue: tx.gauge().clone(),
             containers: Arc::default(),
             sink_timings: Arc::default(),
+            docker: Arc::default(),
         };
         let options = ApiOptions {
             thread_count: || 5,
@@ -240,6 +276,49 @@ mod tests {
         assert!(!report.healthy);
         assert_eq!(report.body["checks"]["io_ops"]["status"], "degraded");
         assert_eq!(report.body["checks"]["io_ops"]["limit"], 24);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn docker_unreachable_degrades_and_says_why() {
+        let dir = std::env::temp_dir().join(format!("logcap-health-d-{}", std::process::id()));
+        let (tx, _rx) = queue(10);
+        let docker = Arc::new(crate::docker::DockerStatus::default());
+        let shared = Shared {
+            capture: Arc::default(),
+            dispatch: Arc::default(),
+            positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+            io: Arc::default(),
+            queue: tx.gauge().clone(),
+            containers: Arc::default(),
+            sink_timings: Arc::default(),
+            docker: docker.clone(),
+        };
+        let options = ApiOptions {
+            thread_count: || 5,
+            ..ApiOptions::default()
+        };
+        let state = ApiState::new(&Config::defaults(), shared, None, options);
+        // Not called yet: not a reason to degrade.
+        assert!(health(&state).healthy);
+        docker.mark_down("containers_list", "connect /x.sock: No such file".into());
+        let report = health(&state);
+        assert!(!report.healthy);
+        assert_eq!(report.body["status"], "degraded");
+        assert_eq!(report.body["checks"]["docker"]["reachable"], false);
+        assert_eq!(
+            report.body["checks"]["docker"]["reason"],
+            "connect /x.sock: No such file"
+        );
+        assert_eq!(
+            report.body["services"]["container_monitor"]["status"],
+            "degraded"
+        );
+        let issues = report.body["issues"].to_string();
+        assert!(issues.contains("connect /x.sock"), "{issues}");
+        docker.mark_up();
+        assert!(health(&state).healthy);
+        assert_eq!(docker.errors()["containers_list"], 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -344,6 +344,46 @@ pub fn render(state: &ApiState) -> String {
     for (reason, n) in &dropped {
         t.sample("lines_dropped_total", &[("reason", reason)], *n as f64);
     }
+    let docker = &s.docker;
+    t.single(
+        "docker_up",
+        "1 when the last call to the Docker engine reached it (and its API versions meet ours)",
+        Kind::Gauge,
+        if docker.reachability() == crate::docker::Reachability::Up {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    t.family(
+        "docker_api_errors_total",
+        "Docker Engine API calls that failed, by endpoint (logs: log streams ended by an error)",
+        Kind::Counter,
+    );
+    let mut api_errors = docker.errors();
+    api_errors.insert("logs", s.capture.stream_errors.load(Relaxed));
+    for endpoint in ["version", "containers_list", "containers_inspect", "events"] {
+        api_errors.entry(endpoint).or_insert(0);
+    }
+    for (endpoint, n) in &api_errors {
+        t.sample(
+            "docker_api_errors_total",
+            &[("endpoint", endpoint)],
+            *n as f64,
+        );
+    }
+    t.family(
+        "docker_api_version_info",
+        "The Docker Engine API version spoken (value 1), once negotiated or pinned",
+        Kind::Gauge,
+    );
+    if let Some(version) = docker.api_version() {
+        t.sample(
+            "docker_api_version_info",
+            &[("version", &version.to_string())],
+            1.0,
+        );
+    }
     t.single(
         "positions_commit_lag_seconds",
         "How long the oldest position advance not yet committed to disk has waited (0: all committed)",

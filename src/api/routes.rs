@@ -154,6 +154,7 @@ fn debug_goroutines(state: &ApiState) -> Reply {
             "file_descriptors": procinfo::open_fds(),
             "pid": std::process::id(),
             "io": io_object(state),
+            "docker": super::health::docker_object(&state.shared.docker),
         }),
     )
 }

@@ -1,8 +1,13 @@
-//! The Docker Engine API: request builders, and a small blocking client for the control calls
-//! (list, inspect) that are not on the hot path.
+//! The Docker Engine API: request builders, a small blocking client for the control calls
+//! (list, inspect, events) that are not on the hot path, API version negotiation, and the
+//! engine's status as the client saw it (reachable, version, failed calls).
 
 mod client;
 mod request;
+mod status;
+mod version;
 
-pub use client::{Client, ContainerInfo, ContainerSummary};
-pub use request::{get_request, logs_request, socket_path, LogsQuery, API_VERSION};
+pub use client::{Client, ClientError, ContainerInfo, ContainerSummary, ErrorKind};
+pub use request::{get_request, logs_request, socket_path, LogsQuery};
+pub use status::{DockerStatus, Reachability};
+pub use version::{negotiate, pinned_from_env, ApiVersion, EngineVersions};

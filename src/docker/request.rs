@@ -1,14 +1,12 @@
-//! HTTP requests to the Docker Engine API, built once per stream as the bytes to send.
+//! HTTP requests to the Docker Engine API, built once per stream as the bytes to send. Every
+//! builder takes the [`ApiVersion`] to speak (negotiated, see `super::version`).
 
 use std::path::PathBuf;
 
 use bytes::Bytes;
 
+use super::version::ApiVersion;
 use crate::decode::timestamp::format_since;
-
-/// The API version asked for: dockerd 20.10 (Debian 12) speaks 1.41, and newer daemons still
-/// serve it.
-pub const API_VERSION: &str = "v1.41";
 
 /// Turns `unix:///var/run/docker.sock` (or a bare path) into the socket path.
 pub fn socket_path(endpoint: &str) -> Result<PathBuf, String> {
@@ -32,9 +30,10 @@ pub struct LogsQuery {
 
 /// `GET /containers/{id}/logs` with stdout, stderr and timestamps always on: the timestamps
 /// are what positions and deduplication are made of.
-pub fn logs_request(container_id: &str, query: LogsQuery) -> Bytes {
+pub fn logs_request(version: ApiVersion, container_id: &str, query: LogsQuery) -> Bytes {
     let mut target = format!(
-        "/{API_VERSION}/containers/{container_id}/logs?stdout=1&stderr=1&timestamps=1&follow={}",
+        "{}/containers/{container_id}/logs?stdout=1&stderr=1&timestamps=1&follow={}",
+        version.prefix(),
         u8::from(query.follow)
     );
     if let Some(since) = query.since_ns {
@@ -62,6 +61,7 @@ mod tests {
     #[test]
     fn logs_request_carries_since_as_seconds_dot_nanos() {
         let req = logs_request(
+            ApiVersion::new(1, 44),
             "abc",
             LogsQuery {
                 follow: true,
@@ -70,7 +70,7 @@ mod tests {
         );
         let text = std::str::from_utf8(&req).unwrap();
         assert!(text.starts_with(
-            "GET /v1.41/containers/abc/logs?stdout=1&stderr=1&timestamps=1&follow=1&since=1700000000.000000042 HTTP/1.1\r\n"
+            "GET /v1.44/containers/abc/logs?stdout=1&stderr=1&timestamps=1&follow=1&since=1700000000.000000042 HTTP/1.1\r\n"
         ), "{text}");
         assert!(text.ends_with("\r\n\r\n"));
     }

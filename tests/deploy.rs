@@ -100,10 +100,7 @@ impl Drop for Cleanup {
 
 impl Cleanup {
     fn dir(&mut self, name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "logcap-deploy-{}-{name}",
-            std::process::id()
-        ));
+        let d = std::env::temp_dir().join(format!("logcap-deploy-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         self.dirs.push(d.clone());
@@ -157,7 +154,16 @@ fn run_emitter(name: &str, prefix: &str, n: usize, then: Option<&str>) -> String
     }
     script.push_str("exec sleep 3600");
     docker(&[
-        "run", "-d", "--name", name, "--network", "none", IMAGE, "sh", "-c", &script,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        &script,
     ])
 }
 
@@ -210,7 +216,10 @@ fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) ->
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -247,7 +256,11 @@ fn engine_under_profile(what: &str, seccomp: &[&str], engine: &str, reason: &str
     wait_for(Duration::from_secs(30), "the emitter's 50 lines", || {
         (messages_of(&output, &emitter).len() >= want.len()).then_some(())
     });
-    assert_eq!(messages_of(&output, &emitter), want, "{what}: captured lines");
+    assert_eq!(
+        messages_of(&output, &emitter),
+        want,
+        "{what}: captured lines"
+    );
 
     let own: Vec<_> = entries(&output)
         .into_iter()
@@ -331,29 +344,42 @@ fn positions_survive_the_container_through_the_volume() {
 
     let emitter = run_emitter(&c.name("restart-emitter"), "before", 40, Some("after"));
     let first = run_capturer(&c.name("restart-capturer-1"), &output, &["-v", &mount]);
-    wait_for(Duration::from_secs(30), "the 40 lines before the restart", || {
-        (messages_of(&output, &emitter).len() >= 40).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "the 40 lines before the restart",
+        || (messages_of(&output, &emitter).len() >= 40).then_some(()),
+    );
     docker(&["stop", "-t", "30", &first]);
     let exit = docker(&["inspect", "-f", "{{.State.ExitCode}}", &first]);
-    assert_eq!(exit, "0", "first capturer's exit code; its log:\n{}", logs(&first));
+    assert_eq!(
+        exit,
+        "0",
+        "first capturer's exit code; its log:\n{}",
+        logs(&first)
+    );
     docker(&["rm", "-v", &first]);
 
     docker(&["exec", &emitter, "touch", "/go"]);
-    wait_for(Duration::from_secs(20), "the emitter's lines after /go", || {
-        logs(&emitter).contains("after-40").then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the emitter's lines after /go",
+        || logs(&emitter).contains("after-40").then_some(()),
+    );
 
     let second = run_capturer(&c.name("restart-capturer-2"), &output, &["-v", &mount]);
     let mut want = expected("before", 40);
     want.extend(expected("after", 40));
     // The stream is in order: once after-40 is in, a replay of the earlier lines would be too.
-    wait_for(Duration::from_secs(30), "after-40 delivered by the second capturer", || {
-        messages_of(&output, &emitter)
-            .iter()
-            .any(|m| m == "after-40")
-            .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "after-40 delivered by the second capturer",
+        || {
+            messages_of(&output, &emitter)
+                .iter()
+                .any(|m| m == "after-40")
+                .then_some(())
+        },
+    );
     let got = messages_of(&output, &emitter);
     let distinct: BTreeSet<_> = got.iter().collect();
     assert_eq!(

@@ -50,6 +50,9 @@ ROOT="$CTX/rootfs"
 mkdir -p "$ROOT/app/configs" "$ROOT/app/data/positions" "$ROOT/app/logs/output" "$ROOT/tmp"
 chmod 1777 "$ROOT/tmp"
 cp "$BINARY" "$ROOT/app/log_capturer"
+# Debug info is most of a debug build's size, and the vfs storage driver copies the image for
+# every container; symbols stay for backtraces.
+if command -v strip >/dev/null; then strip --strip-debug "$ROOT/app/log_capturer"; fi
 cp configs/config.yaml "$ROOT/app/configs/config.yaml"
 
 # Every library ldd resolves, at the same path, plus the loader. A static binary has none

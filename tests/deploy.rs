@@ -392,6 +392,34 @@ fn positions_survive_the_container_through_the_volume() {
     );
 }
 
+/// The Go image's defaults, in the image scripts/image.sh builds and in the users' Dockerfile
+/// (which cannot be built here: its base images cannot be pulled).
+#[test]
+fn image_and_dockerfile_keep_the_go_defaults() {
+    let _image = ImageRef::acquire();
+    let config = docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config.Healthcheck.Test}} {{json .Config.ExposedPorts}} {{json .Config.Volumes}} {{json .Config.Entrypoint}}",
+        &image_tag(),
+    ]);
+    assert_eq!(
+        config,
+        r#"["CMD","/app/log_capturer","--healthcheck","http://localhost:8001/health"] {"8001/tcp":{},"8401/tcp":{}} {"/app/data/positions":{}} ["/app/log_capturer"]"#
+    );
+    let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).unwrap();
+    for line in [
+        "EXPOSE 8401 8001",
+        r#"VOLUME ["/app/data/positions"]"#,
+        r#"CMD ["/app/log_capturer", "--healthcheck", "http://localhost:8001/health"]"#,
+        "COPY configs/config.yaml /app/configs/config.yaml",
+        r#"ENTRYPOINT ["/app/log_capturer"]"#,
+    ] {
+        assert!(dockerfile.contains(line), "Dockerfile lacks {line}");
+    }
+}
+
 /// `systemd-analyze verify` on deploy/log_capturer.service, where the tool exists (it cannot
 /// be installed without systemd as init). ExecStart must name an existing binary for the
 /// verifier, so a copy of the unit points it at the one cargo built.

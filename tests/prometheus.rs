@@ -335,3 +335,31 @@ fn prometheus_scrapes_streams_and_lines() {
         .map_or(0, Vec::len);
     assert_eq!(loaded, 8, "alert rules loaded by prometheus: {rules}");
 }
+
+/// `log_capturer --healthcheck URL`, the image's HEALTHCHECK: 0 while the metrics server
+/// answers, 1 once nothing listens.
+#[test]
+fn healthcheck_flag_follows_the_metrics_server() {
+    let mut c = Cleanup::new("health");
+    let name = format!("logcap-prom-{}-health", std::process::id());
+    let ports = start_capturer(&mut c, &name);
+    let url = format!("http://127.0.0.1:{}/health", ports.metrics);
+    let probe = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_log_capturer"))
+            .args(["--healthcheck", url])
+            .output()
+            .expect("log_capturer --healthcheck")
+    };
+    let up = probe(&url);
+    assert_eq!(up.status.code(), Some(0), "{up:?}");
+    for child in &mut c.children {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let down = probe(&url);
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains(&url),
+        "the failure names the URL: {down:?}"
+    );
+}

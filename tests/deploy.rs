@@ -283,8 +283,8 @@ fn engine_under_profile(what: &str, seccomp: &[&str], engine: &str, reason: &str
     });
 }
 
-/// Whether this dockerd's default seccomp profile lets io_uring through: Docker 25 blocks it
-/// (moby#46762); Debian's 20.10 here does not.
+/// Whether this dockerd's default seccomp profile lets io_uring through: allowed from 20.10
+/// (moby#39415) until Docker 25 blocked it again (moby#46762); Debian's 20.10 here allows it.
 fn default_profile_allows_io_uring() -> bool {
     let version = docker(&["version", "--format", "{{.Server.Version}}"]);
     let major: u32 = version
@@ -292,7 +292,7 @@ fn default_profile_allows_io_uring() -> bool {
         .next()
         .and_then(|m| m.parse().ok())
         .unwrap_or_else(|| panic!("unparsable server version {version:?}"));
-    major < 25
+    (20..25).contains(&major)
 }
 
 #[test]

@@ -41,6 +41,10 @@ export LOGCAP_DOCKER_SOCK="$SOCK"
 export DOCKER_HOST="unix://$SOCK"
 echo "LOGCAP_DOCKER_SOCK=$LOGCAP_DOCKER_SOCK (engine ready after $((SECONDS - t0))s)"
 
+# Debian's prometheus and promtool, installed when missing, for tests/prometheus.rs.
+phase "prometheus"
+bash scripts/prometheus.sh install
+
 phase "toolchain"
 cargo --version
 rustc --version

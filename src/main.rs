@@ -27,10 +27,18 @@ struct Args {
     /// Overrides container_monitor.socket_path (unix:///path or /path).
     #[arg(long)]
     docker_socket: Option<String>,
+    /// Probe a running capturer instead of starting one: GET this URL (e.g.
+    /// http://localhost:8001/health) and exit 0 on a 2xx answer, 1 otherwise. For a container
+    /// HEALTHCHECK in an image that has no shell, curl or wget.
+    #[arg(long, value_name = "URL")]
+    healthcheck: Option<String>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(url) = &args.healthcheck {
+        return healthcheck(url);
+    }
     let (mut config, report) = match Config::load(args.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -61,6 +69,20 @@ fn main() -> ExitCode {
         Ok(_undelivered) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit 0 when `url` answers 2xx within 3 s; otherwise say why on stderr and exit 1.
+fn healthcheck(url: &str) -> ExitCode {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(3))
+        .build();
+    match agent.get(url).call() {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("log_capturer: healthcheck {url}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -125,6 +125,19 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Box<dyn Sink>>, String> {
     Ok(sinks)
 }
 
+/// The first Docker call failed: when the socket is not there, say where its path comes from.
+fn unreachable_message(socket: &std::path::Path, error: impl std::fmt::Display) -> String {
+    if socket.exists() {
+        return error.to_string();
+    }
+    format!(
+        "{error}: no Docker socket at {}; point --docker-socket, DOCKER_HOST or \
+         container_monitor.socket_path (SSW_DOCKER_SOCKET) at the engine's socket, or set \
+         container_monitor.enabled: false to run without Docker",
+        socket.display()
+    )
+}
+
 /// Runs the daemon until `stop` is set (or, with `--once`, until everything is read), and
 /// returns what could not be delivered.
 pub fn run(
@@ -133,7 +146,14 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<Undelivered, String> {
     let cm = &config.container_monitor;
-    let socket: PathBuf = socket_path(&cm.socket_path)?;
+    // container_monitor.enabled: false (as in Go) means no Docker connection at all: no
+    // discovery, no streams; the HTTP API, its ingest and the sinks still run.
+    let socket: PathBuf = if cm.enabled {
+        socket_path(&cm.socket_path)?
+    } else {
+        tracing::info!("container_monitor.enabled is false: Docker is not contacted");
+        PathBuf::new()
+    };
     let positions = PositionStore::load(&config.positions.directory).map_err(|e| e.to_string())?;
     let committed: HashMap<String, _> = positions
         .iter()
@@ -184,13 +204,21 @@ pub fn run(
     // too. Following, the containers that exited while the capturer was down: they still owe
     // the lines logged after the last commit, and discovery offers running containers only.
     let own = OwnContainer::detect();
-    for info in client.containers(true).map_err(|e| e.to_string())? {
+    let listed = if cm.enabled {
+        client
+            .containers(true)
+            .map_err(|e| unreachable_message(&socket, e))?
+    } else {
+        Vec::new()
+    };
+    for info in listed {
         let owed = !info.running && committed.contains_key(&info.id[..info.id.len().min(12)]);
         if (options.once || owed) && filter(&info.name, &info.labels) && !own.is_own(&info.id) {
             let _ = events_tx.send(ContainerEvent::Running(info));
         }
     }
-    let discovery = if options.once {
+    // Following, the capture thread runs until stop whether or not anything sends it events.
+    let discovery = if options.once || !cm.enabled {
         drop(events_tx);
         None
     } else {

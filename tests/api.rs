@@ -667,7 +667,11 @@ fn health_sys_mb_is_resident_memory_not_virtual_size() {
     let rss = memory["rss_bytes"].as_u64().expect("rss_bytes");
     // One snapshot feeds both, so they agree exactly; the virtual size of a process with a
     // few threads is hundreds of MiB more than what it holds.
-    assert_eq!(memory["sys_mb"].as_u64(), Some(rss / (1024 * 1024)), "{memory}");
+    assert_eq!(
+        memory["sys_mb"].as_u64(),
+        Some(rss / (1024 * 1024)),
+        "{memory}"
+    );
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let vm_size_kb: u64 = status
         .lines()
@@ -706,5 +710,8 @@ fn lines_dropped_total_shows_every_known_reason_at_zero_from_the_start() {
         .lines()
         .filter(|l| l.starts_with("lines_dropped_total{reason=\"loki_too_old\"}"))
         .collect();
-    assert_eq!(too_old, vec!["lines_dropped_total{reason=\"loki_too_old\"} 3"]);
+    assert_eq!(
+        too_old,
+        vec!["lines_dropped_total{reason=\"loki_too_old\"} 3"]
+    );
 }

@@ -8,9 +8,12 @@
 //! # How it is read
 //! The YAML is parsed into a tree and walked key by key, so every error names the file, the key
 //! path (`sinks.loki.batch_timeout`) and what was expected. Keys this program does not read are
-//! collected in [`LoadReport::unknown_keys`] (log them once at debug level); Go keys that are read
-//! but behave differently here are in [`LoadReport::differences`] (info level).
-//! [`LoadReport::log`] does both.
+//! collected in [`LoadReport::unknown_keys`] (log them once at debug level); those within a typo
+//! or two of a key read at the same level, and absent from the file, are also in
+//! [`LoadReport::misspellings`] with that key (a warning each). Go keys that are read but behave
+//! differently here are in [`LoadReport::differences`] (info level). [`LoadReport::log`] does
+//! all three. A Kafka, Elasticsearch or Splunk sink with `enabled: true` is an error: those
+//! sinks are not implemented, and its lines would silently go nowhere.
 //!
 //! # `app.default_configs` (env `SSW_DEFAULT_CONFIGS`, which wins over the file)
 //! * `true` or absent: every key the Go version gives a default gets it when the file leaves it
@@ -31,7 +34,9 @@
 //!
 //! Then the `SSW_*` environment overrides are applied ([`ENV_OVERRIDES`]), then `DOCKER_HOST`
 //! replaces `container_monitor.socket_path` when that is left at its default, then the result is
-//! validated (the checks Go's validator made, so a config Go refused is refused here too).
+//! validated (the checks Go's validator made, so a config Go refused is refused here too), and
+//! a Docker endpoint that is not a unix socket is refused naming where it came from
+//! (`DOCKER_HOST`, `SSW_DOCKER_SOCKET` or the key) when the container monitor is enabled.
 
 mod duration;
 mod env;

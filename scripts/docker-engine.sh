@@ -9,7 +9,8 @@
 #           reused. Progress goes to stderr; the socket path is the LAST line on stdout, so
 #           `SOCK=$(bash scripts/docker-engine.sh start)` works.
 #   stop    Remove every container on this engine, stop dockerd and the containerd (and shims)
-#           it spawned, unmount what is left under $DIR. Touches no other process. Idempotent.
+#           it spawned, unmount what is left under $DIR, and remove $DIR (only what start put
+#           there: data, exec, socket, pid file, log). Touches no other process. Idempotent.
 #   status  Exit 0 if the engine in $DIR answers, 1 otherwise.
 #   env     Print `export LOGCAP_DOCKER_SOCK=...` and `export DOCKER_HOST=...` for `eval`.
 #
@@ -344,8 +345,23 @@ stop_engine() {
         if [[ -n "$(pids_under_dir)$(container_pids)" ]]; then
             die "processes of $DIR still running: $(pids_under_dir | tr '\n' ' ') $(container_pids | tr '\n' ' ')"
         fi
+        remove_dir
         log "engine in $DIR stopped"
     fi
+}
+
+# Removes what start made in $DIR, then $DIR itself if that leaves it empty: only our own
+# names, never a blanket rm -rf of $DIR (it may be set to a folder that holds other things),
+# and nothing while a mount is still left under it (rm would reach through it).
+remove_dir() {
+    [[ -d "$DIR" ]] || return 0
+    if awk -v d="$DIR/" 'index($2, d) == 1 { found = 1 } END { exit !found }' /proc/self/mounts; then
+        log "warning: mounts left under $DIR; not removing it"
+        return 0
+    fi
+    rm -rf "${DIR:?}/data" "${DIR:?}/exec" "${DIR:?}/image-root"
+    rm -f "$LOG" "$PIDFILE" "$SOCK"
+    rmdir "$DIR" 2>/dev/null || log "$DIR kept: it holds files this script did not make"
 }
 
 cmd_env() {

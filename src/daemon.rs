@@ -137,6 +137,19 @@ pub fn build_sinks(config: &Config) -> Result<Vec<Box<dyn Sink>>, String> {
     Ok(sinks)
 }
 
+/// The first Docker call failed: when the socket is not there, say where its path comes from.
+fn unreachable_message(socket: &std::path::Path, error: impl std::fmt::Display) -> String {
+    if socket.exists() {
+        return error.to_string();
+    }
+    format!(
+        "{error}: no Docker socket at {}; point --docker-socket, DOCKER_HOST or \
+         container_monitor.socket_path (SSW_DOCKER_SOCKET) at the engine's socket, or set \
+         container_monitor.enabled: false to run without Docker",
+        socket.display()
+    )
+}
+
 /// Runs the daemon until `stop` is set (or, with `--once`, until everything is read), and
 /// returns what could not be delivered.
 pub fn run(
@@ -145,7 +158,14 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<Undelivered, String> {
     let cm = &config.container_monitor;
-    let socket: PathBuf = socket_path(&cm.socket_path)?;
+    // container_monitor.enabled: false (as in Go) means no Docker connection at all: no
+    // discovery, no streams; the HTTP API, its ingest and the sinks still run.
+    let socket: PathBuf = if cm.enabled {
+        socket_path(&cm.socket_path)?
+    } else {
+        tracing::info!("container_monitor.enabled is false: Docker is not contacted");
+        PathBuf::new()
+    };
     let docker = Arc::new(DockerStatus::new(pinned_from_env()?));
     if let Some(pinned) = docker.pinned() {
         tracing::info!("docker API version {pinned}, pinned by DOCKER_API_VERSION");
@@ -205,9 +225,14 @@ pub fn run(
         filter: discovery::filter_from_config(cm),
         own: OwnContainer::detect(),
     };
-    let discovery = if options.once {
-        let list = client.containers(true).map_err(|e| e.to_string())?;
-        owed.offer(list, &events_tx);
+    // Following, the capture thread runs until stop whether or not anything sends it events.
+    let discovery = if options.once || !cm.enabled {
+        if cm.enabled {
+            let list = client
+                .containers(true)
+                .map_err(|e| unreachable_message(&socket, e))?;
+            owed.offer(list, &events_tx);
+        }
         drop(events_tx);
         None
     } else {
@@ -215,8 +240,9 @@ pub fn run(
         match &first {
             Err(e) if e.kind == ErrorKind::Incompatible => return Err(e.to_string()),
             Err(e) => tracing::warn!(
-                "docker not usable at start ({e}); retrying with backoff, /health says \
-                 degraded until it answers"
+                "docker not usable at start ({}); retrying with backoff, /health says \
+                 degraded until it answers",
+                unreachable_message(&socket, e)
             ),
             Ok(_) => {}
         }

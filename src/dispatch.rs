@@ -283,6 +283,6 @@ fn drop_lines(stats: &DispatchStats, sink: &'static str, error: &SinkError, line
         .dropped
         .lock()
         .unwrap()
-        .entry(format!("{sink}_{reason}"))
+        .entry(crate::sink::drop_label(sink, reason))
         .or_default() += lines as u64;
 }

@@ -1,13 +1,18 @@
 //! `log_capturer`: captures the logs of a Docker engine's containers and ships them to the
 //! configured sinks, resuming exactly where it left off.
+//!
+//! The same program is also built as `ssw-logs-capture` (`src/bin/ssw-logs-capture.rs`), the
+//! Go binary's name, so units, Dockerfiles and scripts written for it run unchanged; and it
+//! takes Go's single-dash flags (`-config PATH`) as well as `--config PATH`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
-use log_capturer::config::{Config, LogFormat};
+use log_capturer::config::{Config, ConfigError, LogFormat, EXPECT_DOCKER_SOCKET};
 use log_capturer::daemon::{self, RunOptions};
 use log_capturer::io::EngineChoice;
 
@@ -34,8 +39,48 @@ struct Args {
     healthcheck: Option<String>,
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
+/// Go's flag package accepts `-name` as well as `--name`, and `-name=value`; clap takes only
+/// the double-dash form of long options. The single-dash spellings of our long options become
+/// double-dash ones; anything else (and everything after `--`) is left as it is.
+fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    const LONG: &[&str] = &[
+        "config",
+        "once",
+        "io-engine",
+        "io_engine",
+        "docker-socket",
+        "docker_socket",
+    ];
+    let mut out = Vec::new();
+    let mut rest = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        let single = arg.to_str().and_then(|a| {
+            let body = a.strip_prefix('-').filter(|b| !b.starts_with('-'))?;
+            let (name, value) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (body, None),
+            };
+            LONG.contains(&name).then(|| {
+                let name = name.replace('_', "-");
+                value.map_or_else(|| format!("--{name}"), |v| format!("--{name}={v}"))
+            })
+        });
+        match single {
+            Some(long) if i > 0 && !rest => out.push(OsString::from(long)),
+            _ => {
+                rest |= i > 0 && arg == "--";
+                out.push(arg);
+            }
+        }
+    }
+    out
+}
+
+/// What a missing config file needs from the operator.
+const CONFIG_HINT: &str = "name the file with --config PATH (or -config PATH) or SSW_CONFIG_FILE";
+
+pub fn main() -> ExitCode {
+    let args = Args::parse_from(normalize_args(std::env::args_os()));
     if let Some(url) = &args.healthcheck {
         return healthcheck(url);
     }
@@ -43,11 +88,23 @@ fn main() -> ExitCode {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("log_capturer: {e}");
+            if let ConfigError::Read { source, .. } = &e {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    eprintln!("log_capturer: {CONFIG_HINT}");
+                }
+            }
             return ExitCode::from(2);
         }
     };
     if let Some(socket) = args.docker_socket {
         config.container_monitor.socket_path = socket;
+        if config.container_monitor.unix_socket_path().is_none() {
+            eprintln!(
+                "log_capturer: --docker-socket: expected {EXPECT_DOCKER_SOCKET}, got {:?}",
+                config.container_monitor.socket_path
+            );
+            return ExitCode::from(2);
+        }
     }
     init_logging(&config);
     report.log();

@@ -656,3 +656,63 @@ fn stop_drops_the_api_sender_so_the_queue_closes() {
     }
     f.servers.take().unwrap().join();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Figures an operator can trust (issue 10, section 4).
+
+#[test]
+fn health_sys_mb_is_resident_memory_not_virtual_size() {
+    let f = fixture("health-sys-mb");
+    let v = get(f.api, "/health").json();
+    let memory = &v["checks"]["memory"];
+    let rss = memory["rss_bytes"].as_u64().expect("rss_bytes");
+    // One snapshot feeds both, so they agree exactly; the virtual size of a process with a
+    // few threads is hundreds of MiB more than what it holds.
+    assert_eq!(
+        memory["sys_mb"].as_u64(),
+        Some(rss / (1024 * 1024)),
+        "{memory}"
+    );
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let vm_size_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        memory["sys_mb"].as_u64().unwrap() < vm_size_kb / 1024,
+        "sys_mb {} is not below the virtual size {} MiB",
+        memory["sys_mb"],
+        vm_size_kb / 1024
+    );
+}
+
+#[test]
+fn lines_dropped_total_shows_every_known_reason_at_zero_from_the_start() {
+    let f = fixture("dropped-zero");
+    let body = get(f.metrics, "/metrics").body;
+    // The fixture enables loki and local_file.
+    let mut want = log_capturer::sink::drop_labels("loki");
+    want.extend(log_capturer::sink::drop_labels("local_file"));
+    assert!(want.iter().any(|l| l == "loki_out_of_order"), "{want:?}");
+    for label in &want {
+        let line = format!("lines_dropped_total{{reason=\"{label}\"}} 0");
+        assert!(body.lines().any(|l| l == line), "missing `{line}`:\n{body}");
+    }
+    // A drop the dispatcher counted shows under the same label, not beside a zero twin.
+    f.shared
+        .dispatch
+        .dropped
+        .lock()
+        .unwrap()
+        .insert(log_capturer::sink::drop_label("loki", "loki_too_old"), 3);
+    let body = get(f.metrics, "/metrics").body;
+    let too_old: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("lines_dropped_total{reason=\"loki_too_old\"}"))
+        .collect();
+    assert_eq!(
+        too_old,
+        vec!["lines_dropped_total{reason=\"loki_too_old\"} 3"]
+    );
+}

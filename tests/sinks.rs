@@ -103,7 +103,7 @@ fn file_sink_json_golden_file() {
     let dir = tempdir("golden");
     let mut sink = LocalFileSink::new(LocalFileOptions {
         filename_pattern: "all.log".into(),
-        ..LocalFileOptions::new(&dir)
+        ..LocalFileOptions::new(&*dir)
     })
     .unwrap();
     let (entries, expected) = golden();
@@ -202,7 +202,7 @@ fn file_sink_text_output() {
     let mut sink = LocalFileSink::new(LocalFileOptions {
         filename_pattern: "logs-{date}-{hour}.log".into(),
         output_format: OutputFormat::from_go("TEXT"),
-        ..LocalFileOptions::new(&dir)
+        ..LocalFileOptions::new(&*dir)
     })
     .unwrap();
     let (entries, _) = golden();
@@ -359,7 +359,7 @@ fn file_sink_bounds_open_handles() {
     let dir = tempdir("lru");
     let mut sink = LocalFileSink::new(LocalFileOptions {
         max_open_files: 2,
-        ..LocalFileOptions::new(&dir)
+        ..LocalFileOptions::new(&*dir)
     })
     .unwrap();
     let all: Vec<Arc<Labels>> = (0..5)
@@ -698,11 +698,32 @@ fn loki_rejects_bad_url() {
     assert_eq!(err.drop_reason(), Some("config"));
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
+/// A fresh directory under the system temp dir, removed when the test ends (kept, and named,
+/// when it fails).
+fn tempdir(name: &str) -> TempDir {
     let dir =
         std::env::temp_dir().join(format!("log_capturer_sinks_{}_{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     assert!(Path::new(&dir).is_dir());
-    dir
+    TempDir(dir)
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::PathBuf;
+    fn deref(&self) -> &std::path::PathBuf {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test files kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }

@@ -197,7 +197,7 @@ pub fn health(state: &ApiState) -> HealthReport {
             "memory": {
                 "status": "healthy",
                 "alloc_mb": memory.rss / (1024 * 1024),
-                "sys_mb": memory.virtual_size / (1024 * 1024),
+                "sys_mb": memory.rss / (1024 * 1024),
                 "rss_bytes": memory.rss,
                 "goroutines": procinfo::threads(),
             },

@@ -341,7 +341,15 @@ pub fn render(state: &ApiState) -> String {
          reading instead of dropping",
         Kind::Counter,
     );
-    for (reason, n) in &dropped {
+    // Every reason an enabled sink can give, at 0 until it happens.
+    let mut by_reason: std::collections::BTreeMap<String, u64> = state
+        .sinks
+        .iter()
+        .flat_map(|sink| crate::sink::drop_labels(sink))
+        .map(|label| (label, 0))
+        .collect();
+    by_reason.extend(dropped.iter().map(|(k, n)| (k.clone(), *n)));
+    for (reason, n) in &by_reason {
         t.sample("lines_dropped_total", &[("reason", reason)], *n as f64);
     }
     let docker = &s.docker;

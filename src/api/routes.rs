@@ -132,7 +132,7 @@ fn memory_object() -> Value {
         // Go's keys, with the nearest figures the kernel has: there is no garbage collector.
         "alloc": m.rss,
         "total_alloc": 0,
-        "sys": m.virtual_size,
+        "sys": m.rss,
         "num_gc": 0,
         "rss_bytes": m.rss,
         "rss_peak_bytes": m.rss_peak,

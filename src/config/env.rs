@@ -21,6 +21,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "SSW_SERVER_HOST",
     "SSW_SERVER_PORT",
     "SSW_METRICS_ENABLED",
+    "SSW_METRICS_HOST",
     "SSW_METRICS_PORT",
     "SSW_METRICS_PATH",
     "SSW_DISPATCHER_QUEUE_SIZE",
@@ -196,6 +197,7 @@ pub(super) fn apply(
     e.string("SSW_SERVER_HOST", &mut c.server.host);
     e.port("SSW_SERVER_PORT", &mut c.server.port)?;
     e.boolean("SSW_METRICS_ENABLED", &mut c.metrics.enabled)?;
+    e.string("SSW_METRICS_HOST", &mut c.metrics.host);
     e.port("SSW_METRICS_PORT", &mut c.metrics.port)?;
     e.string("SSW_METRICS_PATH", &mut c.metrics.path);
 

@@ -8,9 +8,12 @@
 //! # How it is read
 //! The YAML is parsed into a tree and walked key by key, so every error names the file, the key
 //! path (`sinks.loki.batch_timeout`) and what was expected. Keys this program does not read are
-//! collected in [`LoadReport::unknown_keys`] (log them once at debug level); Go keys that are read
-//! but behave differently here are in [`LoadReport::differences`] (info level).
-//! [`LoadReport::log`] does both.
+//! collected in [`LoadReport::unknown_keys`] (log them once at debug level); those within a typo
+//! or two of a key read at the same level, and absent from the file, are also in
+//! [`LoadReport::misspellings`] with that key (a warning each). Go keys that are read but behave
+//! differently here are in [`LoadReport::differences`] (info level). [`LoadReport::log`] does
+//! all three. A Kafka, Elasticsearch or Splunk sink with `enabled: true` is an error: those
+//! sinks are not implemented, and its lines would silently go nowhere.
 //!
 //! # `app.default_configs` (env `SSW_DEFAULT_CONFIGS`, which wins over the file)
 //! * `true` or absent: every key the Go version gives a default gets it when the file leaves it
@@ -31,7 +34,9 @@
 //!
 //! Then the `SSW_*` environment overrides are applied ([`ENV_OVERRIDES`]), then `DOCKER_HOST`
 //! replaces `container_monitor.socket_path` when that is left at its default, then the result is
-//! validated (the checks Go's validator made, so a config Go refused is refused here too).
+//! validated (the checks Go's validator made, so a config Go refused is refused here too), and
+//! a Docker endpoint that is not a unix socket is refused naming where it came from
+//! (`DOCKER_HOST`, `SSW_DOCKER_SOCKET` or the key) when the container monitor is enabled.
 
 mod duration;
 mod env;
@@ -424,6 +429,15 @@ pub struct LoadReport {
     pub env_applied: Vec<String>,
     /// True when `DOCKER_HOST` supplied the Docker endpoint.
     pub docker_host_used: bool,
+    /// Unknown keys that look like a misspelt known key: a warning each.
+    pub misspellings: Vec<Misspelling>,
+}
+
+/// An unknown key (`dispatcher.queue_sise`) and the known key closest to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Misspelling {
+    pub key: String,
+    pub closest: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -451,6 +465,13 @@ impl LoadReport {
                 "config keys not used by this program ({}): {}",
                 self.unknown_keys.len(),
                 self.unknown_keys.join(", ")
+            );
+        }
+        for m in &self.misspellings {
+            tracing::warn!(
+                "config key {} is not known and is ignored; did you mean {}?",
+                m.key,
+                m.closest
             );
         }
         for d in &self.differences {
@@ -511,6 +532,43 @@ impl ConfigError {
             Self::Read { .. } | Self::Yaml { .. } => None,
         }
     }
+}
+
+/// What a Docker endpoint must look like here: Docker is reached over its unix socket only.
+pub const EXPECT_DOCKER_SOCKET: &str =
+    "unix:///path/to/docker.sock or an absolute path (only a unix socket is supported)";
+
+/// A tcp://, ssh:// or relative endpoint is refused at load, naming where it came from
+/// (`DOCKER_HOST`, `SSW_DOCKER_SOCKET` or the key), instead of failing at the first connect.
+fn check_docker_endpoint(
+    config: &Config,
+    report: &LoadReport,
+    origin: &Path,
+) -> Result<(), ConfigError> {
+    let cm = &config.container_monitor;
+    if !cm.enabled || cm.unix_socket_path().is_some() {
+        return Ok(());
+    }
+    let from_env = if report.docker_host_used {
+        Some("DOCKER_HOST")
+    } else if report.env_applied.iter().any(|v| v == "SSW_DOCKER_SOCKET") {
+        Some("SSW_DOCKER_SOCKET")
+    } else {
+        None
+    };
+    Err(match from_env {
+        Some(var) => ConfigError::Env {
+            var: var.to_string(),
+            expected: EXPECT_DOCKER_SOCKET.to_string(),
+            got: cm.socket_path.clone(),
+        },
+        None => ConfigError::Key {
+            path: origin.to_path_buf(),
+            key: "container_monitor.socket_path".into(),
+            expected: EXPECT_DOCKER_SOCKET.to_string(),
+            got: format!("{:?}", cm.socket_path),
+        },
+    })
 }
 
 /// Reads the real process environment (for [`Config::load`]).
@@ -576,6 +634,7 @@ impl Config {
         env::apply(&mut config, env, &mut report)?;
         parse::resolve_docker_host(&mut config, env, &mut report);
         parse::validate(&config, origin)?;
+        check_docker_endpoint(&config, &report, origin)?;
         Ok((config, report))
     }
 

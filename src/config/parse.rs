@@ -68,6 +68,9 @@ pub(super) struct Ctx<'a> {
     file: &'a Path,
     defaults: Cell<bool>,
     seen: RefCell<BTreeSet<String>>,
+    /// Every key path this program looks for, present or not: what a misspelt key is
+    /// compared with.
+    asked: RefCell<BTreeSet<String>>,
     sections: RefCell<BTreeSet<String>>,
     notes: RefCell<Vec<KeyNote>>,
 }
@@ -139,6 +142,7 @@ impl<'a> Ctx<'a> {
             file,
             defaults: Cell::new(true),
             seen: RefCell::new(BTreeSet::new()),
+            asked: RefCell::new(BTreeSet::new()),
             sections: RefCell::new(BTreeSet::new()),
             notes: RefCell::new(Vec::new()),
         }
@@ -169,6 +173,7 @@ impl<'a> Ctx<'a> {
 // outlive the context borrow.
 fn raw<'v>(ctx: &Ctx<'_>, node: &Node<'v>, key: &str) -> (String, Option<&'v Value>) {
     let path = node.key_path(key);
+    ctx.asked.borrow_mut().insert(path.clone());
     let value = node.map.and_then(|m| m.get(key));
     if value.is_some() {
         ctx.seen.borrow_mut().insert(path.clone());
@@ -465,7 +470,81 @@ pub(super) fn from_yaml(
 
     report.differences.extend(ctx.notes.take());
     report.unknown_keys = unknown_keys(&ctx, top);
+    report.misspellings = misspellings(&ctx, &report.unknown_keys);
     Ok(config)
+}
+
+/// Unknown keys that are one or two typos away from a key read at the same level and absent
+/// from the file (`dispatcher.queue_sise`, `container_monitr`). The Go sections this program
+/// does not implement count as known, so `procesing` is not taken for something else.
+fn misspellings(ctx: &Ctx<'_>, unknown: &[String]) -> Vec<Misspelling> {
+    let asked = ctx.asked.borrow();
+    let seen = ctx.seen.borrow();
+    let known_top = NOT_IMPLEMENTED_SECTIONS.iter().map(|(name, _)| *name);
+    let mut out = Vec::new();
+    for key in unknown {
+        let (parent, name) = match key.rsplit_once('.') {
+            Some((parent, name)) => (parent, name),
+            None => ("", key.as_str()),
+        };
+        let siblings = asked.iter().filter_map(|path| match path.rsplit_once('.') {
+            Some((p, n)) if p == parent => Some(n),
+            None if parent.is_empty() => Some(path.as_str()),
+            _ => None,
+        });
+        // Within 1 edit for short names, 2 from 8 characters on: close enough to be a typo,
+        // far enough apart that Go's other keys (`read_timeout` vs `reconnect_interval`) are
+        // not taken for one.
+        let budget = if name.len() >= 8 { 2 } else { 1 };
+        let best = siblings
+            .map(|s| (edit_distance(name, s), s))
+            .filter(|&(d, s)| d > 0 && d <= budget && !seen.contains(&join(parent, s)))
+            .min();
+        if let Some((_, closest)) = best {
+            let decoy = parent.is_empty() && known_top.clone().any(|k| edit_distance(name, k) < 2);
+            if !decoy {
+                out.push(Misspelling {
+                    key: key.clone(),
+                    closest: join(parent, closest),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}.{name}")
+    }
+}
+
+/// Edit distance over bytes (keys are ASCII), a swap of two neighbours counting as one edit
+/// (optimal string alignment): `enabeld` is one typo from `enabled`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j - 1] + cost)
+                .min(d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 fn unknown_keys(ctx: &Ctx<'_>, top: &Mapping) -> Vec<String> {
@@ -693,7 +772,27 @@ fn read_dispatcher(ctx: &Ctx<'_>, root: &Node<'_>) -> Result<DispatcherConfig, C
 fn read_sinks(ctx: &Ctx<'_>, root: &Node<'_>) -> Result<SinksConfig, ConfigError> {
     let s = section(ctx, root, "sinks")?;
     for name in NOT_IMPLEMENTED_SINKS {
-        unimplemented_feature(ctx, &s, name, "this sink is not implemented; ignored");
+        // Enabled, it would be a destination that silently receives nothing: refuse to start.
+        // Looked at without marking it read, so a disabled one stays an unknown key.
+        let enabled = match s
+            .map
+            .and_then(|m| m.get(*name))
+            .and_then(|v| v.get("enabled"))
+        {
+            Some(Value::Bool(b)) => *b,
+            Some(v) => scalar_string(v).and_then(|v| parse_bool(&v)) == Some(true),
+            None => false,
+        };
+        if enabled {
+            return Err(ConfigError::Invalid {
+                path: ctx.file.to_path_buf(),
+                key: format!("{}.enabled", s.key_path(name)),
+                message: format!(
+                    "the {name} sink is not implemented in log_capturer, so its lines would go \
+                     nowhere; set it to false and use loki, local_file or stdout"
+                ),
+            });
+        }
     }
     let stdout = section(ctx, &s, "stdout")?;
     let blackhole = section(ctx, &s, "blackhole")?;

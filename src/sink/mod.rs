@@ -186,3 +186,52 @@ pub fn loki_reject_reason(status: u16, body: &str) -> &'static str {
         "loki_rejected"
     }
 }
+
+/// Every value [`loki_reject_reason`] gives.
+pub const LOKI_REJECT_REASONS: &[&str] = &[
+    "loki_out_of_order",
+    "loki_too_old",
+    "loki_too_new",
+    "loki_line_too_long",
+    "loki_rate_limited",
+    "loki_too_large",
+    "loki_bad_request",
+    "loki_rejected",
+];
+
+/// The `reason` label of `lines_dropped_total` for lines `sink` refused for good:
+/// `{sink}_{reason}`, without saying the sink twice (`loki_too_old`, `local_file_error`).
+pub fn drop_label(sink: &str, reason: &str) -> String {
+    match reason.strip_prefix(sink) {
+        Some(rest) if rest.starts_with('_') => reason.to_string(),
+        _ => format!("{sink}_{reason}"),
+    }
+}
+
+/// Every label [`drop_label`] can give for `sink`, so the metrics show each at 0 from the
+/// start (a rate or an alert on a series that does not exist yet sees nothing).
+pub fn drop_labels(sink: &str) -> Vec<String> {
+    let mut reasons = vec!["config", "error"];
+    if sink == "loki" {
+        reasons.extend_from_slice(LOKI_REJECT_REASONS);
+    }
+    reasons.into_iter().map(|r| drop_label(sink, r)).collect()
+}
+
+#[cfg(test)]
+mod drop_label_tests {
+    use super::*;
+
+    #[test]
+    fn labels_name_the_sink_once() {
+        assert_eq!(drop_label("loki", "loki_too_old"), "loki_too_old");
+        assert_eq!(drop_label("loki", "config"), "loki_config");
+        assert_eq!(drop_label("local_file", "error"), "local_file_error");
+        let loki = drop_labels("loki");
+        for (status, body) in [(400, "entry out of order"), (413, ""), (422, "x")] {
+            let label = drop_label("loki", loki_reject_reason(status, body));
+            assert!(loki.contains(&label), "{label} not in {loki:?}");
+        }
+        assert_eq!(drop_labels("stdout"), vec!["stdout_config", "stdout_error"]);
+    }
+}

@@ -5,9 +5,10 @@
 //!
 //! 1. **At start** it lists the containers, inspects the running ones that pass the filter and
 //!    sends [`ContainerEvent::Running`] for each.
-//! 2. **Then it follows** `GET /events?filters={"type":["container"]}` and turns `start`,
-//!    `restart`, `unpause` into `Running` (after a fresh inspect), `die`/`stop` into `Stopped`,
-//!    `destroy` into `Removed` and `rename` into `Renamed`. After any error (daemon restarted,
+//! 2. **Then it follows** `GET /events?filters={"type":["container"]}` and turns `create` into
+//!    `Created` (from the event's attributes: no inspect, and handled before the other events
+//!    of the same read), `start`, `restart`, `unpause` into `Running` (after a fresh inspect),
+//!    `die`/`stop` into `Stopped`, `destroy` into `Removed` and `rename` into `Renamed`. After any error (daemon restarted,
 //!    socket gone, bad answer) it reconnects with a backoff of 100 ms doubling up to
 //!    `reconcile_every`, logging at warn, and asks for `since=<newest event seen - 1 s>` (at the
 //!    very first connection: the start time - 1 s), so no event in the gap is lost. The
@@ -32,6 +33,10 @@
 //!   reported `Stopped`. `kill`, `oom` and `pause` are not stops: a kill may be a harmless
 //!   signal, an OOM kill may hit a child process only, and a paused container's log stream stays
 //!   open; when the container really ends, `die` follows.
+//! - `Created(info)`: a container was created (not started yet) and matches the filter; sent
+//!   once, from the `create` event only, so that the receiver can attach before the start (a
+//!   `--rm` job can be gone ~30 ms after its `start` event). Its `Running` may never come: a
+//!   job that is over before the inspect after `start` is only `Created`, then `Removed`.
 //! - `Removed { id }` and `Renamed(info)` are sent only for containers reported before.
 //! - Only containers passing the filter are reported, and never the capturer's own container
 //!   ([`OwnContainer`]).
@@ -65,6 +70,8 @@ use crate::docker::{Client, ContainerInfo};
 /// What discovery tells the rest of the capturer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ContainerEvent {
+    /// Created, not started yet, matches the filter. See the module docs.
+    Created(ContainerInfo),
     /// Started or running, matches the filter: read its log. Repeated; see the module docs.
     Running(ContainerInfo),
     /// A container reported `Running` has stopped (or was renamed out of the filter).
@@ -79,7 +86,9 @@ impl ContainerEvent {
     /// The full id of the container the event is about.
     pub fn id(&self) -> &str {
         match self {
-            ContainerEvent::Running(info) | ContainerEvent::Renamed(info) => &info.id,
+            ContainerEvent::Created(info)
+            | ContainerEvent::Running(info)
+            | ContainerEvent::Renamed(info) => &info.id,
             ContainerEvent::Stopped { id } | ContainerEvent::Removed { id } => id,
         }
     }
@@ -368,6 +377,7 @@ impl From<Gone> for PassError {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Action {
+    Created,
     Started,
     Stopped,
     Destroyed,
@@ -378,6 +388,7 @@ enum Action {
 /// like carry a `: detail` suffix and are none of them.
 fn classify(action: &str) -> Option<Action> {
     match action {
+        "create" => Some(Action::Created),
         "start" | "restart" | "unpause" => Some(Action::Started),
         "die" | "stop" => Some(Action::Stopped),
         "destroy" => Some(Action::Destroyed),
@@ -405,6 +416,8 @@ struct RawEvent {
 struct RawActor {
     #[serde(rename = "ID", default)]
     id: String,
+    #[serde(rename = "Attributes", default)]
+    attributes: Option<BTreeMap<String, String>>,
 }
 
 /// One container event discovery acts on.
@@ -413,6 +426,8 @@ struct DockerEvent {
     id: String,
     action: Action,
     time_nano: i64,
+    /// `name`, `image` and the labels, for `create` only (empty otherwise).
+    attributes: BTreeMap<String, String>,
 }
 
 /// Parses one line of the events stream; `Ok(None)` for events discovery ignores.
@@ -433,7 +448,31 @@ fn parse_event(line: &[u8]) -> Result<Option<DockerEvent>, serde_json::Error> {
         id,
         action,
         time_nano: raw.time_nano,
+        attributes: match action {
+            Action::Created => raw.actor.attributes.unwrap_or_default(),
+            _ => BTreeMap::new(),
+        },
     }))
+}
+
+/// What a `create` event says of the container, without an inspect (which would cost
+/// dockerd time when the attach must be quick): name, image and labels from the attributes,
+/// `created` from the event time. Its TTY flag is not known yet (`false`); the attach finds
+/// it out from the stream.
+fn created_info(event: DockerEvent) -> ContainerInfo {
+    let mut labels = event.attributes;
+    let name = labels.remove("name").unwrap_or_default();
+    let image = labels.remove("image").unwrap_or_default();
+    ContainerInfo {
+        id: event.id,
+        name: name.trim_start_matches('/').to_string(),
+        image,
+        labels,
+        tty: false,
+        running: false,
+        created: Some(event.time_nano),
+        started: None,
+    }
 }
 
 /// The events response being read.
@@ -666,7 +705,12 @@ impl Worker {
             match c.poll() {
                 Ok(Poll::Idle) => {}
                 Ok(Poll::Events(events)) => {
-                    for event in events {
+                    // `create`s first: they cost no inspect, and an attach must be made
+                    // before the start, which the inspects of this batch could outlast.
+                    let (creates, rest): (Vec<_>, Vec<_>) = events
+                        .into_iter()
+                        .partition(|e| e.action == Action::Created);
+                    for event in creates.into_iter().chain(rest) {
                         if self.on_event(event).is_err() {
                             return;
                         }
@@ -712,6 +756,7 @@ impl Worker {
             return Ok(());
         }
         match event.action {
+            Action::Created => self.offer_created(created_info(event)),
             Action::Started | Action::Renamed => {
                 let info = match self.client.inspect(&event.id) {
                     Ok(info) => info,
@@ -760,6 +805,22 @@ impl Worker {
             },
         );
         self.send(ContainerEvent::Running(info))
+    }
+
+    /// Sends `Created` for a matching container not reported yet, and remembers it (not
+    /// running), so that its `destroy` is reported.
+    fn offer_created(&mut self, info: ContainerInfo) -> Result<(), Gone> {
+        if !self.matches(&info) || self.known.contains_key(&info.id) {
+            return Ok(());
+        }
+        self.known.insert(
+            info.id.clone(),
+            Tracked {
+                info: info.clone(),
+                running: false,
+            },
+        );
+        self.send(ContainerEvent::Created(info))
     }
 
     fn mark_stopped(&mut self, id: &str) -> Result<(), Gone> {
@@ -890,7 +951,8 @@ mod tests {
             Some(DockerEvent {
                 id: ID.into(),
                 action: Action::Started,
-                time_nano: 1_795_823_089_448_221_700
+                time_nano: 1_795_823_089_448_221_700,
+                attributes: BTreeMap::new(),
             })
         );
         let rename = format!(
@@ -920,7 +982,8 @@ mod tests {
             DockerEvent {
                 id: ID.into(),
                 action: Action::Stopped,
-                time_nano: 7
+                time_nano: 7,
+                attributes: BTreeMap::new(),
             }
         );
         assert!(parse_event(b"{not json").is_err());
@@ -928,6 +991,7 @@ mod tests {
 
     #[test]
     fn actions() {
+        assert_eq!(classify("create"), Some(Action::Created));
         assert_eq!(classify("start"), Some(Action::Started));
         assert_eq!(classify("restart"), Some(Action::Started));
         assert_eq!(classify("unpause"), Some(Action::Started));
@@ -935,7 +999,7 @@ mod tests {
         assert_eq!(classify("stop"), Some(Action::Stopped));
         assert_eq!(classify("destroy"), Some(Action::Destroyed));
         assert_eq!(classify("rename"), Some(Action::Renamed));
-        for none in ["kill", "oom", "pause", "create", "attach", "exec_die"] {
+        for none in ["kill", "oom", "pause", "attach", "exec_die"] {
             assert_eq!(classify(none), None, "{none}");
         }
     }

@@ -67,6 +67,9 @@ pub struct ContainerInfo {
     /// Creation time (inspect's `Created`), nanoseconds since the Unix epoch; `None` when the
     /// daemon's text does not parse.
     pub created: Option<i64>,
+    /// Last start time (inspect's `State.StartedAt`), nanoseconds since the Unix epoch; `None`
+    /// for a container never started, or when the text does not parse.
+    pub started: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +100,8 @@ struct InspectConfig {
 struct InspectState {
     #[serde(default)]
     running: bool,
+    #[serde(default)]
+    started_at: String,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +154,10 @@ impl Client {
             tty: raw.config.tty,
             running: raw.state.running,
             created: crate::decode::timestamp::parse_rfc3339_nanos(raw.created.as_bytes()).ok(),
+            // A container never started says `0001-01-01T00:00:00Z`.
+            started: crate::decode::timestamp::parse_rfc3339_nanos(raw.state.started_at.as_bytes())
+                .ok()
+                .filter(|&ns| ns > 0),
         })
     }
 

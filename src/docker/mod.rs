@@ -5,4 +5,6 @@ mod client;
 mod request;
 
 pub use client::{Client, ContainerInfo, ContainerSummary};
-pub use request::{get_request, logs_request, socket_path, LogsQuery, API_VERSION};
+pub use request::{
+    attach_request, get_request, logs_request, post_request, socket_path, LogsQuery, API_VERSION,
+};

@@ -1,0 +1,566 @@
+//! Short-lived jobs and the container lifecycle (issue 9, section 2), against the real dockerd
+//! (LOGCAP_DOCKER_SOCK; without it these tests fail, loudly).
+//!
+//! - What the safety net relies on, shown on dockerd itself: an attach made on a created
+//!   container carries every line once it starts; `logs?follow=1` on a created container ends
+//!   at once, empty.
+//! - The daemon: `docker run --rm` jobs that print and exit at once (stdout, stderr, TTY), 5 at
+//!   a time: every line exactly once. A container removed with `docker rm -f` while logging:
+//!   a gapless prefix of what it wrote, at least what dockerd had logged. A container that
+//!   restarts within 100 ms: every run read. Each exit's accounting line adds up.
+//!
+//! Every test captures only containers named with its own prefix, in its own temporary
+//! directory; containers are removed and the capturer killed by guards however a test ends.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log_capturer::decode::{LogLine, StreamKind};
+use log_capturer::docker::LogsQuery;
+use log_capturer::io::{select_engine, EngineChoice};
+use log_capturer::reader::{LogReader, ReaderEvent, StreamSpec};
+use serde_json::Value;
+
+mod support;
+use support::{docker, docker_command, remove_containers, socket, IMAGE};
+
+const BIN: &str = env!("CARGO_BIN_EXE_log_capturer");
+
+/// Waits until `done` holds, polling every 50 ms; panics with `what` after `within`.
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn unique(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("lcl{}{:x}-{test}-", std::process::id(), nanos % 0xfff)
+}
+
+/// Containers removed when the test ends.
+#[derive(Default)]
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        remove_containers(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dockerd's behaviours the safety net relies on
+
+/// Polls `reader` until `stream` is closed; its lines and whether it ended cleanly.
+fn drain(reader: &mut LogReader, stream: log_capturer::io::StreamId) -> (Vec<LogLine>, bool) {
+    let mut lines = Vec::new();
+    let mut clean = false;
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "stream did not end");
+        reader
+            .poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+        for event in events.drain(..) {
+            match event {
+                ReaderEvent::Line(s, line) if s == stream => lines.push(line),
+                ReaderEvent::Ended(s, result) if s == stream => {
+                    clean = result.is_ok();
+                    if let Err(e) = result {
+                        eprintln!("stream ended: {e}");
+                    }
+                }
+                ReaderEvent::Closed(s) if s == stream => return (lines, clean),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn texts(lines: &[LogLine], stream: StreamKind) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.stream == stream)
+        .map(|l| String::from_utf8_lossy(&l.message).into_owned())
+        .collect()
+}
+
+fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[test]
+fn dockerd_attach_on_a_created_container_carries_every_line_and_logs_end_at_once() {
+    socket();
+    let name = format!("{}job", unique("attach"));
+    let mut cleanup = Cleanup::default();
+    let script = "i=0; while [ $i -lt 2000 ]; do i=$((i+1)); echo \"o$i\"; \
+                  [ $((i % 4)) -eq 0 ] && echo \"e$((i/4))\" >&2; done; true";
+    let id = docker(&[
+        "create",
+        "--rm",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    cleanup.0.push(name.clone());
+    let (engine, _) = select_engine(EngineChoice::Auto).unwrap();
+    let mut reader = LogReader::new(engine, &socket());
+
+    // Logs on a created container: an empty stream that ends at once.
+    let logs = reader
+        .open(&StreamSpec {
+            container_id: id.clone(),
+            tty: false,
+            query: LogsQuery {
+                follow: true,
+                since_ns: None,
+            },
+        })
+        .unwrap();
+    let t0 = Instant::now();
+    let (lines, clean) = drain(&mut reader, logs);
+    assert!(clean && lines.is_empty(), "{lines:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+
+    // The attach waits for the start, then carries everything, and ends at the exit.
+    let attach = reader.open_attach(&id).unwrap();
+    // The attach must be registered before the start: wait for dockerd's answer.
+    let mut events = Vec::new();
+    let mut early = Vec::new();
+    wait_until("attach answered", Duration::from_secs(10), || {
+        reader
+            .poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+        let opened = events
+            .iter()
+            .any(|e| matches!(e, ReaderEvent::Opened(s) if *s == attach));
+        early.append(&mut events);
+        opened
+    });
+    assert!(
+        early.iter().all(|e| !matches!(e, ReaderEvent::Line(..))),
+        "lines before the start"
+    );
+    docker(&["start", &id]);
+    let (lines, clean) = drain(&mut reader, attach);
+    assert!(clean, "the attach did not end cleanly");
+    assert_eq!(texts(&lines, StreamKind::Stdout), numbered("o", 2000));
+    assert_eq!(texts(&lines, StreamKind::Stderr), numbered("e", 500));
+    assert!(lines.iter().all(|l| l.timestamp_ns.is_none()));
+    // --rm: the container goes away by itself.
+    wait_until(
+        "the --rm container is removed",
+        Duration::from_secs(10),
+        || !docker(&["ps", "-aq", "--no-trunc"]).contains(&id),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon
+
+struct Daemon {
+    dir: PathBuf,
+    child: Option<Child>,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the capturer on containers named `prefix*`; stderr and output in a fresh dir.
+    fn start(prefix: &str) -> Daemon {
+        let dir = std::env::temp_dir()
+            .join("logcap-lifecycle-tests")
+            .join(prefix.trim_end_matches('-'));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.yaml");
+        fs::write(
+            &config,
+            format!(
+                r#"app:
+  log_level: "debug"
+  log_format: "text"
+server:
+  enabled: false
+metrics:
+  enabled: false
+container_monitor:
+  enabled: true
+  socket_path: "unix://{sock}"
+  include_names: ["{prefix}"]
+  stream_rotation_interval: "30s"
+  reconnect_interval: "60s"
+file_monitor_service:
+  enabled: false
+dispatcher:
+  queue_size: 50000
+  batch_size: 1000
+  batch_timeout: "100ms"
+positions:
+  enabled: true
+  directory: "{dir}/positions"
+  flush_interval: "1s"
+sinks:
+  local_file:
+    enabled: true
+    directory: "{dir}/out"
+    filename_pattern: "{{nomedocontainer}}.log"
+    output_format: "json"
+  loki:
+    enabled: false
+"#,
+                sock = socket().display(),
+                dir = dir.display(),
+            ),
+        )
+        .unwrap();
+        let stderr = dir.join("capturer.log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&config);
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("SSW_") || k == "DOCKER_HOST" || k == "RUST_LOG" {
+                cmd.env_remove(&key);
+            }
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            dir,
+            child: Some(child),
+            stderr,
+        };
+        // Discovery follows the events once its first listing is done.
+        wait_until("the capturer is up", Duration::from_secs(20), || {
+            daemon.log().contains("sinks: ")
+        });
+        thread::sleep(Duration::from_millis(300));
+        daemon
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Every captured line of container `name`: (stream, message, labels).
+    fn captured(&self, name: &str) -> Vec<(String, String, BTreeMap<String, String>)> {
+        read_jsonl(&self.dir.join("out").join(format!("{name}.log")))
+    }
+
+    /// SIGTERM, exit 0, and the accounting line adds up with nothing dropped or undelivered.
+    fn stop(&mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        };
+        let log = self.log();
+        assert!(status.success(), "exit {status}:\n{log}");
+        assert_accounting(&log)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("---- test files kept in {} ----", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Parses the daemon's `done:` line: read = delivered + dropped + undelivered, and nothing
+/// dropped or undelivered. Returns the line.
+fn assert_accounting(log: &str) -> String {
+    assert!(!log.contains("accounting:"), "{log}");
+    let done = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("done: "))
+        .unwrap_or_else(|| panic!("no `done:` line:\n{log}"))
+        .to_string();
+    let number_before = |word: &str| -> u64 {
+        let at = done
+            .find(word)
+            .unwrap_or_else(|| panic!("{word} in {done}"));
+        done[..at]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{word} in {done}"))
+    };
+    let read = number_before(" lines read");
+    let delivered = number_before(" delivered");
+    let dropped = number_before(" dropped");
+    let undelivered = number_before(" undelivered");
+    assert_eq!(read, delivered + dropped + undelivered, "{done}");
+    assert_eq!((dropped, undelivered), (0, 0), "{done}");
+    assert!(done.contains("discarded: repeat="), "{done}");
+    done
+}
+
+fn read_jsonl(path: &Path) -> Vec<(String, String, BTreeMap<String, String>)> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            let labels: BTreeMap<String, String> = v["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let stream = labels.get("stream").cloned().unwrap_or_default();
+            (stream, v["message"].as_str().unwrap().to_string(), labels)
+        })
+        .collect()
+}
+
+/// The messages of one stream.
+fn of(lines: &[(String, String, BTreeMap<String, String>)], stream: &str) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|(s, _, _)| s == stream)
+        .map(|(_, m, _)| m.clone())
+        .collect()
+}
+
+/// `docker run --rm [-t] --name NAME IMAGE sh -c SCRIPT` in the foreground, as a CI job.
+fn run_job(name: &str, tty: bool, script: &str) {
+    let mut cmd = docker_command();
+    cmd.args(["run", "--rm", "--network", "none", "--name", name]);
+    if tty {
+        cmd.arg("-t");
+    }
+    let out = cmd
+        .args([IMAGE, "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker run {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Job {
+    /// `seq 1 2000`, no delay.
+    Seq,
+    /// 500 lines on stdout and 500 on stderr, interleaved.
+    Mixed,
+    /// `seq 1 2000` with a TTY.
+    Tty,
+}
+
+impl Job {
+    fn script(self) -> &'static str {
+        match self {
+            Job::Seq | Job::Tty => "seq 1 2000",
+            Job::Mixed => {
+                "i=0; while [ $i -lt 500 ]; do i=$((i+1)); echo \"out $i\"; \
+                 echo \"err $i\" >&2; done"
+            }
+        }
+    }
+
+    /// (stdout, stderr) lines it prints.
+    fn expected(self) -> (Vec<String>, Vec<String>) {
+        match self {
+            Job::Seq | Job::Tty => (numbered("", 2000), Vec::new()),
+            Job::Mixed => (numbered("out ", 500), numbered("err ", 500)),
+        }
+    }
+}
+
+#[test]
+fn rm_jobs_that_print_and_exit_deliver_every_line_exactly_once() {
+    let prefix = unique("rmjobs");
+    let mut daemon = Daemon::start(&prefix);
+    let mut jobs: Vec<(String, Job)> = (0..20)
+        .map(|i| (format!("{prefix}seq{i}"), Job::Seq))
+        .collect();
+    jobs.extend((0..5).map(|i| (format!("{prefix}mixed{i}"), Job::Mixed)));
+    jobs.extend((0..5).map(|i| (format!("{prefix}tty{i}"), Job::Tty)));
+    let _cleanup = Cleanup(jobs.iter().map(|(n, _)| n.clone()).collect());
+    // 5 at a time: 5 workers, each running its share one after the other.
+    let workers: Vec<_> = (0..5)
+        .map(|w| {
+            let mine: Vec<(String, Job)> = jobs.iter().skip(w).step_by(5).cloned().collect();
+            thread::spawn(move || {
+                for (name, job) in mine {
+                    run_job(&name, matches!(job, Job::Tty), job.script());
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let complete = |name: &str, job: Job| {
+        let lines = daemon.captured(name);
+        let (out, err) = job.expected();
+        lines.len() >= out.len() + err.len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !jobs.iter().all(|(n, j)| complete(n, *j)) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mut failures = Vec::new();
+    let mut from_attach = 0;
+    for (name, job) in &jobs {
+        let lines = daemon.captured(name);
+        let (out, err) = job.expected();
+        from_attach += lines
+            .iter()
+            .filter(|(_, _, l)| l.get("capture_source").map(String::as_str) == Some("attach"))
+            .count();
+        if of(&lines, "stdout") != out || of(&lines, "stderr") != err {
+            failures.push(format!(
+                "{name} ({job:?}): {} stdout / {} stderr lines, want {} / {}",
+                of(&lines, "stdout").len(),
+                of(&lines, "stderr").len(),
+                out.len(),
+                err.len()
+            ));
+        }
+    }
+    let done = daemon.stop();
+    eprintln!("{done}\n{from_attach} lines came from an attach");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn rm_f_while_logging_delivers_a_gapless_prefix_of_at_least_what_dockerd_logged() {
+    let prefix = unique("rmf");
+    let mut daemon = Daemon::start(&prefix);
+    let name = format!("{prefix}busy");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo \"line $i\"; done",
+    ]);
+    wait_until("lines captured", Duration::from_secs(20), || {
+        daemon.captured(&name).len() > 1000
+    });
+    // What dockerd has logged by now is a lower bound of what must arrive.
+    let logged = docker_command()
+        .args(["logs", "--tail", "1", &name])
+        .output()
+        .unwrap();
+    let last = String::from_utf8_lossy(&logged.stdout);
+    let logged: usize = last
+        .trim()
+        .strip_prefix("line ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("docker logs --tail 1: {last:?}"));
+    docker(&["rm", "-f", &name]);
+    // Delivered once the capturer has forgotten the container, i.e. both streams are over.
+    let mut previous = 0;
+    wait_until("delivery settles", Duration::from_secs(30), || {
+        let n = daemon.captured(&name).len();
+        let settled = n == previous && n >= logged;
+        previous = n;
+        thread::sleep(Duration::from_millis(400));
+        settled
+    });
+    let lines = daemon.captured(&name);
+    let got = of(&lines, "stdout");
+    assert!(
+        got.len() >= logged,
+        "{} lines, dockerd had logged {logged}",
+        got.len()
+    );
+    assert_eq!(got, numbered("line ", got.len()), "not a gapless prefix");
+    let done = daemon.stop();
+    eprintln!(
+        "{done}\nlogged {logged} before rm -f, delivered {}",
+        got.len()
+    );
+}
+
+#[test]
+fn a_container_restarting_within_100ms_is_read_at_every_run() {
+    let prefix = unique("restart");
+    let mut daemon = Daemon::start(&prefix);
+    let name = format!("{prefix}flappy");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    // Each run prints 200 numbered lines and fails; `--restart always` starts it again 100 ms
+    // later (dockerd's first restart delay), then 200 ms, 400 ms...
+    let script = "r=$(cat /runs 2>/dev/null || echo 0); r=$((r+1)); echo $r > /runs; \
+                  i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo \"r$r $i\"; done; exit 1";
+    docker(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    let runs = 4;
+    wait_until("4 runs", Duration::from_secs(30), || {
+        docker(&["inspect", "-f", "{{.RestartCount}}", &name])
+            .parse::<usize>()
+            .unwrap()
+            >= runs
+    });
+    docker(&["update", "--restart", "no", &name]);
+    // Reconcile is 60 s away: only the events and the capture thread can get this right.
+    let want: Vec<String> = (1..=runs)
+        .flat_map(|r| numbered(&format!("r{r} "), 200))
+        .collect();
+    wait_until("every run read", Duration::from_secs(10), || {
+        of(&daemon.captured(&name), "stdout").len() >= want.len()
+    });
+    let got = of(&daemon.captured(&name), "stdout");
+    assert_eq!(got[..want.len()], want[..]);
+    daemon.stop();
+}

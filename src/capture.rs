@@ -407,10 +407,9 @@ impl Capture {
                     }
                     (ReaderEvent::Ended(_, result), Some(key)) => self.on_attach_ended(key, result),
                     (ReaderEvent::Closed(stream), Some(key)) => self.on_attach_closed(stream, key),
-                    (ReaderEvent::Opened(_), Some(key)) => tracing::debug!(
-                        "{}: attach answered",
-                        self.containers[key].info.name
-                    ),
+                    (ReaderEvent::Opened(_), Some(key)) => {
+                        tracing::debug!("{}: attach answered", self.containers[key].info.name)
+                    }
                     (ReaderEvent::Opened(stream), None) => self.on_opened(stream, now_wall_ns),
                     (ReaderEvent::Line(stream, line), None) => {
                         self.on_lines(stream, line, &mut drain, now, now_wall_ns)
@@ -438,7 +437,7 @@ impl Capture {
 
     fn on_container(&mut self, event: ContainerEvent) {
         match event {
-            ContainerEvent::Created(info) => {
+            ContainerEvent::Created(info, sent) => {
                 if !self.options.follow || self.by_id.contains_key(info.id.as_str()) {
                     return;
                 }
@@ -448,7 +447,7 @@ impl Capture {
                     .contains_key(&info.id[..info.id.len().min(12)]);
                 let key = self.insert(info);
                 if from_first_line {
-                    self.open_attach(key);
+                    self.open_attach(key, sent.and_then(|s| s.take()));
                 }
             }
             ContainerEvent::Running(info) => {
@@ -554,10 +553,15 @@ impl Capture {
         key
     }
 
-    /// Opens the container's attach stream and its safety net.
-    fn open_attach(&mut self, key: Key) {
+    /// Opens the container's attach stream (on `sent` when discovery sent the request
+    /// already) and its safety net.
+    fn open_attach(&mut self, key: Key, sent: Option<std::os::unix::net::UnixStream>) {
         let c = &mut self.containers[key];
-        match self.reader.open_attach(&c.info.id) {
+        let opened = match sent {
+            Some(conn) => self.reader.adopt_attach(conn.into()),
+            None => self.reader.open_attach(&c.info.id),
+        };
+        match opened {
             Ok(stream) => {
                 tracing::debug!("{}: attached (safety net)", c.info.name);
                 self.stats.attaches_opened.fetch_add(1, Relaxed);

@@ -55,7 +55,7 @@ use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -70,8 +70,9 @@ use crate::docker::{Client, ContainerInfo};
 /// What discovery tells the rest of the capturer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ContainerEvent {
-    /// Created, not started yet, matches the filter. See the module docs.
-    Created(ContainerInfo),
+    /// Created, not started yet, matches the filter, with the attach discovery sent for it at
+    /// once (when it could). See the module docs.
+    Created(ContainerInfo, Option<SentAttach>),
     /// Started or running, matches the filter: read its log. Repeated; see the module docs.
     Running(ContainerInfo),
     /// A container reported `Running` has stopped (or was renamed out of the filter).
@@ -86,13 +87,40 @@ impl ContainerEvent {
     /// The full id of the container the event is about.
     pub fn id(&self) -> &str {
         match self {
-            ContainerEvent::Created(info)
+            ContainerEvent::Created(info, _)
             | ContainerEvent::Running(info)
             | ContainerEvent::Renamed(info) => &info.id,
             ContainerEvent::Stopped { id } | ContainerEvent::Removed { id } => id,
         }
     }
 }
+
+/// An attach request discovery sent the moment it read a `create` event: the connection, to
+/// be taken (once) by the receiver and read from there. The capture thread would open it
+/// only at its next poll, and the `docker run` CLI starts its container ~1 ms after its own
+/// attach: an attach that reaches dockerd after the start waits for the start to finish and
+/// misses what the container wrote meanwhile (seen here under load: most of `seq 1 2000`).
+#[derive(Clone, Debug)]
+pub struct SentAttach(Arc<Mutex<Option<UnixStream>>>);
+
+impl SentAttach {
+    pub fn new(conn: UnixStream) -> Self {
+        SentAttach(Arc::new(Mutex::new(Some(conn))))
+    }
+
+    /// The connection, the first time.
+    pub fn take(&self) -> Option<UnixStream> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl PartialEq for SentAttach {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SentAttach {}
 
 /// Decides from a container's name (without the leading `/`) and labels whether to capture it.
 pub type Filter = Box<dyn Fn(&str, &BTreeMap<String, String>) -> bool + Send>;
@@ -316,7 +344,22 @@ impl Discovery {
         tx: Sender<ContainerEvent>,
         stop: Arc<AtomicBool>,
     ) -> io::Result<JoinHandle<()>> {
+        let sent: SentMap = Arc::default();
+        let attacher_stop = Arc::new(AtomicBool::new(false));
+        let attacher = {
+            let (client, own, sent, stop) = (
+                self.client.clone(),
+                self.own.clone(),
+                sent.clone(),
+                attacher_stop.clone(),
+            );
+            std::thread::Builder::new()
+                .name("attacher".into())
+                .spawn(move || attach_on_create(client, own, sent, stop))?
+        };
         let worker = Worker {
+            sent,
+            attacher: Some((attacher, attacher_stop)),
             client: self.client,
             filter: self.filter,
             own: self.own,
@@ -475,6 +518,72 @@ fn created_info(event: DockerEvent) -> ContainerInfo {
     }
 }
 
+/// Attach connections by container id, with when they were made.
+type SentMap = Arc<Mutex<HashMap<String, (Instant, UnixStream)>>>;
+
+/// An attach sent and not claimed this long (a container the filter rejects, or whose
+/// `create` the worker never saw) is closed.
+const SENT_UNCLAIMED: Duration = Duration::from_secs(60);
+
+/// `{"type":["container"],"event":["create"]}`, URL-encoded.
+const CREATE_EVENTS_FILTER: &str =
+    "%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22create%22%5D%7D";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The attacher thread: follows the `create` events on a connection of its own and sends
+/// an attach for each at once, for the worker to claim. The worker cannot do it in time: it
+/// handles events in order, each `start` after an inspect (100 ms and more on a busy
+/// daemon), while the `docker run` CLI starts its container ~1 ms after its own attach.
+/// Best effort: after an error it reconnects from the newest `create` seen, and a `create`
+/// it misses is attached by the worker (later).
+fn attach_on_create(client: Client, own: OwnContainer, sent: SentMap, stop: Arc<AtomicBool>) {
+    let mut since_ns = now_ns();
+    let mut backoff = Backoff::new(Duration::from_secs(2));
+    while !stop.load(Ordering::Relaxed) {
+        let path = format!(
+            "/events?since={}&filters={CREATE_EVENTS_FILTER}",
+            format_since(since_ns)
+        );
+        let mut conn = match client.open_stream(&path, EVENTS_READ_TIMEOUT) {
+            Ok(sock) => EventsConn::new(sock),
+            Err(e) => {
+                tracing::debug!("attacher: events: {e}");
+                std::thread::sleep(backoff.step().min(IDLE_TICK * 5));
+                continue;
+            }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            match conn.poll() {
+                Ok(Poll::Idle) => {
+                    lock(&sent).retain(|_, (at, _)| at.elapsed() < SENT_UNCLAIMED);
+                }
+                Ok(Poll::Events(events)) => {
+                    backoff.reset();
+                    for event in events {
+                        if event.action != Action::Created || own.is_own(&event.id) {
+                            continue;
+                        }
+                        since_ns = since_ns.max(event.time_nano + 1);
+                        match client.send_attach(&event.id) {
+                            Ok(c) => {
+                                lock(&sent).insert(event.id, (Instant::now(), c));
+                            }
+                            Err(e) => tracing::debug!("attacher: {e}"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("attacher: events: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// The events response being read.
 struct EventsConn {
     sock: UnixStream,
@@ -625,6 +734,10 @@ struct Tracked {
 }
 
 struct Worker {
+    /// Attach requests sent at `create` by the attacher thread, by container id.
+    sent: SentMap,
+    /// The attacher thread and its stop flag: ended with the worker.
+    attacher: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
     client: Client,
     filter: Filter,
     own: OwnContainer,
@@ -653,6 +766,14 @@ impl Worker {
     }
 
     fn run(mut self) {
+        self.run_events();
+        if let Some((thread, stop)) = self.attacher.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+
+    fn run_events(&mut self) {
         if !self.own.is_empty() {
             tracing::info!("discovery: own container {:?} is never captured", self.own);
         }
@@ -810,9 +931,21 @@ impl Worker {
     /// Sends `Created` for a matching container not reported yet, and remembers it (not
     /// running), so that its `destroy` is reported.
     fn offer_created(&mut self, info: ContainerInfo) -> Result<(), Gone> {
+        let sent = lock(&self.sent).remove(&info.id).map(|(_, conn)| conn);
         if !self.matches(&info) || self.known.contains_key(&info.id) {
             return Ok(());
         }
+        let sent = match sent {
+            Some(conn) => Ok(conn),
+            None => self.client.send_attach(&info.id),
+        };
+        let attach = match sent {
+            Ok(conn) => Some(SentAttach::new(conn)),
+            Err(e) => {
+                tracing::warn!("discovery: {}: {e}", info.name);
+                None
+            }
+        };
         self.known.insert(
             info.id.clone(),
             Tracked {
@@ -820,7 +953,7 @@ impl Worker {
                 running: false,
             },
         );
-        self.send(ContainerEvent::Created(info))
+        self.send(ContainerEvent::Created(info, attach))
     }
 
     fn mark_stopped(&mut self, id: &str) -> Result<(), Gone> {

@@ -109,8 +109,21 @@ impl LogReader {
         )
     }
 
+    /// [`LogReader::open_attach`] on a connection whose request another thread has sent
+    /// (see [`Engine::adopt`]).
+    pub fn adopt_attach(&mut self, fd: std::os::fd::OwnedFd) -> io::Result<StreamId> {
+        let id = self.engine.adopt(fd)?;
+        self.track(id, LogDecoder::detecting_tty(false));
+        Ok(id)
+    }
+
     fn open_request(&mut self, request: bytes::Bytes, decoder: LogDecoder) -> io::Result<StreamId> {
         let id = self.engine.open(&self.socket, request)?;
+        self.track(id, decoder);
+        Ok(id)
+    }
+
+    fn track(&mut self, id: StreamId, decoder: LogDecoder) {
         self.streams.insert(
             id,
             Tracked {
@@ -119,7 +132,6 @@ impl LogReader {
                 opened: false,
             },
         );
-        Ok(id)
     }
 
     /// Closes a stream: its reads are cancelled and reaped, then `Closed` is reported. A line

@@ -375,7 +375,7 @@ fn reconcile_reports_running_containers_again() {
     let stops = d
         .ever_about(&c.id)
         .into_iter()
-        .filter(|e| !matches!(e, ContainerEvent::Running(_) | ContainerEvent::Created(_)))
+        .filter(|e| !matches!(e, ContainerEvent::Running(_) | ContainerEvent::Created(..)))
         .count();
     assert_eq!(stops, 0, "{:#?}", d.seen);
 }
@@ -615,7 +615,7 @@ fn events_reconnect_with_since_and_replays_are_dropped() {
         .seen
         .iter()
         .map(|e| match e {
-            ContainerEvent::Created(_) => "created",
+            ContainerEvent::Created(..) => "created",
             ContainerEvent::Running(_) => "running",
             ContainerEvent::Stopped { .. } => "stopped",
             ContainerEvent::Removed { .. } => "removed",

@@ -201,6 +201,24 @@ impl Client {
         Ok(conn)
     }
 
+    /// Connects and sends `POST /containers/{id}/attach?stream=1&stdout=1&stderr=1` (see
+    /// [`super::attach_request`]), leaving the answer unread: the caller hands the socket to
+    /// an io engine ([`crate::io::Engine::adopt`]).
+    pub fn send_attach(&self, id: &str) -> Result<UnixStream, ClientError> {
+        let fail = |message: String| ClientError {
+            call: format!("POST /containers/{id}/attach"),
+            status: None,
+            message,
+        };
+        let mut conn = UnixStream::connect(&self.socket)
+            .map_err(|e| fail(format!("connect {}: {e}", self.socket.display())))?;
+        conn.set_write_timeout(Some(TIMEOUT))
+            .map_err(|e| fail(e.to_string()))?;
+        conn.write_all(&super::attach_request(id))
+            .map_err(|e| fail(format!("send: {e}")))?;
+        Ok(conn)
+    }
+
     fn get_json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, ClientError> {
         let call = format!("GET {path}");
         let (status, body) = self

@@ -21,6 +21,15 @@
 //!    anything the events missed: dockerd replays only its last 256 events on `since`, so a
 //!    long enough gap does lose events.
 //!
+//! Beside it a second thread, the **attacher**, follows only the `create` events on a
+//! connection of its own and sends `POST /containers/{id}/attach` for each new container at
+//! once, keeping the connection for the main thread, which hands it out with `Created` (or
+//! closes it when the filter rejects the container, or after a minute unclaimed). The main
+//! thread cannot do it in time: it inspects at every `start`, and `docker run` starts its
+//! container ~1 ms after its own attach; an attach that reaches dockerd after the start waits
+//! for the start to finish and misses what the container wrote meanwhile. The attacher ends
+//! with the main thread.
+//!
 //! ## What the receiver can rely on
 //! - `Running(info)` means "this container was started (or is running) and matches the
 //!   filter": read its log. It comes again on every reconcile pass and after event replays.
@@ -33,7 +42,9 @@
 //!   reported `Stopped`. `kill`, `oom` and `pause` are not stops: a kill may be a harmless
 //!   signal, an OOM kill may hit a child process only, and a paused container's log stream stays
 //!   open; when the container really ends, `die` follows.
-//! - `Created(info)`: a container was created (not started yet) and matches the filter; sent
+//! - `Created(info, attach)`: a container was created (not started yet) and matches the filter
+//!   (`info` from the event's attributes: `tty` is not known there, `false`); `attach` is the
+//!   connection of the attach sent for it, when that worked. Sent
 //!   once, from the `create` event only, so that the receiver can attach before the start (a
 //!   `--rm` job can be gone ~30 ms after its `start` event). Its `Running` may never come: a
 //!   job that is over before the inspect after `start` is only `Created`, then `Removed`.

@@ -10,7 +10,7 @@
 //!   closes at once; the bookkeeping and counters are the same.
 //!
 //! The contract both keep:
-//! - every [`Engine::open`] is answered by exactly one [`Event::Closed`], and only after
+//! - every [`Engine::open`] (or [`Engine::adopt`]) is answered by exactly one [`Event::Closed`], and only after
 //!   [`Engine::close`] was called for that stream;
 //! - after `close`, no `Data`, `Eof` or `Error` event is delivered for the stream;
 //! - `Closed` means the fd is closed and no operation of the stream is left anywhere;

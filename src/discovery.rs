@@ -553,6 +553,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn attach_on_create(client: Client, own: OwnContainer, sent: SentMap, stop: Arc<AtomicBool>) {
     let mut since_ns = now_ns();
     let mut backoff = Backoff::new(Duration::from_secs(2));
+    // A connection made ahead: at a `create` only the request is left to write, and dockerd
+    // is already reading it (an idle connection there waits without a timeout).
+    let mut spare: Option<UnixStream> = None;
     while !stop.load(Ordering::Relaxed) {
         let path = format!(
             "/events?since={}&filters={CREATE_EVENTS_FILTER}",
@@ -570,6 +573,9 @@ fn attach_on_create(client: Client, own: OwnContainer, sent: SentMap, stop: Arc<
             match conn.poll() {
                 Ok(Poll::Idle) => {
                     lock(&sent).retain(|_, (at, _)| at.elapsed() < SENT_UNCLAIMED);
+                    if spare.is_none() {
+                        spare = client.connect().ok();
+                    }
                 }
                 Ok(Poll::Events(events)) => {
                     backoff.reset();
@@ -578,13 +584,24 @@ fn attach_on_create(client: Client, own: OwnContainer, sent: SentMap, stop: Arc<
                             continue;
                         }
                         since_ns = since_ns.max(event.time_nano + 1);
-                        match client.send_attach(&event.id) {
+                        // A spare the daemon has closed meanwhile fails: then a new one.
+                        let sent_now = spare
+                            .take()
+                            .and_then(|conn| client.send_attach_on(conn, &event.id).ok())
+                            .map_or_else(|| client.send_attach(&event.id), Ok);
+                        match sent_now {
                             Ok(c) => {
+                                tracing::debug!(
+                                    "attacher: {} attached {:.1} ms after its create",
+                                    short(&event.id),
+                                    (now_ns() - event.time_nano) as f64 / 1e6
+                                );
                                 lock(&sent).insert(event.id, (Instant::now(), c));
                             }
                             Err(e) => tracing::debug!("attacher: {e}"),
                         }
                     }
+                    spare = client.connect().ok();
                 }
                 Err(e) => {
                     tracing::debug!("attacher: events: {e}");

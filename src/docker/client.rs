@@ -205,13 +205,32 @@ impl Client {
     /// [`super::attach_request`]), leaving the answer unread: the caller hands the socket to
     /// an io engine ([`crate::io::Engine::adopt`]).
     pub fn send_attach(&self, id: &str) -> Result<UnixStream, ClientError> {
+        let conn = self.connect().map_err(|message| ClientError {
+            call: format!("POST /containers/{id}/attach"),
+            status: None,
+            message,
+        })?;
+        self.send_attach_on(conn, id)
+    }
+
+    /// A new connection to the daemon, for [`Client::send_attach_on`]: one made ahead saves
+    /// dockerd's accept when the request is urgent.
+    pub fn connect(&self) -> Result<UnixStream, String> {
+        UnixStream::connect(&self.socket)
+            .map_err(|e| format!("connect {}: {e}", self.socket.display()))
+    }
+
+    /// [`Client::send_attach`] on a connection made before (by [`Client::connect`]).
+    pub fn send_attach_on(
+        &self,
+        mut conn: UnixStream,
+        id: &str,
+    ) -> Result<UnixStream, ClientError> {
         let fail = |message: String| ClientError {
             call: format!("POST /containers/{id}/attach"),
             status: None,
             message,
         };
-        let mut conn = UnixStream::connect(&self.socket)
-            .map_err(|e| fail(format!("connect {}: {e}", self.socket.display())))?;
         conn.set_write_timeout(Some(TIMEOUT))
             .map_err(|e| fail(e.to_string()))?;
         conn.write_all(&super::attach_request(id))

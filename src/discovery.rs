@@ -553,8 +553,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn attach_on_create(client: Client, own: OwnContainer, sent: SentMap, stop: Arc<AtomicBool>) {
     let mut since_ns = now_ns();
     let mut backoff = Backoff::new(Duration::from_secs(2));
-    // A connection made ahead: at a `create` only the request is left to write, and dockerd
-    // is already reading it (an idle connection there waits without a timeout).
+    // A connection made ahead (once containers are being created): at a `create` only the
+    // request is left to write, and dockerd is already reading it (an idle connection there
+    // waits without a timeout).
     let mut spare: Option<UnixStream> = None;
     while !stop.load(Ordering::Relaxed) {
         let path = format!(
@@ -573,12 +574,10 @@ fn attach_on_create(client: Client, own: OwnContainer, sent: SentMap, stop: Arc<
             match conn.poll() {
                 Ok(Poll::Idle) => {
                     lock(&sent).retain(|_, (at, _)| at.elapsed() < SENT_UNCLAIMED);
-                    if spare.is_none() {
-                        spare = client.connect().ok();
-                    }
                 }
                 Ok(Poll::Events(events)) => {
                     backoff.reset();
+                    let creates = events.iter().any(|e| e.action == Action::Created);
                     for event in events {
                         if event.action != Action::Created || own.is_own(&event.id) {
                             continue;
@@ -601,7 +600,9 @@ fn attach_on_create(client: Client, own: OwnContainer, sent: SentMap, stop: Arc<
                             Err(e) => tracing::debug!("attacher: {e}"),
                         }
                     }
-                    spare = client.connect().ok();
+                    if creates && spare.is_none() {
+                        spare = client.connect().ok();
+                    }
                 }
                 Err(e) => {
                     tracing::debug!("attacher: events: {e}");

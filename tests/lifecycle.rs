@@ -9,7 +9,8 @@
 //!   labelled `capture_source=attach`. A container removed with `docker rm -f` right after a
 //!   burst it logged faster than dockerd streams it: every line. A container that restarts
 //!   within 100 ms: every run read, and its starts timed (`log_stream_first_byte_seconds`).
-//!   Each exit's accounting line adds up.
+//!   A long-running container attached at its create holds one stream once its log has
+//!   caught up. Each exit's accounting line adds up.
 //!
 //! Every test captures only containers named with its own prefix, in its own temporary
 //! directory; containers are removed and the capturer killed by guards however a test ends.
@@ -598,5 +599,50 @@ fn a_container_restarting_within_100ms_is_read_at_every_run() {
         .parse()
         .unwrap();
     assert!(count >= 1, "{metrics}");
+    daemon.stop();
+}
+
+#[test]
+fn a_long_running_container_keeps_one_stream_once_its_log_has_caught_up() {
+    let prefix = unique("longrun");
+    let mut daemon = Daemon::start(&prefix);
+    let name = format!("{prefix}server");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo \"tick $i\"; usleep 100000; done",
+    ]);
+    let sample = |metrics: &str, name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    // Attached at its create, so two streams at first; one once the log has caught up for
+    // NET_HOLD (5 s).
+    wait_until("both streams open", Duration::from_secs(20), || {
+        !daemon.captured(&name).is_empty() && sample(&daemon.metrics(), "streams_active") == 2.0
+    });
+    wait_until("the attach is closed", Duration::from_secs(20), || {
+        let m = daemon.metrics();
+        sample(&m, "attach_streams_opened_total") == 1.0 && sample(&m, "streams_active") == 1.0
+    });
+    let got = of(&daemon.captured(&name), "stdout");
+    assert!(!got.is_empty());
+    assert_eq!(got, numbered("tick ", got.len()));
+    assert!(daemon
+        .captured(&name)
+        .iter()
+        .all(|(_, _, l)| !l.contains_key("capture_source")));
     daemon.stop();
 }

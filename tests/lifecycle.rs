@@ -187,6 +187,11 @@ struct Daemon {
 impl Daemon {
     /// Starts the capturer on containers named `prefix*`; stderr and output in a fresh dir.
     fn start(prefix: &str) -> Daemon {
+        Daemon::start_with(prefix, None, 50_000)
+    }
+
+    /// With a Loki sink at `loki` besides the file sink, and a queue of `queue_size`.
+    fn start_with(prefix: &str, loki: Option<&str>, queue_size: usize) -> Daemon {
         let dir = std::env::temp_dir()
             .join("logcap-lifecycle-tests")
             .join(prefix.trim_end_matches('-'));
@@ -215,7 +220,7 @@ container_monitor:
 file_monitor_service:
   enabled: false
 dispatcher:
-  queue_size: 50000
+  queue_size: {queue_size}
   batch_size: 1000
   batch_timeout: "100ms"
 positions:
@@ -229,8 +234,14 @@ sinks:
     filename_pattern: "{{nomedocontainer}}.log"
     output_format: "json"
   loki:
-    enabled: false
+    enabled: {loki_enabled}
+    url: "{loki_url}"
+    batch_size: 100
+    batch_timeout: "100ms"
+    timeout: "2s"
 "#,
+                loki_enabled = loki.is_some(),
+                loki_url = loki.unwrap_or("http://127.0.0.1:9"),
                 sock = socket().display(),
                 dir = dir.display(),
                 // A port free a moment ago (the config reads 0 as "the default").
@@ -644,5 +655,121 @@ fn a_long_running_container_keeps_one_stream_once_its_log_has_caught_up() {
         .captured(&name)
         .iter()
         .all(|(_, _, l)| !l.contains_key("capture_source")));
+    daemon.stop();
+}
+
+/// A Loki that answers 500 while `failing` is set, then 204.
+struct FakeLoki {
+    url: String,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeLoki {
+    fn start() -> FakeLoki {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let failing = Arc::new(AtomicBool::new(true));
+        let f = failing.clone();
+        // Ends with the test process: a blocking accept loop holds nothing else.
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 65536];
+                let head_end = loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                    if let Some(at) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(at + 4);
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                let head = String::from_utf8_lossy(&req[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while req.len() < head_end + len {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let status = if f.load(Ordering::SeqCst) {
+                    "500 Internal Server Error"
+                } else {
+                    "204 No Content"
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        FakeLoki { url, failing }
+    }
+
+    fn recover(&self) {
+        self.failing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_restart_handled_before_the_old_stream_ends_is_read() {
+    // Reading paused (a failing sink holds the small queue full) keeps the old stream's end
+    // unseen while the restart is handled: the start comes before the old stream's EOF.
+    let loki = FakeLoki::start();
+    let prefix = unique("restartpaused");
+    let mut daemon = Daemon::start_with(&prefix, Some(&loki.url), 50);
+    let name = format!("{prefix}job");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let script = "r=$(cat /runs 2>/dev/null || echo 0); r=$((r+1)); echo $r > /runs; \
+                  seq 1 20000 | sed \"s/^/r$r /\"; sleep 1000";
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    wait_until(
+        "reading paused on a full queue",
+        Duration::from_secs(20),
+        || daemon.captured(&name).len() >= 50,
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert!(daemon.captured(&name).len() < 20_000, "not paused");
+    docker(&["restart", "-t", "0", &name]);
+    // Discovery has handled the start once the daemon's log says so; only then may reading
+    // resume.
+    wait_until("the restart handled", Duration::from_secs(20), || {
+        daemon
+            .log()
+            .matches(&format!("Running(ContainerInfo {{ id: "))
+            .count()
+            >= 2
+    });
+    loki.recover();
+    let want: Vec<String> = numbered("r1 ", 20_000)
+        .into_iter()
+        .chain(numbered("r2 ", 20_000))
+        .collect();
+    // Reconcile is 60 s away: only the capture thread can get this right.
+    wait_until("both runs read", Duration::from_secs(20), || {
+        of(&daemon.captured(&name), "stdout").len() >= want.len()
+    });
+    assert_eq!(of(&daemon.captured(&name), "stdout"), want);
     daemon.stop();
 }

@@ -19,8 +19,8 @@
 //!   the container is gone), [`REMOVED_GRACE`] at most.
 //! - A start handled while the old stream is still open (a quick restart) reopens the stream
 //!   as soon as the old one ends.
-//! - Every line received is either queued (`lines_read`) or discarded on purpose and counted
-//!   by [`Discard`] reason.
+//! - Every line the reader hands over is either queued (`lines_read`) or discarded on purpose
+//!   and counted by [`Discard`] reason.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -132,14 +132,18 @@ pub enum Discard {
     /// Attach lines held when the net was dropped before they were needed: shutdown, or the
     /// net overflowed or turned out misaligned. The log stream reads them.
     AttachReleased,
+    /// Lines of a stream already being closed (rotation, shutdown), received in the same
+    /// poll as the close: the reopened stream reads them again.
+    Closing,
 }
 
 impl Discard {
-    pub const ALL: [Discard; 4] = [
+    pub const ALL: [Discard; 5] = [
         Discard::Repeat,
         Discard::Filtered,
         Discard::AttachDuplicate,
         Discard::AttachReleased,
+        Discard::Closing,
     ];
 
     /// The `reason` label of `lines_discarded_total`.
@@ -149,6 +153,7 @@ impl Discard {
             Discard::Filtered => "filtered",
             Discard::AttachDuplicate => "attach_duplicate",
             Discard::AttachReleased => "attach_released",
+            Discard::Closing => "closing",
         }
     }
 }
@@ -982,10 +987,14 @@ impl Capture {
                 .and_then(|key| self.containers.get_mut(key))
                 .filter(|c| !c.closing);
             let (Some(key), Some(c)) = (key, c) else {
-                // Unknown or closing stream: its lines are not reported.
+                // Unknown or closing stream: its lines are not reported (a reopened stream
+                // reads them again).
+                let mut lines = 1;
                 while matches!(rest.peek(), Some(ReaderEvent::Line(s, _)) if *s == stream) {
                     rest.next();
+                    lines += 1;
                 }
+                self.stats.discard(Discard::Closing, lines);
                 return;
             };
             c.last_data = now;

@@ -51,6 +51,13 @@ fn unique(test: &str) -> String {
     format!("lcl{}{:x}-{test}-", std::process::id(), nanos % 0xfff)
 }
 
+/// The jobs test and the burst test take turns: a 200k-line burst keeps dockerd busy, and a
+/// busy dockerd is what makes an attach come after a job's start (see README).
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Containers removed when the test ends.
 #[derive(Default)]
 struct Cleanup(Vec<String>);
@@ -451,6 +458,7 @@ impl Job {
 
 #[test]
 fn rm_jobs_that_print_and_exit_deliver_every_line_exactly_once() {
+    let _turn = heavy();
     let prefix = unique("rmjobs");
     let mut daemon = Daemon::start(&prefix);
     let mut jobs: Vec<(String, Job)> = (0..20)
@@ -513,6 +521,7 @@ fn rm_jobs_that_print_and_exit_deliver_every_line_exactly_once() {
 
 #[test]
 fn rm_f_after_a_burst_delivers_everything_dockerd_had_logged() {
+    let _turn = heavy();
     let prefix = unique("rmf");
     let mut daemon = Daemon::start(&prefix);
     let name = format!("{prefix}burst");
@@ -757,11 +766,7 @@ fn a_restart_handled_before_the_old_stream_ends_is_read() {
     // Discovery has handled the start once the daemon's log says so; only then may reading
     // resume.
     wait_until("the restart handled", Duration::from_secs(20), || {
-        daemon
-            .log()
-            .matches(&format!("Running(ContainerInfo {{ id: "))
-            .count()
-            >= 2
+        daemon.log().matches("Running(ContainerInfo { id: ").count() >= 2
     });
     loki.recover();
     let want: Vec<String> = numbered("r1 ", 20_000)

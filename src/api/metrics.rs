@@ -343,7 +343,8 @@ pub fn render(state: &ApiState) -> String {
         "lines_discarded_total",
         "Lines received and thrown away on purpose, by reason: repeat (a reopened stream's \
          overlap), filtered (stdout/stderr excluded), attach_duplicate (an attach line the log \
-         stream delivered), attach_released (attach lines held when a safety net was dropped)",
+         stream delivered), attach_released (attach lines held when a safety net was \
+         dropped), closing (lines of a stream being closed, read again when it reopens)",
         Kind::Counter,
     );
     for reason in Discard::ALL {

@@ -8,6 +8,19 @@
 //! - When the queue holds its capacity, every stream is paused (no receive armed) until the
 //!   dispatcher has delivered half of it: memory stays bounded and nothing is dropped.
 //! - On stop, every stream is closed (reads cancelled and reaped) and what was read is queued.
+//! - Short-lived containers: a container seen at `create` (discovery's `Created`) and read
+//!   from its first line gets an attach stream besides its log stream, a bounded safety net
+//!   (see [`crate::safety_net`]). Once the log stream has caught up with it and stayed open
+//!   [`NET_HOLD`], or the container ended with nothing missing, the attach is closed. When the
+//!   container is removed and its log stream is over, the attach lines the log stream never
+//!   delivered are queued, stamped with their capture time and labelled
+//!   `capture_source=attach`.
+//! - A removal (`destroy`) does not cut a stream: it is read to its end (dockerd ends it once
+//!   the container is gone), [`REMOVED_GRACE`] at most.
+//! - A start handled while the old stream is still open (a quick restart) reopens the stream
+//!   as soon as the old one ends.
+//! - Every line the reader hands over is either queued (`lines_read`) or discarded on purpose
+//!   and counted by [`Discard`] reason.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -16,7 +29,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::api::ContainerRegistry;
+use crate::api::{ContainerRegistry, Histogram};
 use crate::decode::{LogLine, StreamKind};
 use crate::discovery::ContainerEvent;
 use crate::docker::{ContainerInfo, LogsQuery};
@@ -26,6 +39,7 @@ use crate::pipeline::{Batch, Checkpoint, QueueSender};
 use crate::positions::Resume;
 use crate::reader::{LogReader, ReadError, ReaderEvent, StreamSpec};
 use crate::resume::ResumeTracker;
+use crate::safety_net::{AttachLine, SafetyNet};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 
@@ -52,6 +66,19 @@ const ROTATION_SPREAD: f64 = 0.2;
 const ONCE_ATTEMPTS: u32 = 3;
 /// Entries per queued batch at most.
 const MAX_BATCH: usize = 4096;
+/// How long a container's attach stays open once its log stream has caught up with it: a
+/// job that ends within it keeps its net to the end (its log stream can still fail at the
+/// removal); a long-running container does not hold two connections for longer.
+pub const NET_HOLD: Duration = Duration::from_secs(5);
+/// How long the streams of a removed container are still read: dockerd ends them when the
+/// container is gone, this only bounds a daemon that does not.
+pub const REMOVED_GRACE: Duration = Duration::from_secs(10);
+/// The label that marks entries delivered from the attach (no dockerd timestamp).
+pub const ATTACH_LABEL: (&str, &str) = ("capture_source", "attach");
+/// `log_stream_first_byte_seconds` bounds.
+const FIRST_BYTE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
@@ -84,6 +111,81 @@ pub struct CaptureStats {
     /// Times reading was paused because the queue was full.
     pub pauses: AtomicU64,
     pub resume_mismatches: AtomicU64,
+    /// Lines discarded on purpose, by reason: see [`CaptureStats::discarded`].
+    discards: [AtomicU64; Discard::ALL.len()],
+    /// Attach streams opened as safety nets, and lines queued from them.
+    pub attaches_opened: AtomicU64,
+    /// Attach streams dockerd answered (200): hooked to the container's output.
+    pub attaches_answered: AtomicU64,
+    pub lines_from_attach: AtomicU64,
+    /// Time from a container's start (while the capturer runs) to its log stream's answer.
+    pub first_byte: FirstByteLatency,
+}
+
+/// Why a line received was not queued. New reasons go at the end of [`Discard::ALL`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Discard {
+    /// A reopened stream repeated it (`lines_skipped`).
+    Repeat,
+    /// Its stream (stdout or stderr) is excluded by the configuration (`lines_filtered`).
+    Filtered,
+    /// An attach line the log stream delivered.
+    AttachDuplicate,
+    /// Attach lines held when the net was dropped before they were needed: shutdown, or the
+    /// net overflowed or turned out misaligned. The log stream reads them.
+    AttachReleased,
+    /// Lines of a stream already being closed (rotation, shutdown), received in the same
+    /// poll as the close: the reopened stream reads them again.
+    Closing,
+}
+
+impl Discard {
+    pub const ALL: [Discard; 5] = [
+        Discard::Repeat,
+        Discard::Filtered,
+        Discard::AttachDuplicate,
+        Discard::AttachReleased,
+        Discard::Closing,
+    ];
+
+    /// The `reason` label of `lines_discarded_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Discard::Repeat => "repeat",
+            Discard::Filtered => "filtered",
+            Discard::AttachDuplicate => "attach_duplicate",
+            Discard::AttachReleased => "attach_released",
+            Discard::Closing => "closing",
+        }
+    }
+}
+
+impl CaptureStats {
+    pub fn discard(&self, reason: Discard, lines: u64) {
+        match reason {
+            Discard::Repeat => self.lines_skipped.fetch_add(lines, Relaxed),
+            Discard::Filtered => self.lines_filtered.fetch_add(lines, Relaxed),
+            _ => self.discards[reason as usize].fetch_add(lines, Relaxed),
+        };
+    }
+
+    pub fn discarded(&self, reason: Discard) -> u64 {
+        match reason {
+            Discard::Repeat => self.lines_skipped.load(Relaxed),
+            Discard::Filtered => self.lines_filtered.load(Relaxed),
+            _ => self.discards[reason as usize].load(Relaxed),
+        }
+    }
+}
+
+/// See [`CaptureStats::first_byte`].
+#[derive(Debug)]
+pub struct FirstByteLatency(pub Histogram);
+
+impl Default for FirstByteLatency {
+    fn default() -> Self {
+        FirstByteLatency(Histogram::new(FIRST_BYTE_BUCKETS))
+    }
 }
 
 /// What to do once a closing stream is reported closed.
@@ -127,11 +229,28 @@ struct Container {
     touched: bool,
     /// Its `logs_processed_total` in the registry.
     lines_total: Arc<AtomicU64>,
+    /// When discovery reported it removed.
+    removed_at: Option<Instant>,
+    /// A start came while the old stream was still open: reopen when it ends.
+    restarted: bool,
+    /// The log stream reached its normal end since it was last opened (the container
+    /// stopped and everything logged was read).
+    log_complete: bool,
+    /// Start time (ns) of a start seen while the capturer runs, until its stream answers.
+    started_ns: Option<i64>,
+    /// The attach stream of the safety net, while open.
+    attach: Option<StreamId>,
+    attach_closing: bool,
+    net: Option<SafetyNet>,
+    net_since: Instant,
 }
 
 impl Container {
     /// When the timers must look at this container next, if ever in its present state.
     fn due(&self, options: &CaptureOptions, paused: bool) -> Option<Instant> {
+        if let Some(at) = self.removed_at {
+            return (self.stream.is_some() || self.attach.is_some()).then_some(at + REMOVED_GRACE);
+        }
         match (self.stream, self.next) {
             (None, Next::ReopenAt(at)) => Some(at),
             (None, _) => None,
@@ -192,6 +311,10 @@ pub struct Capture {
     /// Containers with lines in `batch`, each once.
     touched: Vec<Key>,
     events: Vec<ReaderEvent>,
+    /// Attach streams (safety nets), by stream.
+    by_attach: FxHashMap<StreamId, Key>,
+    /// When the capture started (ns): only starts after it are timed to their first byte.
+    started_ns: i64,
 }
 
 impl Capture {
@@ -222,6 +345,8 @@ impl Capture {
             batch_since: None,
             touched: Vec::new(),
             events: Vec::new(),
+            by_attach: FxHashMap::default(),
+            started_ns: now_ns(),
         }
     }
 
@@ -241,6 +366,7 @@ impl Capture {
                 let keys: Vec<Key> = self.containers.iter().map(|(k, _)| k).collect();
                 for key in keys {
                     self.close_stream(key, Next::Nothing);
+                    self.close_attach(key);
                 }
             }
             if !stopping {
@@ -281,12 +407,26 @@ impl Capture {
             let (now, now_wall_ns) = (Instant::now(), now_ns());
             let mut drain = events.drain(..).peekable();
             while let Some(event) = drain.next() {
-                match event {
-                    ReaderEvent::Line(stream, line) => {
+                let attach = self.by_attach.get(&event_stream(&event)).copied();
+                match (event, attach) {
+                    (ReaderEvent::Line(_, line), Some(key)) => {
+                        self.on_attach_line(key, line, now_wall_ns)
+                    }
+                    (ReaderEvent::Ended(_, result), Some(key)) => self.on_attach_ended(key, result),
+                    (ReaderEvent::Closed(stream), Some(key)) => self.on_attach_closed(stream, key),
+                    (ReaderEvent::Opened(_), Some(key)) => {
+                        // dockerd writes its answer right before it hooks the attach to the
+                        // container's output: from here on nothing the container prints is
+                        // missed by the net.
+                        self.stats.attaches_answered.fetch_add(1, Relaxed);
+                        tracing::debug!("{}: attach answered", self.containers[key].info.name)
+                    }
+                    (ReaderEvent::Opened(stream), None) => self.on_opened(stream, now_wall_ns),
+                    (ReaderEvent::Line(stream, line), None) => {
                         self.on_lines(stream, line, &mut drain, now, now_wall_ns)
                     }
-                    ReaderEvent::Ended(stream, result) => self.on_ended(stream, result),
-                    ReaderEvent::Closed(stream) => self.on_closed(stream),
+                    (ReaderEvent::Ended(stream, result), None) => self.on_ended(stream, result),
+                    (ReaderEvent::Closed(stream), None) => self.on_closed(stream),
                 }
             }
             drop(drain);
@@ -298,14 +438,37 @@ impl Capture {
                 self.flush_batch();
             }
         }
+        // Every stream is closed: what the nets still hold was never needed.
+        let keys: Vec<Key> = self.containers.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.drop_net(key);
+        }
         self.flush_batch();
     }
 
     fn on_container(&mut self, event: ContainerEvent) {
         match event {
+            ContainerEvent::Created(info, sent) => {
+                if !self.options.follow || self.by_id.contains_key(info.id.as_str()) {
+                    return;
+                }
+                // Matching by count needs the log stream to read from the first line.
+                let from_first_line = !self
+                    .committed
+                    .contains_key(&info.id[..info.id.len().min(12)]);
+                let key = self.insert(info);
+                if from_first_line {
+                    self.open_attach(key, sent.and_then(|s| s.take()));
+                }
+            }
             ContainerEvent::Running(info) => {
+                let started = info.started.filter(|&t| t >= self.started_ns);
                 if let Some(&key) = self.by_id.get(info.id.as_str()) {
                     let c = &mut self.containers[key];
+                    let was_running = c.running;
+                    if !was_running {
+                        c.started_ns = started;
+                    }
                     c.running = true;
                     if c.info != info {
                         c.labels = Arc::new(labels_of(&info));
@@ -316,38 +479,15 @@ impl Capture {
                         (None, _, Next::Nothing) => self.open_stream(key),
                         // A restart seen before the old stream is closed.
                         (Some(_), true, Next::Nothing) => c.next = Next::Reopen,
+                        // A restart seen before the old stream has ended.
+                        (Some(_), false, _) if !was_running => c.restarted = true,
                         _ => {}
                     }
                     self.schedule(key);
                     return;
                 }
-                let id: Arc<str> = Arc::from(info.id.as_str());
-                let tracker = self.tracker_for(&info);
-                let now = Instant::now();
-                self.next_uid += 1;
-                let key = self.containers.insert(Container {
-                    id: id.clone(),
-                    uid: self.next_uid,
-                    deadline: None,
-                    labels: Arc::new(labels_of(&info)),
-                    source_id: Arc::from(&info.id[..info.id.len().min(12)]),
-                    name: Arc::from(info.name.as_str()),
-                    running: info.running,
-                    info,
-                    tracker,
-                    stream: None,
-                    closing: false,
-                    next: Next::Nothing,
-                    opened_at: now,
-                    rotate_at: None,
-                    last_data: now,
-                    failures: 0,
-                    batch_lines: 0,
-                    batch_bytes: 0,
-                    touched: false,
-                    lines_total: Arc::default(),
-                });
-                self.by_id.insert(id, key);
+                let key = self.insert(info);
+                self.containers[key].started_ns = started;
                 self.open_stream(key);
             }
             ContainerEvent::Stopped { id } => {
@@ -358,9 +498,20 @@ impl Capture {
                 }
             }
             ContainerEvent::Removed { id } => {
-                if let Some(&key) = self.by_id.get(id.as_str()) {
+                let Some(&key) = self.by_id.get(id.as_str()) else {
+                    return;
+                };
+                let c = &mut self.containers[key];
+                c.running = false;
+                c.removed_at = Some(Instant::now());
+                if c.stream.is_some() && !c.closing {
+                    // Read to its end: dockerd ends it once the container is gone.
+                    c.next = Next::Forget;
+                    self.schedule(key);
+                } else {
                     self.close_stream(key, Next::Forget);
                 }
+                self.settle(key);
             }
             ContainerEvent::Renamed(info) => {
                 if let Some(&key) = self.by_id.get(info.id.as_str()) {
@@ -370,6 +521,76 @@ impl Capture {
                     c.info = info;
                 }
             }
+        }
+    }
+
+    /// A container not known yet, without a stream.
+    fn insert(&mut self, info: ContainerInfo) -> Key {
+        let id: Arc<str> = Arc::from(info.id.as_str());
+        let tracker = self.tracker_for(&info);
+        let now = Instant::now();
+        self.next_uid += 1;
+        let key = self.containers.insert(Container {
+            id: id.clone(),
+            uid: self.next_uid,
+            deadline: None,
+            labels: Arc::new(labels_of(&info)),
+            source_id: Arc::from(&info.id[..info.id.len().min(12)]),
+            name: Arc::from(info.name.as_str()),
+            running: info.running,
+            info,
+            tracker,
+            stream: None,
+            closing: false,
+            next: Next::Nothing,
+            opened_at: now,
+            rotate_at: None,
+            last_data: now,
+            failures: 0,
+            batch_lines: 0,
+            batch_bytes: 0,
+            touched: false,
+            lines_total: Arc::default(),
+            removed_at: None,
+            restarted: false,
+            log_complete: false,
+            started_ns: None,
+            attach: None,
+            attach_closing: false,
+            net: None,
+            net_since: now,
+        });
+        self.by_id.insert(id, key);
+        key
+    }
+
+    /// Opens the container's attach stream (on `sent` when discovery sent the request
+    /// already) and its safety net.
+    fn open_attach(&mut self, key: Key, sent: Option<std::os::unix::net::UnixStream>) {
+        let c = &mut self.containers[key];
+        let opened = match sent {
+            Some(conn) => self.reader.adopt_attach(conn.into()),
+            None => self.reader.open_attach(&c.info.id),
+        };
+        match opened {
+            Ok(stream) => {
+                tracing::debug!("{}: attached (safety net)", c.info.name);
+                self.stats.attaches_opened.fetch_add(1, Relaxed);
+                c.attach = Some(stream);
+                c.attach_closing = false;
+                c.net = Some(SafetyNet::new());
+                c.net_since = Instant::now();
+                self.by_attach.insert(stream, key);
+            }
+            Err(e) => tracing::warn!("{}: cannot attach (no safety net): {e}", c.info.name),
+        }
+    }
+
+    fn close_attach(&mut self, key: Key) {
+        let c = &mut self.containers[key];
+        if let (Some(stream), false) = (c.attach, c.attach_closing) {
+            c.attach_closing = true;
+            self.reader.close(stream);
         }
     }
 
@@ -402,6 +623,8 @@ impl Capture {
                     c.tracker.skipping()
                 );
                 self.stats.streams_opened.fetch_add(1, Relaxed);
+                c.restarted = false;
+                c.log_complete = false;
                 c.lines_total = self
                     .registry
                     .monitored(&c.info.id, &c.info.name, &c.info.image);
@@ -446,19 +669,121 @@ impl Capture {
     /// The container has no stream (any more): does what its `next` says.
     fn after_close(&mut self, key: Key) {
         match self.containers[key].next {
-            Next::Forget => {
-                let c = self.containers.remove(key);
-                if c.touched {
-                    // Its lines stay in the batch; a later container reusing the key must
-                    // not inherit the mark.
-                    self.touched.retain(|&k| k != key);
-                }
-                self.by_id.remove(&c.id);
-                self.registry.forget(&c.id);
-            }
+            Next::Forget => {}
             Next::Reopen => self.open_stream(key),
             Next::Nothing | Next::ReopenAt(_) => self.schedule(key),
         }
+        self.settle(key);
+    }
+
+    /// Decides what becomes of the container's safety net, then forgets a removed container
+    /// once nothing of it is open.
+    fn settle(&mut self, key: Key) {
+        let Some(c) = self.containers.get_mut(key) else {
+            return;
+        };
+        if let Some(net) = &c.net {
+            let drop = if net.misaligned() {
+                tracing::warn!(
+                    "{}: the attach missed the first lines (it came after the start): no safety net",
+                    c.info.name
+                );
+                true
+            } else if net.overflowed() {
+                tracing::warn!(
+                    "{}: the log stream lags {} attach lines behind: safety net dropped",
+                    c.info.name,
+                    net.pending()
+                );
+                true
+            } else if c.removed_at.is_some() && c.stream.is_none() && c.attach.is_none() {
+                // Neither source has more, and the log stream will not be reopened.
+                self.deliver_net(key);
+                false
+            } else {
+                net.caught_up()
+                    && ((c.attach.is_none() && c.stream.is_none() && c.log_complete)
+                        || (c.stream.is_some()
+                            && !c.closing
+                            && c.removed_at.is_none()
+                            && c.net_since.elapsed() >= NET_HOLD))
+            };
+            if drop {
+                self.drop_net(key);
+            }
+        }
+        let c = &self.containers[key];
+        if c.next == Next::Forget && c.stream.is_none() && c.attach.is_none() {
+            self.forget(key);
+        }
+    }
+
+    /// Drops the safety net; the lines it held are the log stream's to deliver.
+    fn drop_net(&mut self, key: Key) {
+        let c = &mut self.containers[key];
+        if let Some(mut net) = c.net.take() {
+            let held = net.take_held().len() as u64;
+            self.stats.discard(Discard::AttachReleased, held);
+            tracing::debug!("{}: safety net dropped ({held} lines held)", c.info.name);
+        }
+        self.close_attach(key);
+    }
+
+    /// Queues the attach lines the log stream never delivered.
+    fn deliver_net(&mut self, key: Key) {
+        let c = &mut self.containers[key];
+        let Some(mut net) = c.net.take() else {
+            return;
+        };
+        let held = net.take_held();
+        if held.is_empty() {
+            tracing::debug!("{}: removed, nothing missing", c.info.name);
+            return;
+        }
+        let mut labels = (*c.labels).clone();
+        labels.insert(ATTACH_LABEL.0.into(), ATTACH_LABEL.1.into());
+        let labels = Arc::new(labels);
+        let processed_at_ns = now_ns();
+        let mut queued = 0u64;
+        for line in held {
+            let wanted = match line.stream {
+                StreamKind::Stdout => self.options.include_stdout,
+                StreamKind::Stderr => self.options.include_stderr,
+            };
+            if !wanted {
+                self.stats.discard(Discard::Filtered, 1);
+                continue;
+            }
+            queued += 1;
+            self.batch.push(LogEntry {
+                timestamp_ns: line.received_ns,
+                processed_at_ns,
+                message: line.message,
+                stream: line.stream,
+                source_type: "docker",
+                source_id: c.source_id.clone(),
+                labels: labels.clone(),
+            });
+        }
+        tracing::info!(
+            "{}: {queued} lines its log stream could not deliver queued from the attach",
+            c.info.name
+        );
+        self.stats.lines_read.fetch_add(queued, Relaxed);
+        self.stats.lines_from_attach.fetch_add(queued, Relaxed);
+        c.lines_total.fetch_add(queued, Relaxed);
+        self.batch_since.get_or_insert_with(Instant::now);
+    }
+
+    fn forget(&mut self, key: Key) {
+        let c = self.containers.remove(key);
+        if c.touched {
+            // Its lines stay in the batch; a later container reusing the key must
+            // not inherit the mark.
+            self.touched.retain(|&k| k != key);
+        }
+        self.by_id.remove(&c.id);
+        self.registry.forget(&c.id);
     }
 
     /// Puts the container's next deadline, if it has one, on the timer heap.
@@ -486,6 +811,21 @@ impl Capture {
                 _ => continue,
             }
             let c = &self.containers[key];
+            if let Some(removed_at) = c.removed_at {
+                if now >= removed_at + REMOVED_GRACE {
+                    tracing::warn!(
+                        "{}: streams still open {REMOVED_GRACE:?} after the removal: closed",
+                        c.info.name
+                    );
+                    self.close_stream(key, Next::Forget);
+                    if self.containers.contains(key) {
+                        self.close_attach(key);
+                    }
+                } else {
+                    self.schedule(key);
+                }
+                continue;
+            }
             match (c.stream, c.next) {
                 (None, Next::ReopenAt(at)) if at <= now => {
                     self.open_stream(key);
@@ -549,18 +889,29 @@ impl Capture {
             Ok(()) => {
                 tracing::debug!("{}: stream ended", c.info.name);
                 c.failures = 0;
-                // In follow mode a clean end means the container stopped; a restart
-                // is a new `Running` event.
-                c.running = false;
-                c.next = Next::Nothing;
-                self.registry.unmonitored(&c.info.id);
+                c.log_complete = true;
+                if c.removed_at.is_some() {
+                    c.next = Next::Forget;
+                } else if std::mem::take(&mut c.restarted) && self.options.follow {
+                    c.next = Next::Reopen;
+                } else {
+                    // In follow mode a clean end means the container stopped; a restart
+                    // is a new `Running` event.
+                    c.running = false;
+                    c.next = Next::Nothing;
+                    self.registry.unmonitored(&c.info.id);
+                }
             }
             Err(e) => {
                 self.stats.stream_errors.fetch_add(1, Relaxed);
                 c.failures += 1;
                 tracing::warn!("{}: log stream failed, reopening: {e}", c.info.name);
                 let backoff = REOPEN_BACKOFF * c.failures.min(30);
-                c.next = if (self.options.follow && !c.running)
+                c.next = if c.removed_at.is_some() {
+                    Next::Forget
+                } else if std::mem::take(&mut c.restarted) && self.options.follow {
+                    Next::ReopenAt(Instant::now() + backoff)
+                } else if (self.options.follow && !c.running)
                     || (!self.options.follow && c.failures >= ONCE_ATTEMPTS)
                 {
                     Next::Nothing
@@ -582,6 +933,48 @@ impl Capture {
         self.after_close(key);
     }
 
+    /// dockerd answered: the open succeeded, so later failures start their backoff afresh.
+    fn on_opened(&mut self, stream: StreamId, now_wall_ns: i64) {
+        let Some(&key) = self.by_stream.get(&stream) else {
+            return;
+        };
+        let c = &mut self.containers[key];
+        c.failures = 0;
+        if let Some(started) = c.started_ns.take() {
+            let nanos = u64::try_from(now_wall_ns.saturating_sub(started)).unwrap_or(0);
+            self.stats.first_byte.0.observe(Duration::from_nanos(nanos));
+        }
+    }
+
+    fn on_attach_line(&mut self, key: Key, line: LogLine, now_wall_ns: i64) {
+        let c = &mut self.containers[key];
+        let Some(net) = c.net.as_mut() else {
+            self.stats.discard(Discard::AttachReleased, 1);
+            return;
+        };
+        if net.attach_line(line.stream, &line.message, now_wall_ns) == AttachLine::Duplicate {
+            self.stats.discard(Discard::AttachDuplicate, 1);
+        } else if net.overflowed() {
+            self.settle(key);
+        }
+    }
+
+    fn on_attach_ended(&mut self, key: Key, result: Result<(), ReadError>) {
+        let c = &mut self.containers[key];
+        c.attach_closing = true;
+        if let Err(e) = result {
+            tracing::warn!("{}: attach stream failed: {e}", c.info.name);
+        }
+    }
+
+    fn on_attach_closed(&mut self, stream: StreamId, key: Key) {
+        self.by_attach.remove(&stream);
+        let c = &mut self.containers[key];
+        c.attach = None;
+        c.attach_closing = false;
+        self.settle(key);
+    }
+
     /// `first` and the lines of the same stream that follow it in `rest`: the container is
     /// looked up once per run of lines (per `MAX_BATCH` at most), not once per line (three
     /// SipHash lookups of a 64-byte id per line were 17% of the capture thread's CPU).
@@ -600,10 +993,14 @@ impl Capture {
                 .and_then(|key| self.containers.get_mut(key))
                 .filter(|c| !c.closing);
             let (Some(key), Some(c)) = (key, c) else {
-                // Unknown or closing stream: its lines are not reported.
+                // Unknown or closing stream: its lines are not reported (a reopened stream
+                // reads them again).
+                let mut lines = 1;
                 while matches!(rest.peek(), Some(ReaderEvent::Line(s, _)) if *s == stream) {
                     rest.next();
+                    lines += 1;
                 }
+                self.stats.discard(Discard::Closing, lines);
                 return;
             };
             c.last_data = now;
@@ -629,10 +1026,14 @@ impl Capture {
                 }
                 line = more;
             }
+            let has_net = c.net.is_some();
             if admitted && !c.touched {
                 c.touched = true;
                 self.touched.push(key);
                 self.batch_since.get_or_insert(now);
+            }
+            if has_net {
+                self.settle(key);
             }
             if self.batch.len() >= MAX_BATCH {
                 self.flush_batch();
@@ -664,6 +1065,9 @@ impl Capture {
             }
             return false;
         }
+        if let Some(net) = c.net.as_mut() {
+            net.log_line(line.stream, &line.message);
+        }
         let wanted = match line.stream {
             StreamKind::Stdout => options.include_stdout,
             StreamKind::Stderr => options.include_stderr,
@@ -689,7 +1093,9 @@ impl Capture {
 
     fn flush_batch(&mut self) {
         self.batch_since = None;
-        if self.touched.is_empty() {
+        // Entries without a checkpoint (a container forgotten meanwhile, lines from an
+        // attach) are queued all the same.
+        if self.touched.is_empty() && self.batch.is_empty() {
             return;
         }
         let mut checkpoints = Vec::with_capacity(self.touched.len());
@@ -722,5 +1128,12 @@ impl Capture {
                 batch.entries.len()
             );
         }
+    }
+}
+
+fn event_stream(event: &ReaderEvent) -> StreamId {
+    match event {
+        ReaderEvent::Opened(s) | ReaderEvent::Line(s, _) | ReaderEvent::Ended(s, _) => *s,
+        ReaderEvent::Closed(s) => *s,
     }
 }

@@ -22,7 +22,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::capture::{Capture, CaptureOptions, CaptureStats};
+use crate::capture::{Capture, CaptureOptions, CaptureStats, Discard};
 use crate::config::{self, Config, NewContainersFrom};
 use crate::discovery::{self, ContainerEvent, OwnContainer};
 use crate::dispatch::{DispatchOptions, DispatchStats, Dispatcher, Undelivered};
@@ -148,6 +148,40 @@ fn unreachable_message(socket: &std::path::Path, error: impl std::fmt::Display) 
          container_monitor.enabled: false to run without Docker",
         socket.display()
     )
+}
+
+/// The daemon's last word on its lines: `done: R lines read, D delivered, X dropped, U
+/// undelivered; discarded: ...`, and whether `R (+ API lines) = D + X + U` holds. Tests parse
+/// it.
+fn log_accounting(shared: &Shared, api_lines: u64, undelivered: u64) {
+    let read = shared.capture.lines_read.load(Relaxed);
+    let refused = shared.dispatch.lines_refused.load(Relaxed);
+    let delivered = shared
+        .dispatch
+        .lines_delivered
+        .load(Relaxed)
+        .saturating_sub(refused);
+    let discarded: Vec<String> = Discard::ALL
+        .iter()
+        .map(|&r| format!("{}={}", r.as_str(), shared.capture.discarded(r)))
+        .collect();
+    let api = if api_lines > 0 {
+        format!(" (+{api_lines} from the API)")
+    } else {
+        String::new()
+    };
+    tracing::info!(
+        "done: {read} lines read{api}, {delivered} delivered, {refused} dropped, \
+         {undelivered} undelivered; discarded: {}",
+        discarded.join(" ")
+    );
+    let out = delivered + refused + undelivered;
+    if read + api_lines != out {
+        tracing::error!(
+            "accounting: {} lines read{api} but {out} delivered, dropped or undelivered",
+            read
+        );
+    }
 }
 
 /// Runs the daemon until `stop` is set (or, with `--once`, until everything is read), and
@@ -334,18 +368,12 @@ pub fn run(
     let undelivered = dispatcher.run();
     let _ = capture.join();
     stop.store(true, Relaxed);
+    let api_state = api.state.clone();
     api.join();
     if let Some(discovery) = discovery {
         let _ = discovery.join();
     }
-    let dropped = shared.dispatch.dropped_total();
-    tracing::info!(
-        "done: {} lines read, {} delivered, {} dropped, {} undelivered",
-        shared.capture.lines_read.load(Relaxed),
-        shared.dispatch.lines_delivered.load(Relaxed),
-        dropped,
-        undelivered.lines
-    );
+    log_accounting(&shared, api_state.ingested_total(), undelivered.lines);
     for (container, lines) in &undelivered.by_container {
         tracing::warn!(
             "{container}: {lines} lines not delivered; they will be read again at the next start"

@@ -5,9 +5,10 @@
 //!
 //! 1. **At start** it lists the containers, inspects the running ones that pass the filter and
 //!    sends [`ContainerEvent::Running`] for each.
-//! 2. **Then it follows** `GET /events?filters={"type":["container"]}` and turns `start`,
-//!    `restart`, `unpause` into `Running` (after a fresh inspect), `die`/`stop` into `Stopped`,
-//!    `destroy` into `Removed` and `rename` into `Renamed`. After any error (daemon restarted,
+//! 2. **Then it follows** `GET /events?filters={"type":["container"]}` and turns `create` into
+//!    `Created` (from the event's attributes: no inspect, and handled before the other events
+//!    of the same read), `start`, `restart`, `unpause` into `Running` (after a fresh inspect),
+//!    `die`/`stop` into `Stopped`, `destroy` into `Removed` and `rename` into `Renamed`. After any error (daemon restarted,
 //!    socket gone, bad answer) it reconnects with a backoff of 100 ms doubling up to
 //!    `reconcile_every`, logging at warn, and asks for `since=<newest event seen - 1 s>` (at the
 //!    very first connection: the start time - 1 s), so no event in the gap is lost. Each
@@ -22,6 +23,15 @@
 //!    anything the events missed: dockerd replays only its last 256 events on `since`, so a
 //!    long enough gap does lose events.
 //!
+//! Beside it a second thread, the **attacher**, follows only the `create` events on a
+//! connection of its own and sends `POST /containers/{id}/attach` for each new container at
+//! once, keeping the connection for the main thread, which hands it out with `Created` (or
+//! closes it when the filter rejects the container, or after a minute unclaimed). The main
+//! thread cannot do it in time: it inspects at every `start`, and `docker run` starts its
+//! container ~1 ms after its own attach; an attach that reaches dockerd after the start waits
+//! for the start to finish and misses what the container wrote meanwhile. The attacher ends
+//! with the main thread.
+//!
 //! ## What the receiver can rely on
 //! - `Running(info)` means "this container was started (or is running) and matches the
 //!   filter": read its log. It comes again on every reconcile pass and after event replays.
@@ -34,6 +44,12 @@
 //!   reported `Stopped`. `kill`, `oom` and `pause` are not stops: a kill may be a harmless
 //!   signal, an OOM kill may hit a child process only, and a paused container's log stream stays
 //!   open; when the container really ends, `die` follows.
+//! - `Created(info, attach)`: a container was created (not started yet) and matches the filter
+//!   (`info` from the event's attributes: `tty` is not known there, `false`); `attach` is the
+//!   connection of the attach sent for it, when that worked. Sent
+//!   once, from the `create` event only, so that the receiver can attach before the start (a
+//!   `--rm` job can be gone ~30 ms after its `start` event). Its `Running` may never come: a
+//!   job that is over before the inspect after `start` is only `Created`, then `Removed`.
 //! - `Removed { id }` and `Renamed(info)` are sent only for containers reported before.
 //! - Only containers passing the filter are reported, and never the capturer's own container
 //!   ([`OwnContainer`]).
@@ -52,7 +68,7 @@ use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -67,6 +83,9 @@ use crate::docker::{Client, ContainerInfo};
 /// What discovery tells the rest of the capturer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ContainerEvent {
+    /// Created, not started yet, matches the filter, with the attach discovery sent for it at
+    /// once (when it could). See the module docs.
+    Created(ContainerInfo, Option<SentAttach>),
     /// Started or running, matches the filter: read its log. Repeated; see the module docs.
     Running(ContainerInfo),
     /// A container reported `Running` has stopped (or was renamed out of the filter).
@@ -81,11 +100,40 @@ impl ContainerEvent {
     /// The full id of the container the event is about.
     pub fn id(&self) -> &str {
         match self {
-            ContainerEvent::Running(info) | ContainerEvent::Renamed(info) => &info.id,
+            ContainerEvent::Created(info, _)
+            | ContainerEvent::Running(info)
+            | ContainerEvent::Renamed(info) => &info.id,
             ContainerEvent::Stopped { id } | ContainerEvent::Removed { id } => id,
         }
     }
 }
+
+/// An attach request discovery sent the moment it read a `create` event: the connection, to
+/// be taken (once) by the receiver and read from there. The capture thread would open it
+/// only at its next poll, and the `docker run` CLI starts its container ~1 ms after its own
+/// attach: an attach that reaches dockerd after the start waits for the start to finish and
+/// misses what the container wrote meanwhile (seen here under load: most of `seq 1 2000`).
+#[derive(Clone, Debug)]
+pub struct SentAttach(Arc<Mutex<Option<UnixStream>>>);
+
+impl SentAttach {
+    pub fn new(conn: UnixStream) -> Self {
+        SentAttach(Arc::new(Mutex::new(Some(conn))))
+    }
+
+    /// The connection, the first time.
+    pub fn take(&self) -> Option<UnixStream> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl PartialEq for SentAttach {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SentAttach {}
 
 /// Decides from a container's name (without the leading `/`) and labels whether to capture it.
 pub type Filter = Box<dyn Fn(&str, &BTreeMap<String, String>) -> bool + Send>;
@@ -315,9 +363,31 @@ impl Discovery {
     }
 
     /// What [`spawn`](Self::spawn)'s thread does, on the calling thread (for a caller that
-    /// has work of its own to do on that thread first).
+    /// has work of its own to do on that thread first). Starts the `attacher` thread too.
     pub fn run(self, tx: Sender<ContainerEvent>, stop: Arc<AtomicBool>) {
+        let sent: SentMap = Arc::default();
+        let attacher_stop = Arc::new(AtomicBool::new(false));
+        let attacher = {
+            let (client, own, sent, stop) = (
+                self.client.clone(),
+                self.own.clone(),
+                sent.clone(),
+                attacher_stop.clone(),
+            );
+            std::thread::Builder::new()
+                .name("attacher".into())
+                .spawn(move || attach_on_create(client, own, sent, stop))
+        };
+        let attacher = match attacher {
+            Ok(handle) => Some((handle, attacher_stop)),
+            Err(e) => {
+                tracing::error!("discovery: no attacher thread ({e}): no safety net at create");
+                None
+            }
+        };
         let worker = Worker {
+            sent,
+            attacher,
             client: self.client,
             filter: self.filter,
             own: self.own,
@@ -376,6 +446,7 @@ impl From<Gone> for PassError {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Action {
+    Created,
     Started,
     Stopped,
     Destroyed,
@@ -386,6 +457,7 @@ enum Action {
 /// like carry a `: detail` suffix and are none of them.
 fn classify(action: &str) -> Option<Action> {
     match action {
+        "create" => Some(Action::Created),
         "start" | "restart" | "unpause" => Some(Action::Started),
         "die" | "stop" => Some(Action::Stopped),
         "destroy" => Some(Action::Destroyed),
@@ -413,6 +485,8 @@ struct RawEvent {
 struct RawActor {
     #[serde(rename = "ID", default)]
     id: String,
+    #[serde(rename = "Attributes", default)]
+    attributes: Option<BTreeMap<String, String>>,
 }
 
 /// One container event discovery acts on.
@@ -421,6 +495,8 @@ struct DockerEvent {
     id: String,
     action: Action,
     time_nano: i64,
+    /// `name`, `image` and the labels, for `create` only (empty otherwise).
+    attributes: BTreeMap<String, String>,
 }
 
 /// Parses one line of the events stream; `Ok(None)` for events discovery ignores.
@@ -441,7 +517,115 @@ fn parse_event(line: &[u8]) -> Result<Option<DockerEvent>, serde_json::Error> {
         id,
         action,
         time_nano: raw.time_nano,
+        attributes: match action {
+            Action::Created => raw.actor.attributes.unwrap_or_default(),
+            _ => BTreeMap::new(),
+        },
     }))
+}
+
+/// What a `create` event says of the container, without an inspect (which would cost
+/// dockerd time when the attach must be quick): name, image and labels from the attributes,
+/// `created` from the event time. Its TTY flag is not known yet (`false`); the attach finds
+/// it out from the stream.
+fn created_info(event: DockerEvent) -> ContainerInfo {
+    let mut labels = event.attributes;
+    let name = labels.remove("name").unwrap_or_default();
+    let image = labels.remove("image").unwrap_or_default();
+    ContainerInfo {
+        id: event.id,
+        name: name.trim_start_matches('/').to_string(),
+        image,
+        labels,
+        tty: false,
+        running: false,
+        created: Some(event.time_nano),
+        started: None,
+    }
+}
+
+/// Attach connections by container id, with when they were made.
+type SentMap = Arc<Mutex<HashMap<String, (Instant, UnixStream)>>>;
+
+/// An attach sent and not claimed this long (a container the filter rejects, or whose
+/// `create` the worker never saw) is closed.
+const SENT_UNCLAIMED: Duration = Duration::from_secs(60);
+
+/// `{"type":["container"],"event":["create"]}`, URL-encoded.
+const CREATE_EVENTS_FILTER: &str =
+    "%7B%22type%22%3A%5B%22container%22%5D%2C%22event%22%3A%5B%22create%22%5D%7D";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The attacher thread: follows the `create` events on a connection of its own and sends
+/// an attach for each at once, for the worker to claim. The worker cannot do it in time: it
+/// handles events in order, each `start` after an inspect (100 ms and more on a busy
+/// daemon), while the `docker run` CLI starts its container ~1 ms after its own attach.
+/// Best effort: after an error it reconnects from the newest `create` seen, and a `create`
+/// it misses is attached by the worker (later).
+fn attach_on_create(client: Client, own: OwnContainer, sent: SentMap, stop: Arc<AtomicBool>) {
+    let mut since_ns = now_ns();
+    let mut backoff = Backoff::new(Duration::from_secs(2));
+    // A connection made ahead (once containers are being created): at a `create` only the
+    // request is left to write, and dockerd is already reading it (an idle connection there
+    // waits without a timeout).
+    let mut spare: Option<UnixStream> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let path = format!(
+            "/events?since={}&filters={CREATE_EVENTS_FILTER}",
+            format_since(since_ns)
+        );
+        let mut conn = match client.open_stream("events", &path, EVENTS_READ_TIMEOUT) {
+            Ok(sock) => EventsConn::new(sock),
+            Err(e) => {
+                tracing::debug!("attacher: events: {e}");
+                std::thread::sleep(backoff.step().min(IDLE_TICK * 5));
+                continue;
+            }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            match conn.poll() {
+                Ok(Poll::Idle) => {
+                    lock(&sent).retain(|_, (at, _)| at.elapsed() < SENT_UNCLAIMED);
+                }
+                Ok(Poll::Events(events)) => {
+                    backoff.reset();
+                    let creates = events.iter().any(|e| e.action == Action::Created);
+                    for event in events {
+                        if event.action != Action::Created || own.is_own(&event.id) {
+                            continue;
+                        }
+                        since_ns = since_ns.max(event.time_nano + 1);
+                        // A spare the daemon has closed meanwhile fails: then a new one.
+                        let sent_now = spare
+                            .take()
+                            .and_then(|conn| client.send_attach_on(conn, &event.id).ok())
+                            .map_or_else(|| client.send_attach(&event.id), Ok);
+                        match sent_now {
+                            Ok(c) => {
+                                tracing::debug!(
+                                    "attacher: {} attached {:.1} ms after its create",
+                                    short(&event.id),
+                                    (now_ns() - event.time_nano) as f64 / 1e6
+                                );
+                                lock(&sent).insert(event.id, (Instant::now(), c));
+                            }
+                            Err(e) => tracing::debug!("attacher: {e}"),
+                        }
+                    }
+                    if creates && spare.is_none() {
+                        spare = client.connect().ok();
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("attacher: events: {e}");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// The events response being read.
@@ -594,6 +778,10 @@ struct Tracked {
 }
 
 struct Worker {
+    /// Attach requests sent at `create` by the attacher thread, by container id.
+    sent: SentMap,
+    /// The attacher thread and its stop flag: ended with the worker.
+    attacher: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
     client: Client,
     filter: Filter,
     own: OwnContainer,
@@ -622,6 +810,14 @@ impl Worker {
     }
 
     fn run(mut self) {
+        self.run_events();
+        if let Some((thread, stop)) = self.attacher.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+
+    fn run_events(&mut self) {
         if !self.own.is_empty() {
             tracing::info!("discovery: own container {:?} is never captured", self.own);
         }
@@ -677,7 +873,12 @@ impl Worker {
             match c.poll() {
                 Ok(Poll::Idle) => {}
                 Ok(Poll::Events(events)) => {
-                    for event in events {
+                    // `create`s first: they cost no inspect, and an attach must be made
+                    // before the start, which the inspects of this batch could outlast.
+                    let (creates, rest): (Vec<_>, Vec<_>) = events
+                        .into_iter()
+                        .partition(|e| e.action == Action::Created);
+                    for event in creates.into_iter().chain(rest) {
                         if self.on_event(event).is_err() {
                             return;
                         }
@@ -724,6 +925,7 @@ impl Worker {
             return Ok(());
         }
         match event.action {
+            Action::Created => self.offer_created(created_info(event)),
             Action::Started | Action::Renamed => {
                 let info = match self.client.inspect(&event.id) {
                     Ok(info) => info,
@@ -772,6 +974,34 @@ impl Worker {
             },
         );
         self.send(ContainerEvent::Running(info))
+    }
+
+    /// Sends `Created` for a matching container not reported yet, and remembers it (not
+    /// running), so that its `destroy` is reported.
+    fn offer_created(&mut self, info: ContainerInfo) -> Result<(), Gone> {
+        let sent = lock(&self.sent).remove(&info.id).map(|(_, conn)| conn);
+        if !self.matches(&info) || self.known.contains_key(&info.id) {
+            return Ok(());
+        }
+        let sent = match sent {
+            Some(conn) => Ok(conn),
+            None => self.client.send_attach(&info.id),
+        };
+        let attach = match sent {
+            Ok(conn) => Some(SentAttach::new(conn)),
+            Err(e) => {
+                tracing::warn!("discovery: {}: {e}", info.name);
+                None
+            }
+        };
+        self.known.insert(
+            info.id.clone(),
+            Tracked {
+                info: info.clone(),
+                running: false,
+            },
+        );
+        self.send(ContainerEvent::Created(info, attach))
     }
 
     fn mark_stopped(&mut self, id: &str) -> Result<(), Gone> {
@@ -902,7 +1132,8 @@ mod tests {
             Some(DockerEvent {
                 id: ID.into(),
                 action: Action::Started,
-                time_nano: 1_795_823_089_448_221_700
+                time_nano: 1_795_823_089_448_221_700,
+                attributes: BTreeMap::new(),
             })
         );
         let rename = format!(
@@ -932,7 +1163,8 @@ mod tests {
             DockerEvent {
                 id: ID.into(),
                 action: Action::Stopped,
-                time_nano: 7
+                time_nano: 7,
+                attributes: BTreeMap::new(),
             }
         );
         assert!(parse_event(b"{not json").is_err());
@@ -940,6 +1172,7 @@ mod tests {
 
     #[test]
     fn actions() {
+        assert_eq!(classify("create"), Some(Action::Created));
         assert_eq!(classify("start"), Some(Action::Started));
         assert_eq!(classify("restart"), Some(Action::Started));
         assert_eq!(classify("unpause"), Some(Action::Started));
@@ -947,7 +1180,7 @@ mod tests {
         assert_eq!(classify("stop"), Some(Action::Stopped));
         assert_eq!(classify("destroy"), Some(Action::Destroyed));
         assert_eq!(classify("rename"), Some(Action::Renamed));
-        for none in ["kill", "oom", "pause", "create", "attach", "exec_die"] {
+        for none in ["kill", "oom", "pause", "attach", "exec_die"] {
             assert_eq!(classify(none), None, "{none}");
         }
     }

@@ -38,6 +38,9 @@ pub struct DispatchOptions {
 pub struct DispatchStats {
     /// Lines every sink accepted (or refused for good).
     pub lines_delivered: AtomicU64,
+    /// Of `lines_delivered`, those at least one sink refused for good: each line once, where
+    /// `dropped` counts it per sink.
+    pub lines_refused: AtomicU64,
     pub batches_delivered: AtomicU64,
     pub retries: AtomicU64,
     pub commits: AtomicU64,
@@ -162,10 +165,12 @@ impl Dispatcher {
     /// `Err(batch)` when shutdown came before every sink took it.
     fn deliver(&mut self, batch: Batch) -> Result<(), Batch> {
         let total = batch.entries.len();
+        let mut refused_lines = 0;
         for start in (0..total.max(1)).step_by(self.options.batch_size.max(1)) {
             let end = (start + self.options.batch_size.max(1)).min(total);
             let chunk = &batch.entries[start..end];
             let mut done = vec![false; self.sinks.len()];
+            let mut refused = false;
             let mut attempt = 0u32;
             while !done.iter().all(|&d| d) {
                 for (i, sink) in self.sinks.iter_mut().enumerate() {
@@ -193,11 +198,15 @@ impl Dispatcher {
                         }
                         Err(e) => {
                             done[i] = true;
+                            refused = true;
                             drop_lines(&self.stats, sink.name(), &e, chunk.len());
                         }
                     }
                 }
                 if done.iter().all(|&d| d) {
+                    if refused {
+                        refused_lines += chunk.len() as u64;
+                    }
                     break;
                 }
                 attempt += 1;
@@ -212,6 +221,7 @@ impl Dispatcher {
             }
         }
         self.stats.lines_delivered.fetch_add(total as u64, Relaxed);
+        self.stats.lines_refused.fetch_add(refused_lines, Relaxed);
         self.stats.batches_delivered.fetch_add(1, Relaxed);
         self.queue.release(total);
         self.advance(&batch.checkpoints);

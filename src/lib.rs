@@ -21,4 +21,5 @@ pub mod pipeline;
 pub mod positions;
 pub mod reader;
 pub mod resume;
+pub mod safety_net;
 pub mod sink;

@@ -4,6 +4,10 @@
 //! daemon error, a socket error) is reported once as [`ReaderEvent::Ended`] and closed by the
 //! reader itself; a stream closed on request (rotation, shutdown) is not reported as ended.
 //! Either way [`ReaderEvent::Closed`] comes last, once the engine has reaped everything.
+//!
+//! Two kinds of stream: a container's log (`GET .../logs`, timestamped, [`LogReader::open`])
+//! and its attach (`POST .../attach`, no timestamps, [`LogReader::open_attach`]); the same
+//! decoder reads both.
 
 use rustc_hash::FxHashMap;
 use std::fmt;
@@ -13,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decode::{DecodeError, DecodeOptions, LogDecoder, LogLine};
-use crate::docker::{logs_request, DockerStatus, LogsQuery};
+use crate::docker::{attach_request, logs_request, DockerStatus, LogsQuery};
 use crate::io::{Engine, Event, StreamId};
 
 /// Which container's log to read, and how.
@@ -45,6 +49,9 @@ impl std::error::Error for ReadError {}
 
 #[derive(Debug)]
 pub enum ReaderEvent {
+    /// dockerd answered with a 2xx head: the stream is open. Once per stream, before its
+    /// first line.
+    Opened(StreamId),
     Line(StreamId, LogLine),
     /// The stream ended by itself: `Ok` at a clean end of the response (the container
     /// stopped, or a `follow=0` read is complete), `Err` otherwise. `Closed` follows.
@@ -57,6 +64,8 @@ struct Tracked {
     decoder: LogDecoder,
     /// Set once the stream is closing: its remaining events are not reported.
     closing: bool,
+    /// `Opened` was reported.
+    opened: bool,
 }
 
 pub struct LogReader {
@@ -98,19 +107,46 @@ impl LogReader {
             &spec.container_id,
             spec.query,
         );
-        let id = self.engine.open(&self.socket, request)?;
         let decoder = LogDecoder::new(DecodeOptions {
             tty: spec.tty,
             timestamps: true,
         });
+        self.open_request(request, decoder)
+    }
+
+    /// Attaches to a container's output (see [`attach_request`]): lines without timestamps.
+    /// The TTY flag is found out from the stream ([`LogDecoder::detecting_tty`]): an attach
+    /// is made at `create`, before any inspect.
+    pub fn open_attach(&mut self, container_id: &str) -> io::Result<StreamId> {
+        self.open_request(
+            attach_request(self.docker.request_version(), container_id),
+            LogDecoder::detecting_tty(false),
+        )
+    }
+
+    /// [`LogReader::open_attach`] on a connection whose request another thread has sent
+    /// (see [`Engine::adopt`]).
+    pub fn adopt_attach(&mut self, fd: std::os::fd::OwnedFd) -> io::Result<StreamId> {
+        let id = self.engine.adopt(fd)?;
+        self.track(id, LogDecoder::detecting_tty(false));
+        Ok(id)
+    }
+
+    fn open_request(&mut self, request: bytes::Bytes, decoder: LogDecoder) -> io::Result<StreamId> {
+        let id = self.engine.open(&self.socket, request)?;
+        self.track(id, decoder);
+        Ok(id)
+    }
+
+    fn track(&mut self, id: StreamId, decoder: LogDecoder) {
         self.streams.insert(
             id,
             Tracked {
                 decoder,
                 closing: false,
+                opened: false,
             },
         );
-        Ok(id)
     }
 
     /// Closes a stream: its reads are cancelled and reaped, then `Closed` is reported. A line
@@ -177,6 +213,10 @@ impl LogReader {
             Event::Error(_, e) => Some(Err(ReadError::Io(e))),
             Event::Closed(_) => unreachable!("handled above"),
         };
+        if !tracked.opened && tracked.decoder.head().is_some_and(|h| h.is_success()) {
+            tracked.opened = true;
+            out.push(ReaderEvent::Opened(id));
+        }
         out.extend(self.lines.drain(..).map(|line| ReaderEvent::Line(id, line)));
         if let Some(result) = end {
             tracked.closing = true;

@@ -572,6 +572,11 @@ const EXPECTED: &[&str] = &[
     "stream_cancel_seconds_count 0",
     "# TYPE lines_dropped_total counter",
     "lines_dropped_total{reason=\"loki_rejected\"} 2",
+    "# TYPE lines_discarded_total counter",
+    "lines_discarded_total{reason=\"repeat\"} 0",
+    "lines_discarded_total{reason=\"attach_duplicate\"} 0",
+    "# TYPE log_stream_first_byte_seconds histogram",
+    "log_stream_first_byte_seconds_count 0",
     "# TYPE positions_commit_lag_seconds gauge",
     "positions_commit_lag_seconds 0",
 ];

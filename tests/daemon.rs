@@ -454,6 +454,7 @@ impl Capturer {
             done.contains(" 0 dropped, 0 undelivered"),
             "lines dropped or undelivered: {done}"
         );
+        assert_accounting(&text, done);
     }
 
     fn kill(&mut self) {
@@ -1617,4 +1618,35 @@ fn go_positions_file_is_resumed_without_loss_or_repeat() {
     // Our own record replaced Go's: a second run adds nothing.
     Capturer::start(&env, &config, &["--once"]).expect_success(Duration::from_secs(60));
     assert_exact(&read_output(&env.out_dir(), false), &want);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 9 section 2: the accounting identity, checked at every clean exit
+
+/// Every line read is accounted for: `done: R lines read, D delivered, X dropped, U
+/// undelivered; discarded: ...` with R = D + X + U, and no `accounting:` error logged.
+fn assert_accounting(log: &str, done: &str) {
+    assert!(
+        !log.contains("accounting:"),
+        "the daemon found lines unaccounted for: {}",
+        log.lines().find(|l| l.contains("accounting:")).unwrap()
+    );
+    let number_before = |word: &str| -> u64 {
+        let at = done
+            .find(word)
+            .unwrap_or_else(|| panic!("no `{word}` in {done}"));
+        done[..at]
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number before `{word}` in {done}"))
+    };
+    let read = number_before(" lines read");
+    let out =
+        number_before(" delivered") + number_before(" dropped") + number_before(" undelivered");
+    assert_eq!(
+        read, out,
+        "read != delivered + dropped + undelivered: {done}"
+    );
+    assert!(done.contains("; discarded: repeat="), "{done}");
 }

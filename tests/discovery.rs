@@ -375,7 +375,7 @@ fn reconcile_reports_running_containers_again() {
     let stops = d
         .ever_about(&c.id)
         .into_iter()
-        .filter(|e| !matches!(e, ContainerEvent::Running(_)))
+        .filter(|e| !matches!(e, ContainerEvent::Running(_) | ContainerEvent::Created(..)))
         .count();
     assert_eq!(stops, 0, "{:#?}", d.seen);
 }
@@ -534,6 +534,14 @@ mod fake {
                                 r#"{{"Id":"{ID}","Name":"/fake-x","Created":"2026-01-01T00:00:00.5Z","Config":{{"Tty":false,"Image":"img","Labels":null}},"State":{{"Running":true}}}}"#
                             ),
                         );
+                    } else if target.starts_with("/v1.41/events?") && target.contains("%22event%22")
+                    {
+                        // The attacher's `create` events: none here.
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        );
+                        held.push(conn);
                     } else if target.starts_with("/v1.41/events?") {
                         events_conns += 1;
                         let _ = write!(
@@ -618,6 +626,7 @@ fn events_reconnect_with_since_and_replays_are_dropped() {
         .seen
         .iter()
         .map(|e| match e {
+            ContainerEvent::Created(..) => "created",
             ContainerEvent::Running(_) => "running",
             ContainerEvent::Stopped { .. } => "stopped",
             ContainerEvent::Removed { .. } => "removed",
@@ -634,7 +643,7 @@ fn events_reconnect_with_since_and_replays_are_dropped() {
         .lock()
         .unwrap()
         .iter()
-        .filter(|t| t.starts_with("/v1.41/events?"))
+        .filter(|t| t.starts_with("/v1.41/events?") && !t.contains("%22event%22"))
         .cloned()
         .collect();
     assert!(events.len() >= 2, "{events:?}");

@@ -63,6 +63,9 @@ fn read_log(choice: EngineChoice, container: &Container, tty: bool, follow: bool
             .unwrap();
         for event in events.drain(..) {
             match event {
+                ReaderEvent::Opened(got) if got == id => {
+                    assert!(lines.is_empty() && ended.is_none(), "opened late");
+                }
                 ReaderEvent::Line(got, line) if got == id => lines.push(line),
                 ReaderEvent::Ended(got, result) if got == id => {
                     assert!(ended.is_none(), "ended twice");

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::prom::{Kind, Text};
 use super::{procinfo, ApiState};
+use crate::capture::Discard;
 use crate::io::{OpKind, CANCEL_BUCKETS_NANOS};
 
 /// The `pipeline` label of `logs_processed_total`: there are no processing pipelines here.
@@ -392,6 +393,49 @@ pub fn render(state: &ApiState) -> String {
             1.0,
         );
     }
+    t.family(
+        "lines_discarded_total",
+        "Lines received and thrown away on purpose, by reason: repeat (a reopened stream's \
+         overlap), filtered (stdout/stderr excluded), attach_duplicate (an attach line the log \
+         stream delivered), attach_released (attach lines held when a safety net was \
+         dropped), closing (lines of a stream being closed, read again when it reopens)",
+        Kind::Counter,
+    );
+    for reason in Discard::ALL {
+        t.sample(
+            "lines_discarded_total",
+            &[("reason", reason.as_str())],
+            s.capture.discarded(reason) as f64,
+        );
+    }
+    t.single(
+        "attach_streams_opened_total",
+        "Attach streams opened at container creation as a safety net for short-lived containers",
+        Kind::Counter,
+        s.capture.attaches_opened.load(Relaxed) as f64,
+    );
+    t.single(
+        "attach_streams_answered_total",
+        "Attach streams dockerd answered: from then on the container's output reaches the net",
+        Kind::Counter,
+        s.capture.attaches_answered.load(Relaxed) as f64,
+    );
+    t.single(
+        "lines_from_attach_total",
+        "Lines delivered from an attach because the log stream could not deliver them \
+         (label capture_source=attach, stamped with the capture time)",
+        Kind::Counter,
+        s.capture.lines_from_attach.load(Relaxed) as f64,
+    );
+    t.family(
+        "log_stream_first_byte_seconds",
+        "Time from a container's start to its log stream's answer (starts while the capturer runs)",
+        Kind::Histogram,
+    );
+    s.capture
+        .first_byte
+        .0
+        .write(&mut t, "log_stream_first_byte_seconds", &[]);
     t.single(
         "positions_commit_lag_seconds",
         "How long the oldest position advance not yet committed to disk has waited (0: all committed)",

@@ -165,6 +165,11 @@ impl ApiState {
             .or_default() += 1;
     }
 
+    /// Entries accepted by `POST /api/v1/logs` since the start.
+    pub fn ingested_total(&self) -> u64 {
+        self.ingested.lock().unwrap().values().sum()
+    }
+
     fn count_ingested(&self, source_type: &'static str, source_id: &str) {
         let mut map = self.ingested.lock().unwrap();
         let key = (source_type, source_id.to_string());

@@ -128,6 +128,8 @@ pub struct LogDecoder {
     lines: LineAssembler,
     phase: Phase,
     error: Option<DecodeError>,
+    /// Decide raw or multiplexed from the first body byte (see [`Self::detecting_tty`]).
+    detect: bool,
 }
 
 impl LogDecoder {
@@ -141,6 +143,22 @@ impl LogDecoder {
             lines: LineAssembler::new(opts.tty, opts.timestamps),
             phase: Phase::Head,
             error: None,
+            detect: false,
+        }
+    }
+
+    /// A decoder for a stream whose TTY flag is not known (an attach made at `create`, before
+    /// any inspect): unless dockerd's `Content-Type` says multiplexed, the first body byte
+    /// decides. A multiplexed stream starts with a frame header, whose first byte is 0, 1 or
+    /// 2; a TTY's output starting with such a control byte would be read as frames (and most
+    /// likely end the stream with a frame error naming the offset).
+    pub fn detecting_tty(timestamps: bool) -> Self {
+        LogDecoder {
+            detect: true,
+            ..LogDecoder::new(DecodeOptions {
+                tty: false,
+                timestamps,
+            })
         }
     }
 
@@ -208,6 +226,10 @@ impl LogDecoder {
                 Event::Head => self.start_body(),
                 Event::Data(span) => match &mut self.phase {
                     Phase::Body => {
+                        if self.detect && !span.bytes.is_empty() {
+                            self.detect = false;
+                            self.set_tty(span.bytes[0] > 2);
+                        }
                         let mut span = span;
                         while let Some(piece) = self.demux.decode(&mut span)? {
                             if self.tty {
@@ -264,12 +286,20 @@ impl LogDecoder {
                 t.eq_ignore_ascii_case("application/vnd.docker.multiplexed-stream")
             })
         });
-        if multiplexed && self.tty {
-            self.tty = false;
-            self.demux = Demux::new(false);
-            self.lines = LineAssembler::new(false, self.opts.timestamps);
+        if multiplexed {
+            self.detect = false;
+            if self.tty {
+                self.set_tty(false);
+            }
         }
         self.phase = Phase::Body;
+    }
+
+    /// Before the first body byte: how the body is to be read.
+    fn set_tty(&mut self, tty: bool) {
+        self.tty = tty;
+        self.demux = Demux::new(tty);
+        self.lines = LineAssembler::new(tty, self.opts.timestamps);
     }
 
     fn end_body(&mut self, out: &mut Vec<LogLine>) -> Result<(), DecodeError> {
@@ -314,6 +344,38 @@ impl LogDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detecting_tty_reads_the_first_body_byte() {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.docker.raw-stream\r\n\r\n";
+        let mut framed = head.as_bytes().to_vec();
+        framed.extend(encode_header(2, 4));
+        framed.extend(b"err\n");
+        let mut d = LogDecoder::detecting_tty(false);
+        let mut out = Vec::new();
+        // Head and body in separate reads: the decision waits for a body byte.
+        d.feed(Bytes::copy_from_slice(head.as_bytes()), &mut out)
+            .unwrap();
+        d.feed(Bytes::from(framed[head.len()..].to_vec()), &mut out)
+            .unwrap();
+        d.finish(&mut out).unwrap();
+        assert!(!d.is_tty());
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].stream, &out[0].message[..]),
+            (StreamKind::Stderr, &b"err"[..])
+        );
+
+        let mut raw = head.as_bytes().to_vec();
+        raw.extend(b"tty line\r\nnext\r\n");
+        let mut d = LogDecoder::detecting_tty(false);
+        let mut out = Vec::new();
+        d.feed(Bytes::from(raw), &mut out).unwrap();
+        d.finish(&mut out).unwrap();
+        assert!(d.is_tty());
+        let msgs: Vec<&[u8]> = out.iter().map(|l| &l.message[..]).collect();
+        assert_eq!(msgs, vec![&b"tty line"[..], b"next"]);
+    }
     use crate::decode::frame::encode_header;
     use crate::decode::timestamp::format_rfc3339_nanos;
 

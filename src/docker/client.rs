@@ -89,6 +89,9 @@ pub struct ContainerInfo {
     /// Creation time (inspect's `Created`), nanoseconds since the Unix epoch; `None` when the
     /// daemon's text does not parse.
     pub created: Option<i64>,
+    /// Last start time (inspect's `State.StartedAt`), nanoseconds since the Unix epoch; `None`
+    /// for a container never started, or when the text does not parse.
+    pub started: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +122,8 @@ struct InspectConfig {
 struct InspectState {
     #[serde(default)]
     running: bool,
+    #[serde(default)]
+    started_at: String,
 }
 
 #[derive(Deserialize)]
@@ -294,6 +299,10 @@ impl Client {
             tty: raw.config.tty,
             running: raw.state.running,
             created: crate::decode::timestamp::parse_rfc3339_nanos(raw.created.as_bytes()).ok(),
+            // A container never started says `0001-01-01T00:00:00Z`.
+            started: crate::decode::timestamp::parse_rfc3339_nanos(raw.state.started_at.as_bytes())
+                .ok()
+                .filter(|&ns| ns > 0),
         })
     }
 
@@ -348,6 +357,45 @@ impl Client {
     /// [`open_stream`](Self::open_stream) negotiates again anyway).
     pub fn stream_failed(&self, endpoint: &'static str) {
         self.status.count_error(endpoint);
+    }
+
+    /// Connects and sends `POST /containers/{id}/attach?stream=1&stdout=1&stderr=1` (see
+    /// [`super::attach_request`]), leaving the answer unread: the caller hands the socket to
+    /// an io engine ([`crate::io::Engine::adopt`]).
+    pub fn send_attach(&self, id: &str) -> Result<UnixStream, ClientError> {
+        let conn = self.connect().map_err(|message| ClientError {
+            call: format!("POST /containers/{id}/attach"),
+            status: None,
+            kind: ErrorKind::Unreachable,
+            message,
+        })?;
+        self.send_attach_on(conn, id)
+    }
+
+    /// A new connection to the daemon, for [`Client::send_attach_on`]: one made ahead saves
+    /// dockerd's accept when the request is urgent.
+    pub fn connect(&self) -> Result<UnixStream, String> {
+        UnixStream::connect(&self.socket)
+            .map_err(|e| format!("connect {}: {e}", self.socket.display()))
+    }
+
+    /// [`Client::send_attach`] on a connection made before (by [`Client::connect`]).
+    pub fn send_attach_on(
+        &self,
+        mut conn: UnixStream,
+        id: &str,
+    ) -> Result<UnixStream, ClientError> {
+        let fail = |message: String| ClientError {
+            call: format!("POST /containers/{id}/attach"),
+            status: None,
+            kind: ErrorKind::Unreachable,
+            message,
+        };
+        conn.set_write_timeout(Some(TIMEOUT))
+            .map_err(|e| fail(e.to_string()))?;
+        conn.write_all(&super::attach_request(self.status.request_version(), id))
+            .map_err(|e| fail(format!("send: {e}")))?;
+        Ok(conn)
     }
 
     fn get_json<T: for<'de> Deserialize<'de>>(

@@ -8,6 +8,8 @@ mod status;
 mod version;
 
 pub use client::{Client, ClientError, ContainerInfo, ContainerSummary, ErrorKind};
-pub use request::{get_request, logs_request, socket_path, LogsQuery};
+pub use request::{
+    attach_request, get_request, logs_request, post_request, socket_path, LogsQuery,
+};
 pub use status::{DockerStatus, Reachability};
 pub use version::{negotiate, pinned_from_env, ApiVersion, EngineVersions};

@@ -43,6 +43,27 @@ pub fn logs_request(version: ApiVersion, container_id: &str, query: LogsQuery) -
     get_request(&target)
 }
 
+/// `POST /containers/{id}/attach?stream=1&stdout=1&stderr=1`: the container's output from
+/// the moment dockerd registers the attach on, as multiplexed frames (raw for a TTY) without
+/// timestamps, until the container exits. On a created container it waits for the start, so
+/// an attach made at `create` carries every line (see `crate::safety_net`). No `logs=1`:
+/// dockerd reads the log file and then attaches, with nothing tying the two together.
+pub fn attach_request(version: ApiVersion, container_id: &str) -> Bytes {
+    let target = format!(
+        "{}/containers/{container_id}/attach?stream=1&stdout=1&stderr=1",
+        version.prefix()
+    );
+    post_request(&target)
+}
+
+/// A POST without a body; as [`get_request`], one request per connection.
+pub fn post_request(target: &str) -> Bytes {
+    Bytes::from(format!(
+        "POST {target} HTTP/1.1\r\nHost: docker\r\nUser-Agent: log_capturer/{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
 /// A GET for `target`, one request per connection: `Connection: close` makes the daemon end
 /// the connection with the response, so EOF marks the end even where a body's own framing
 /// would be missing. (A kept-alive connection would also outlive a finished `follow=0`
@@ -72,6 +93,20 @@ mod tests {
         assert!(text.starts_with(
             "GET /v1.44/containers/abc/logs?stdout=1&stderr=1&timestamps=1&follow=1&since=1700000000.000000042 HTTP/1.1\r\n"
         ), "{text}");
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn attach_request_is_a_bodyless_post() {
+        let req = attach_request(ApiVersion::new(1, 41), "abc");
+        let text = std::str::from_utf8(&req).unwrap();
+        assert!(
+            text.starts_with(
+                "POST /v1.41/containers/abc/attach?stream=1&stdout=1&stderr=1 HTTP/1.1\r\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\r\nContent-Length: 0\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n"));
     }
 

@@ -265,6 +265,24 @@ impl Engine for EpollEngine {
         Ok(id)
     }
 
+    fn adopt(&mut self, fd: OwnedFd) -> io::Result<StreamId> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        let id = self.streams.insert(Stream {
+            fd,
+            path: PathBuf::new(),
+            phase: Phase::Receiving,
+            request: Bytes::new(),
+            paused: false,
+            registered: None,
+            waiting: None,
+        });
+        self.stats.stream_opened();
+        let mut events = std::mem::take(&mut self.pending);
+        self.drive(id, &mut events);
+        self.pending = events;
+        Ok(id)
+    }
+
     fn close(&mut self, id: StreamId) {
         let Some(stream) = self.streams.get(id) else {
             return;

@@ -10,7 +10,7 @@
 //!   closes at once; the bookkeeping and counters are the same.
 //!
 //! The contract both keep:
-//! - every [`Engine::open`] is answered by exactly one [`Event::Closed`], and only after
+//! - every [`Engine::open`] (or [`Engine::adopt`]) is answered by exactly one [`Event::Closed`], and only after
 //!   [`Engine::close`] was called for that stream;
 //! - after `close`, no `Data`, `Eof` or `Error` event is delivered for the stream;
 //! - `Closed` means the fd is closed and no operation of the stream is left anywhere;
@@ -25,6 +25,7 @@ mod table;
 pub mod uring;
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +89,12 @@ pub trait Engine {
     /// Connects to the unix socket at `path`, sends `request` whole, then receives. Progress
     /// and data arrive as [`Event`]s from [`Engine::poll`].
     fn open(&mut self, path: &Path, request: Bytes) -> io::Result<StreamId>;
+
+    /// Takes over a unix socket that another thread connected and sent its request on (the
+    /// discovery thread attaching at `create`, which cannot wait for this thread's next poll):
+    /// receives on it from here as on a stream from [`Engine::open`], same events, same
+    /// `close`.
+    fn adopt(&mut self, fd: OwnedFd) -> io::Result<StreamId>;
 
     /// Ends a stream: cancels whatever is in flight, and once all of it is reaped closes the
     /// fd and reports [`Event::Closed`]. Closing a stream twice, or a stale id, does nothing.

@@ -744,6 +744,31 @@ impl Engine for UringEngine {
         Ok(id)
     }
 
+    fn adopt(&mut self, fd: OwnedFd) -> io::Result<StreamId> {
+        // Blocking, as in `open`: io_uring polls it internally.
+        rustix::io::ioctl_fionbio(&fd, false)?;
+        let id = self.streams.insert(Stream {
+            fd,
+            phase: Phase::Receiving,
+            in_flight: Vec::new(),
+            request: Bytes::new(),
+            buf: BytesMut::new(),
+            recv_size: RECV_BUFFER_MIN,
+            recv_armed: false,
+            nonempty: false,
+            paused: false,
+            closing: None,
+            cancel_owed: false,
+        });
+        self.stats.stream_opened();
+        if let Err(e) = self.arm_recv(id) {
+            self.streams.remove(id);
+            self.stats.stream_closed();
+            return Err(e);
+        }
+        Ok(id)
+    }
+
     fn close(&mut self, id: StreamId) {
         let Some(stream) = self.streams.get_mut(id) else {
             return;

@@ -22,3 +22,4 @@ pub mod positions;
 pub mod reader;
 pub mod resume;
 pub mod sink;
+pub mod state_lock;

@@ -15,6 +15,7 @@ use clap::Parser;
 use log_capturer::config::{Config, ConfigError, LogFormat, EXPECT_DOCKER_SOCKET};
 use log_capturer::daemon::{self, RunOptions};
 use log_capturer::io::EngineChoice;
+use log_capturer::state_lock::StateLock;
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -106,6 +107,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // Before anything reads the positions or ships a line: a second instance on the same
+    // directory would ship every line again.
+    let _state_lock = match StateLock::acquire(&config.positions.directory) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("log_capturer: {e}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(&config);
     report.log();
 

@@ -108,13 +108,18 @@ pub fn main() -> ExitCode {
         }
     }
     // Before anything reads the positions or ships a line: a second instance on the same
-    // directory would ship every line again.
-    let _state_lock = match StateLock::acquire(&config.positions.directory) {
-        Ok(lock) => lock,
-        Err(e) => {
-            eprintln!("log_capturer: {e}");
-            return ExitCode::from(2);
+    // directory would ship every line again. Without positions there is no directory to
+    // guard (it may not even be writable).
+    let _state_lock = if config.positions.enabled {
+        match StateLock::acquire(&config.positions.directory) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                eprintln!("log_capturer: {e}");
+                return ExitCode::from(2);
+            }
         }
+    } else {
+        None
     };
     init_logging(&config);
     report.log();

@@ -32,6 +32,13 @@ positions:
 YAML
 "$BIN" --config "$WORK/cfg.yaml" 2>"$WORK/capturer.log" &
 CAP=$!
+# A failed run must not leave the capturer behind.
+end() {
+    kill -TERM "$CAP" 2>/dev/null || true
+    wait "$CAP" 2>/dev/null || true
+    cleanup
+}
+trap end EXIT
 for _ in $(seq 1 100); do
     kill -0 "$CAP" 2>/dev/null || break
     grep -q "HTTP API listening on 127.0.0.1:$PORT" "$WORK/capturer.log" && break

@@ -440,14 +440,44 @@ fn heads_over_max_header_bytes_get_431() {
     let big = format!("X-Pad: {}\r\n", "a".repeat(8192));
     let a = call(f.addr, "GET", "/health", &big, "");
     assert_eq!(a.status, 431, "{a:?}");
-    let chunked = call(
-        f.addr,
-        "POST",
-        "/api/v1/logs",
-        "Transfer-Encoding: chunked\r\n",
-        "",
+}
+
+/// Sends `raw` whole and reads the one answer (the request says `Connection: close`).
+fn raw_call(addr: SocketAddr, raw: &[u8]) -> Answer {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    parse_answer(&answer)
+}
+
+#[test]
+fn chunked_bodies_are_decoded_and_bounded() {
+    let f = api_with("chunked", 100, |_| {});
+    let head = "POST /api/v1/logs HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+                Transfer-Encoding: chunked\r\n\r\n";
+    // Go's net/http sends a body of unknown length like this: chunks, an extension, a trailer.
+    let good = format!(
+        "{head}5;ext=1\r\n{{\"mes\r\nf\r\nsage\":\"chunked \r\n6\r\nline\"}}\r\n0\r\nX-T: 1\r\n\r\n"
     );
-    assert_eq!(chunked.status, 411, "{chunked:?}");
+    let a = raw_call(f.addr, good.as_bytes());
+    assert_eq!(a.status, 202, "{a:?}");
+    assert_eq!(
+        messages(&f.rx, 1, Duration::from_secs(5)),
+        vec!["chunked line"]
+    );
+    for (body, why) in [
+        ("zz\r\nabc\r\n0\r\n\r\n", "bad chunk size"),
+        ("3\r\nabcdef\r\n0\r\n\r\n", "CRLF"),
+        ("fffffffffffffffffff\r\n", "bad chunk size"),
+        ("100001\r\n", "over the limit"),
+    ] {
+        let a = raw_call(f.addr, format!("{head}{body}").as_bytes());
+        assert_eq!(a.status, 400, "{body:?}: {a:?}");
+        assert!(a.body.contains(why), "{body:?}: {a:?}");
+    }
+    assert!(messages(&f.rx, 1, Duration::from_millis(200)).is_empty());
 }
 
 #[test]

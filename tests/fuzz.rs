@@ -6,8 +6,9 @@
 //! - dockerd timestamps (parse, prefix, format);
 //! - the config loader (YAML text and `SSW_*` values);
 //! - the positions file (and resuming from whatever it accepts);
-//! - the HTTP API: request heads (`parse_head`) and `POST /api/v1/logs` bodies over a real
-//!   connection (every request gets an answer, the server keeps serving).
+//! - the HTTP API: request heads (`parse_head`) and `POST /api/v1/logs` bodies, with
+//!   `Content-Length` or chunked, over a real connection (every request gets an answer, the
+//!   server keeps serving).
 //!
 //! `FUZZ_CASES` sets the cases per target (default 200: a short run in the test command);
 //! `scripts/fuzz.sh` runs them long. A failure prints the minimal input proptest found.
@@ -522,14 +523,40 @@ proptest! {
     #![proptest_config(cases(100))]
 
     #[test]
-    fn post_logs_bodies_always_get_an_answer(body in ingest_body()) {
+    fn post_logs_bodies_always_get_an_answer(
+        body in ingest_body(),
+        chunks in proptest::option::of(proptest::collection::vec(1usize..24, 0..8)),
+    ) {
         let s = server();
-        let head = format!(
-            "POST /api/v1/logs HTTP/1.1\r\nHost: f\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let mut raw = head.into_bytes();
-        raw.extend_from_slice(&body);
+        let raw = match &chunks {
+            // Content-Length framing.
+            None => {
+                let mut raw = format!(
+                    "POST /api/v1/logs HTTP/1.1\r\nHost: f\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                raw.extend_from_slice(&body);
+                raw
+            }
+            // Chunked framing, cut at the given sizes.
+            Some(sizes) => {
+                let mut raw =
+                    b"POST /api/v1/logs HTTP/1.1\r\nHost: f\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        .to_vec();
+                let mut rest = &body[..];
+                let mut sizes = sizes.iter().copied();
+                while !rest.is_empty() {
+                    let n = sizes.next().unwrap_or(rest.len()).min(rest.len());
+                    raw.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                    raw.extend_from_slice(&rest[..n]);
+                    raw.extend_from_slice(b"\r\n");
+                    rest = &rest[n..];
+                }
+                raw.extend_from_slice(b"0\r\n\r\n");
+                raw
+            }
+        };
         let status = exchange(s.addr, &raw);
         prop_assert!(matches!(status, Some(202 | 400)), "{:?} for {:?}", status,
             String::from_utf8_lossy(&body));
@@ -539,7 +566,8 @@ proptest! {
     #[test]
     fn raw_requests_leave_the_server_serving(
         raw in proptest::collection::vec(any::<u8>(), 0..256),
-        prefix in prop_oneof![Just(""), Just("GET / HTTP/1.1\r\n"), Just("POST /api/v1/logs HTTP/1.1\r\nContent-Length: 5\r\n")],
+        prefix in prop_oneof![Just(""), Just("GET / HTTP/1.1\r\n"), Just("POST /api/v1/logs HTTP/1.1\r\nContent-Length: 5\r\n"),
+            Just("POST /api/v1/logs HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")],
     ) {
         let s = server();
         let mut input = prefix.as_bytes().to_vec();

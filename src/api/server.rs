@@ -11,8 +11,8 @@
 //!   starts `read_timeout`. One that runs out is answered `408` (if it sent anything) and
 //!   closed. Answers must be written within `write_timeout`.
 //! - A head over `max_header_bytes` is answered `431`; a body over the route's limit `400`
-//!   (as before; refused from `Content-Length`, unread); chunked request bodies `411` (send
-//!   `Content-Length`). `Expect: 100-continue` is honoured when the route reads the body.
+//!   (as before; refused from `Content-Length`, unread, or while decoding a chunked body).
+//!   `Expect: 100-continue` is honoured when the route reads the body.
 //! - Every read waits at most [`POLL`] before looking at the stop flag, so connections end
 //!   within [`POLL`] of a stop; the accept thread waits for them (up to
 //!   [`DRAIN_TIMEOUT`]) before the ingest queue sender is dropped, so a line answered
@@ -112,7 +112,12 @@ struct Body<'a> {
     conn: &'a mut Conn,
     /// Where the body starts in `conn.buf`.
     start: usize,
+    /// Bytes of the body on the wire: `Content-Length`, or, once a chunked body is read, its
+    /// encoded length.
     len: usize,
+    chunked: bool,
+    /// What a chunked body may add to its data on the wire (size lines, trailers).
+    max_wire: usize,
     expect_continue: bool,
     deadline: Instant,
     /// Read into the buffer (so the next request starts after it).
@@ -133,6 +138,9 @@ impl Incoming<'_> {
     /// The request body, refused when longer than `limit`.
     pub fn body(&mut self, limit: usize) -> Result<Vec<u8>, String> {
         let b = &mut self.body;
+        if b.chunked {
+            return b.chunked_body(limit);
+        }
         if b.len > limit {
             b.spoiled = true;
             return Err(format!(
@@ -161,6 +169,109 @@ impl Incoming<'_> {
             b.read = true;
         }
         Ok(b.conn.buf[b.start..b.start + b.len].to_vec())
+    }
+}
+
+impl Body<'_> {
+    fn send_continue(&mut self) -> Result<(), String> {
+        if self.expect_continue {
+            self.expect_continue = false;
+            if self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+                self.spoiled = true;
+                return Err("cannot send 100 Continue".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a chunked body (chunk extensions ignored, trailers skipped).
+    fn chunked_body(&mut self, limit: usize) -> Result<Vec<u8>, String> {
+        if self.read {
+            return Err("the body was read already".into());
+        }
+        let r = self
+            .send_continue()
+            .and_then(|()| self.decode_chunks(limit));
+        match r {
+            Ok((data, wire)) => {
+                self.len = wire;
+                self.read = true;
+                Ok(data)
+            }
+            Err(e) => {
+                self.spoiled = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn decode_chunks(&mut self, limit: usize) -> Result<(Vec<u8>, usize), String> {
+        let mut data = Vec::new();
+        let mut pos = self.start;
+        let max_wire = limit.saturating_add(self.max_wire);
+        loop {
+            let line = self.line(pos, max_wire)?;
+            let text = std::str::from_utf8(&self.conn.buf[pos..line]).unwrap_or("");
+            let size_text = text.split(';').next().unwrap_or("").trim();
+            let offset = pos - self.start;
+            let size = (!size_text.is_empty() && size_text.len() <= 15)
+                .then(|| usize::from_str_radix(size_text, 16).ok())
+                .flatten()
+                .ok_or_else(|| format!("bad chunk size {size_text:?} at body byte {offset}"))?;
+            pos = line + 2;
+            if size == 0 {
+                // Trailers, up to an empty line.
+                loop {
+                    let end = self.line(pos, max_wire)?;
+                    let empty = end == pos;
+                    pos = end + 2;
+                    if empty {
+                        return Ok((data, pos - self.start));
+                    }
+                }
+            }
+            if data.len() + size > limit {
+                return Err(format!("body is over the limit of {limit} bytes"));
+            }
+            self.need(pos + size + 2)?;
+            data.extend_from_slice(&self.conn.buf[pos..pos + size]);
+            if &self.conn.buf[pos + size..pos + size + 2] != b"\r\n" {
+                return Err(format!(
+                    "chunk not followed by CRLF at body byte {}",
+                    pos + size - self.start
+                ));
+            }
+            pos += size + 2;
+        }
+    }
+
+    /// Where the line starting at `pos` ends (its CR), reading more as needed.
+    fn line(&mut self, pos: usize, max_wire: usize) -> Result<usize, String> {
+        let mut from = pos;
+        loop {
+            if let Some(i) = memchr::memmem::find(&self.conn.buf[from..], b"\r\n") {
+                return Ok(from + i);
+            }
+            from = self.conn.buf.len().saturating_sub(1).max(pos);
+            if self.conn.buf.len() - self.start > max_wire {
+                return Err(format!("chunked body over {max_wire} bytes on the wire"));
+            }
+            let have = self.conn.buf.len();
+            self.need(have + 1)?;
+        }
+    }
+
+    /// Reads until `conn.buf` holds `end` bytes.
+    fn need(&mut self, end: usize) -> Result<(), String> {
+        while self.conn.buf.len() < end {
+            if let Err(e) = self.conn.fill(self.deadline) {
+                return Err(format!(
+                    "body cut short at byte {}: {e}",
+                    self.conn.buf.len().saturating_sub(self.start)
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -554,13 +665,23 @@ fn serve_connection(
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         };
-        if header("transfer-encoding").is_some_and(|v| !v.eq_ignore_ascii_case("identity")) {
-            refusal = Some((
-                411,
-                "chunked request bodies are not supported: send Content-Length",
-            ));
-        }
+        // Transfer-Encoding wins over Content-Length (RFC 9112 6.3); a request with both is
+        // served but its connection is not reused (the framing of what follows is in doubt).
+        let encoding = header("transfer-encoding").map(str::to_ascii_lowercase);
+        let chunked = match encoding.as_deref() {
+            None | Some("identity") => false,
+            Some(e) if e.rsplit(',').next().map(str::trim) == Some("chunked") => true,
+            Some(_) => {
+                refusal = Some((
+                    400,
+                    "unsupported Transfer-Encoding: send chunked or Content-Length",
+                ));
+                false
+            }
+        };
+        let ambiguous = chunked && header("content-length").is_some();
         let body_len = match header("content-length").map(|v| v.parse::<usize>()) {
+            _ if chunked => 0,
             None => 0,
             Some(Ok(n)) => n,
             Some(Err(_)) => {
@@ -583,15 +704,19 @@ fn serve_connection(
                 conn: &mut conn,
                 start: head.len,
                 len: body_len,
+                chunked,
+                max_wire: limits.max_header_bytes,
                 expect_continue,
                 deadline: started + limits.read_timeout,
-                read: body_len == 0,
-                spoiled: false,
+                read: body_len == 0 && !chunked,
+                spoiled: ambiguous,
             },
         };
         let (endpoint, reply) = router(state, &mut rq);
         // A body the route did not read is still on the wire: the connection is not reused.
         let reusable = rq.body.read && !rq.body.spoiled;
+        // For a chunked body, its length on the wire once read.
+        let body_len = rq.body.len;
         let keep_alive = head.keep_alive && reusable && !stop.load(Relaxed);
         let sent = conn.write(&serialize(&reply, head.method == "HEAD", keep_alive));
         state.observe_response(endpoint, head.method, started.elapsed());

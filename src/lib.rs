@@ -23,3 +23,4 @@ pub mod reader;
 pub mod resume;
 pub mod safety_net;
 pub mod sink;
+pub mod state_lock;

@@ -15,6 +15,7 @@ use clap::Parser;
 use log_capturer::config::{Config, ConfigError, LogFormat, EXPECT_DOCKER_SOCKET};
 use log_capturer::daemon::{self, RunOptions};
 use log_capturer::io::EngineChoice;
+use log_capturer::state_lock::StateLock;
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -106,6 +107,20 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // Before anything reads the positions or ships a line: a second instance on the same
+    // directory would ship every line again. Without positions there is no directory to
+    // guard (it may not even be writable).
+    let _state_lock = if config.positions.enabled {
+        match StateLock::acquire(&config.positions.directory) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                eprintln!("log_capturer: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     init_logging(&config);
     report.log();
 

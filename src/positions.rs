@@ -68,9 +68,15 @@
 //! file is either the previous commit or the new one, never a mix. A leftover `.tmp` from a crash
 //! is ignored by [`PositionStore::load`] and overwritten by the next commit.
 //!
+//! Each commit first hard-links the file it replaces to `container_positions.json.bak`, so the
+//! previous commit survives whatever happens to the current file.
+//!
 //! A corrupt or unreadable file is an error ([`PositionsError`], naming the file and, for JSON,
 //! line and column), never treated as empty: replaying every container's whole history silently
-//! would be worse than refusing to start. The file is left untouched for the operator.
+//! would be worse than refusing to start. The file is left untouched for the operator, and the
+//! message says how to recover: from the `.bak` when it parses (the lines of one commit
+//! interval come again), else by starting over. A `skip` over [`MAX_SKIP`] is corrupt: it
+//! could only skip lines that were never delivered.
 //!
 //! `file_positions.json` (Go's file monitor) is out of scope: never read, written or removed.
 
@@ -87,6 +93,8 @@ use serde::{Deserialize, Serialize};
 pub const CONTAINER_POSITIONS_FILE: &str = "container_positions.json";
 /// Name of the temporary file a commit writes before renaming it.
 pub const CONTAINER_POSITIONS_TMP: &str = "container_positions.json.tmp";
+/// The previous commit, kept by each commit (a hard link to the file it replaces).
+pub const CONTAINER_POSITIONS_BAK: &str = "container_positions.json.bak";
 
 /// Go's status of a container being read.
 pub const STATUS_ACTIVE: &str = "active";
@@ -143,7 +151,12 @@ pub struct ContainerPosition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_ns: Option<i64>,
     /// Ours: lines at or after `since_ns` already delivered. Meaningful only with `since_ns`.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// At most [`MAX_SKIP`]: a larger value is refused as corrupt.
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "bounded_skip"
+    )]
     pub skip: u64,
     /// Ours: Docker timestamp (ns) of the newest delivered line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,6 +168,22 @@ pub struct ContainerPosition {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// Largest `skip` a positions file may hold. The resume tracker keeps the lines of about two
+/// overlaps (2 to 3 s with the default 1 s overlap); dockerd's fastest stream here is ~150,000
+/// lines/s, so a real value stays far below this. A larger one can only come from corruption
+/// or a hostile edit, and would skip (lose) every line the container logs from then on.
+pub const MAX_SKIP: u64 = 1 << 24;
+
+fn bounded_skip<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let skip = u64::deserialize(d)?;
+    if skip > MAX_SKIP {
+        return Err(serde::de::Error::custom(format!(
+            "skip {skip} is over the limit of {MAX_SKIP} lines"
+        )));
+    }
+    Ok(skip)
 }
 
 impl ContainerPosition {
@@ -244,10 +273,11 @@ pub enum PositionsError {
         /// The underlying error.
         source: io::Error,
     },
-    /// The file is not valid JSON or not the positions layout. It is left untouched.
+    /// The file is not valid JSON or not the positions layout. It is left untouched; the
+    /// message says how to recover (from `container_positions.json.bak` when it is good).
     #[error(
-        "positions file {} is corrupt at line {line}, column {column}: {source} \
-         (left untouched: fix or move it away to start over)",
+        "positions file {} is corrupt at line {line}, column {column}: {source}; \
+         the file is left untouched. {recovery}",
         path.display()
     )]
     Corrupt {
@@ -259,6 +289,8 @@ pub enum PositionsError {
         column: usize,
         /// The JSON error.
         source: serde_json::Error,
+        /// What the operator can do, depending on the state of the backup.
+        recovery: String,
     },
     /// Writing, syncing or renaming failed; the previous file is intact.
     #[error("cannot {op} {}: {source}", path.display())]
@@ -470,16 +502,12 @@ fn short_id(id: &str) -> &str {
     }
 }
 
-fn parse(path: &Path, data: &[u8]) -> Result<FxHashMap<String, ContainerPosition>, PositionsError> {
-    let corrupt = |source: serde_json::Error| PositionsError::Corrupt {
-        path: path.to_path_buf(),
-        line: source.line(),
-        column: source.column(),
-        source,
-    };
+/// The records of a positions file's content.
+pub fn parse_records(
+    data: &[u8],
+) -> Result<FxHashMap<String, ContainerPosition>, serde_json::Error> {
     // Go writes `null` for a nil map; read it as empty.
-    let raw: Option<BTreeMap<String, ContainerPosition>> =
-        serde_json::from_slice(data).map_err(corrupt)?;
+    let raw: Option<BTreeMap<String, ContainerPosition>> = serde_json::from_slice(data)?;
     let mut positions = FxHashMap::default();
     for (key, mut pos) in raw.unwrap_or_default() {
         let short = short_id(&key).to_owned();
@@ -489,6 +517,43 @@ fn parse(path: &Path, data: &[u8]) -> Result<FxHashMap<String, ContainerPosition
         positions.insert(short, pos);
     }
     Ok(positions)
+}
+
+fn parse(path: &Path, data: &[u8]) -> Result<FxHashMap<String, ContainerPosition>, PositionsError> {
+    parse_records(data).map_err(|source| PositionsError::Corrupt {
+        path: path.to_path_buf(),
+        line: source.line(),
+        column: source.column(),
+        source,
+        recovery: recovery_hint(path),
+    })
+}
+
+/// How to get going again when `path` is corrupt: from the backup when it parses, else from
+/// scratch.
+fn recovery_hint(path: &Path) -> String {
+    let bak = path.with_file_name(CONTAINER_POSITIONS_BAK);
+    let from_scratch = format!(
+        "To start over, move {} away: every container is then read from its first line \
+         (container_monitor.new_containers_from decides for running ones).",
+        path.display()
+    );
+    match fs::read(&bak) {
+        Ok(data) => match parse_records(&data) {
+            Ok(records) => format!(
+                "The previous commit is intact in {bak} ({n} containers): `mv {bak} {path}` \
+                 resumes from it (lines delivered after that commit come again; none is lost).",
+                bak = bak.display(),
+                n = records.len(),
+                path = path.display()
+            ),
+            Err(e) => format!(
+                "The backup {} is corrupt too ({e}). {from_scratch}",
+                bak.display()
+            ),
+        },
+        Err(_) => format!("There is no backup {}. {from_scratch}", bak.display()),
+    }
 }
 
 fn write_atomic(dir: &Path, data: &[u8]) -> Result<(), PositionsError> {
@@ -509,6 +574,7 @@ fn write_atomic(dir: &Path, data: &[u8]) -> Result<(), PositionsError> {
         f.write_all(data).map_err(err("write", &tmp))?;
         f.sync_all().map_err(err("fsync", &tmp))?;
         drop(f);
+        keep_backup(dir, &target);
         fs::rename(&tmp, &target).map_err(err("rename into place", &target))
     })();
     if let Err(e) = written {
@@ -519,6 +585,25 @@ fn write_atomic(dir: &Path, data: &[u8]) -> Result<(), PositionsError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(err("fsync directory", dir))
+}
+
+/// Makes `.bak` the file about to be replaced: a hard link, so the previous commit survives
+/// the rename without a copy. Best effort: a commit does not fail for want of a backup.
+fn keep_backup(dir: &Path, target: &Path) {
+    let bak = dir.join(CONTAINER_POSITIONS_BAK);
+    match fs::remove_file(&bak) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!("cannot replace {}: {e}", bak.display());
+            return;
+        }
+    }
+    match fs::hard_link(target, &bak) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("cannot keep {} as {}: {e}", target.display(), bak.display()),
+    }
 }
 
 fn now_ns() -> i64 {

@@ -18,8 +18,9 @@
 //! memory is bounded by the lines of two overlaps.
 //!
 //! After a restart only `(since, skip)` is known, not the timestamps of the `skip` lines: they
-//! are kept as placeholders, filled in as the reopened stream skips them, and `since` does
-//! not move until all are known.
+//! are placeholders, filled in as the reopened stream skips them, and `since` does not move
+//! until all are known. A placeholder is only a count until its line arrives, so a corrupt or
+//! hostile `skip` costs no memory (the positions file refuses one over `MAX_SKIP` anyway).
 
 use std::collections::VecDeque;
 
@@ -31,8 +32,10 @@ pub struct ResumeTracker {
     since_ns: Option<i64>,
     /// Timestamps of the emitted lines stamped at or after `since_ns`, in file order.
     recent: VecDeque<i64>,
-    /// `recent[..unknown]` are placeholders from a committed position, not yet seen again.
+    /// The first `unknown` lines are placeholders from a committed position, not yet seen
+    /// again: `recent` holds those seen on the current stream, `pending` counts the rest.
     unknown: usize,
+    pending: usize,
     newest_ns: Option<i64>,
     /// Lines the current stream returns that were emitted before: `recent[..to_skip]`.
     to_skip: usize,
@@ -50,6 +53,7 @@ impl ResumeTracker {
             since_ns: None,
             recent: VecDeque::new(),
             unknown: 0,
+            pending: 0,
             newest_ns: None,
             to_skip: 0,
             skipped: 0,
@@ -71,15 +75,20 @@ impl ResumeTracker {
         let skip = usize::try_from(resume.skip).unwrap_or(usize::MAX);
         ResumeTracker {
             since_ns: Some(resume.since_ns),
-            recent: std::iter::repeat_n(resume.since_ns, skip).collect(),
             unknown: skip,
+            pending: skip,
             ..ResumeTracker::new(overlap_ns)
         }
     }
 
     /// A new stream is being opened: where it must start. `None`: from the first line.
     pub fn reopen(&mut self) -> Option<Resume> {
-        self.to_skip = self.recent.len();
+        if self.unknown > 0 {
+            // Placeholders seen on a stream that ended before all were: unknown again.
+            self.recent.clear();
+            self.pending = self.unknown;
+        }
+        self.to_skip = self.len();
         self.skipped = 0;
         self.resume()
     }
@@ -90,7 +99,8 @@ impl ResumeTracker {
         if self.skipped < self.to_skip {
             let j = self.skipped;
             if j < self.unknown {
-                self.recent[j] = ts;
+                self.recent.push_back(ts);
+                self.pending -= 1;
                 self.newest_ns = Some(self.newest_ns.map_or(ts, |n| n.max(ts)));
             } else if self.recent[j] != ts {
                 self.mismatches += 1;
@@ -129,8 +139,13 @@ impl ResumeTracker {
     pub fn resume(&self) -> Option<Resume> {
         self.since_ns.map(|since_ns| Resume {
             since_ns,
-            skip: self.recent.len() as u64,
+            skip: self.len() as u64,
         })
+    }
+
+    /// Lines emitted at or after `since_ns`, placeholders included.
+    fn len(&self) -> usize {
+        self.recent.len() + self.pending
     }
 
     /// The newest timestamp seen.
@@ -235,6 +250,22 @@ mod tests {
         assert!(!tracker.admit(1));
         assert!(!tracker.admit(3));
         assert_eq!(tracker.mismatches(), 1);
+    }
+
+    #[test]
+    fn a_huge_committed_skip_allocates_nothing_until_lines_come() {
+        let resume = Resume {
+            since_ns: 5,
+            skip: u64::MAX,
+        };
+        let mut tracker = ResumeTracker::resuming(10, resume);
+        assert_eq!(tracker.reopen(), Some(resume));
+        assert_eq!(tracker.recent.capacity(), 0);
+        for ts in [5, 6, 7] {
+            assert!(!tracker.admit(ts));
+        }
+        assert!(tracker.recent.len() <= 3);
+        assert_eq!(tracker.resume(), Some(resume));
     }
 
     proptest::proptest! {

@@ -259,9 +259,13 @@ fn check_go_config_yaml(path: &Path) {
     assert_eq!(c.positions.flush_interval, secs(10));
 
     // Unused keys are reported, not fatal; Go keys read differently are noted.
+    // Go's server limits are read (issue 12).
+    assert_eq!(c.server.read_timeout, secs(30));
+    assert_eq!(c.server.write_timeout, secs(30));
+    assert_eq!(c.server.idle_timeout, secs(60));
+    assert_eq!(c.server.max_header_bytes, 1 << 20);
     for key in [
         "files_config",
-        "server.read_timeout",
         "sinks.kafka",
         "sinks.loki.tls",
         "positions.max_memory_buffer",
@@ -655,6 +659,9 @@ const ENV_CASES: &[(&str, &str, Check)] = &[
         c.server.host == "127.0.0.1"
     }),
     ("SSW_SERVER_PORT", "9401", |c| c.server.port == 9401),
+    ("SSW_SERVER_AUTH_TOKEN", "t0ken", |c| {
+        c.server.auth_token == "t0ken"
+    }),
     ("SSW_METRICS_ENABLED", "false", |c| !c.metrics.enabled),
     ("SSW_METRICS_HOST", "127.0.0.1", |c| {
         c.metrics.host == "127.0.0.1"

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use log_capturer::decode::timestamp::parse_rfc3339_nanos;
 use log_capturer::positions::{
-    ContainerPosition, PositionStore, PositionsError, Resume, CONTAINER_POSITIONS_FILE,
-    CONTAINER_POSITIONS_TMP, STATUS_ACTIVE, STATUS_RESTARTED, STATUS_STOPPED,
+    ContainerPosition, PositionStore, PositionsError, Resume, CONTAINER_POSITIONS_BAK,
+    CONTAINER_POSITIONS_FILE, CONTAINER_POSITIONS_TMP, MAX_SKIP, STATUS_ACTIVE, STATUS_RESTARTED,
+    STATUS_STOPPED,
 };
 use serde_json::Value;
 
@@ -370,10 +371,21 @@ fn commit_renames_a_complete_file_and_leaves_no_tmp() {
             1_700_000_000_000_000_000 + i as i64,
         );
         store.commit().unwrap();
-        assert_eq!(names(&dir), vec![CONTAINER_POSITIONS_FILE.to_string()]);
+        // The first commit has nothing to back up; each later one keeps the one before.
+        let mut want = vec![CONTAINER_POSITIONS_FILE.to_string()];
+        if i > 0 {
+            want.push(CONTAINER_POSITIONS_BAK.to_string());
+        }
+        assert_eq!(names(&dir), want);
         let v: Value =
             serde_json::from_slice(&fs::read(dir.join(CONTAINER_POSITIONS_FILE)).unwrap()).unwrap();
         assert_eq!(v.as_object().unwrap().len() as u64, i + 1);
+        if i > 0 {
+            let bak: Value =
+                serde_json::from_slice(&fs::read(dir.join(CONTAINER_POSITIONS_BAK)).unwrap())
+                    .unwrap();
+            assert_eq!(bak.as_object().unwrap().len() as u64, i);
+        }
     }
     assert_eq!(store.commits(), 50);
     let _ = fs::remove_dir_all(&dir);
@@ -469,4 +481,83 @@ fn missing_directory_is_created() {
     assert!(dir.join(CONTAINER_POSITIONS_FILE).is_file());
     assert_eq!(PositionStore::load(&dir).unwrap().len(), 1);
     let _ = fs::remove_dir_all(&root);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 12 (faults, state): the backup of the previous commit, and a bounded `skip`.
+
+#[test]
+fn corrupt_file_names_the_good_backup_and_how_to_restore_it() {
+    let dir = tempdir("corrupt-bak");
+    let mut store = PositionStore::load(&dir).unwrap();
+    let resume = Resume {
+        since_ns: 1_700_000_000_000_000_000,
+        skip: 2,
+    };
+    store.advance(FULL_ID, "web", resume, 5, 50, resume.since_ns);
+    store.commit().unwrap();
+    store.advance(
+        FULL_ID,
+        "web",
+        Resume { skip: 3, ..resume },
+        1,
+        10,
+        resume.since_ns,
+    );
+    store.commit().unwrap();
+    let path = dir.join(CONTAINER_POSITIONS_FILE);
+    let bak = dir.join(CONTAINER_POSITIONS_BAK);
+    // A torn or scribbled-over current file.
+    fs::write(&path, "{\n  \"3f2a9c1b7d4e\": {\n    \"skip\": ").unwrap();
+    let msg = PositionStore::load(&dir).unwrap_err().to_string();
+    let restore = format!("mv {} {}", bak.display(), path.display());
+    assert!(msg.contains(&restore), "{msg}");
+    assert!(msg.contains("1 containers"), "{msg}");
+    // Following the advice resumes from the previous commit.
+    fs::rename(&bak, &path).unwrap();
+    let store = PositionStore::load(&dir).unwrap();
+    assert_eq!(store.resume(FULL_ID), Some(resume));
+
+    // No backup, or a corrupt one: the message says how to start over.
+    fs::write(&path, "nonsense").unwrap();
+    let msg = PositionStore::load(&dir).unwrap_err().to_string();
+    assert!(
+        msg.contains("There is no backup") && msg.contains("To start over"),
+        "{msg}"
+    );
+    fs::write(&bak, "[").unwrap();
+    let msg = PositionStore::load(&dir).unwrap_err().to_string();
+    assert!(
+        msg.contains("is corrupt too") && msg.contains("To start over"),
+        "{msg}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_skip_over_the_bound_is_corrupt_not_an_allocation() {
+    let dir = tempdir("huge-skip");
+    fs::create_dir_all(&dir).unwrap();
+    let record = |skip: u64| {
+        format!(
+            "{{\n  \"3f2a9c1b7d4e\": {{\n    \"since_ns\": 1700000000000000000,\n    \
+             \"skip\": {skip}\n  }}\n}}"
+        )
+    };
+    fs::write(dir.join(CONTAINER_POSITIONS_FILE), record(u64::MAX)).unwrap();
+    let err = PositionStore::load(&dir).unwrap_err();
+    let msg = err.to_string();
+    // serde_json places a field's own error at the end of its record.
+    assert!(
+        matches!(err, PositionsError::Corrupt { line: 5, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("18446744073709551615") && msg.contains("limit"),
+        "{msg}"
+    );
+    fs::write(dir.join(CONTAINER_POSITIONS_FILE), record(MAX_SKIP)).unwrap();
+    let store = PositionStore::load(&dir).unwrap();
+    assert_eq!(store.resume("3f2a9c1b7d4e").unwrap().skip, MAX_SKIP);
+    let _ = fs::remove_dir_all(&dir);
 }

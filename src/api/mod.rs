@@ -1,5 +1,6 @@
 //! The HTTP API (`server.host:server.port`) and the metrics server (`metrics.host:metrics.port`)
-//! of the Go version, on small blocking servers (`tiny_http`) and plain threads.
+//! of the Go version, on a small blocking HTTP/1.1 server with connection and time limits
+//! (`server`), and plain threads.
 //!
 //! Routes, keys and status codes are listed in COMPATIBILITY.md. Everything is computed when
 //! asked from what [`Shared`] holds; the only state kept here is the thread-count tracker
@@ -17,7 +18,7 @@ mod procinfo;
 mod prom;
 mod registry;
 mod routes;
-mod server;
+pub mod server;
 mod tracker;
 
 use std::collections::BTreeMap;
@@ -257,9 +258,15 @@ pub fn start_with(
     let result = (|| {
         if config.server.enabled {
             let addr = format!("{}:{}", config.server.host, config.server.port);
-            let (bound, t) =
-                server::spawn("api", &addr, state.clone(), stop.clone(), routes::api_route)
-                    .map_err(|e| format!("server (HTTP API) on {addr}: {e}"))?;
+            let (bound, t) = server::spawn(
+                "api",
+                &addr,
+                state.clone(),
+                stop.clone(),
+                routes::api_route,
+                server::Limits::from_config(&config.server),
+            )
+            .map_err(|e| format!("server (HTTP API) on {addr}: {e}"))?;
             tracing::info!("HTTP API listening on {bound}");
             api_addr = Some(bound);
             threads.push(t);
@@ -272,6 +279,7 @@ pub fn start_with(
                 state.clone(),
                 stop.clone(),
                 routes::metrics_route,
+                server::Limits::from_config(&config.server),
             )
             .map_err(|e| format!("metrics server on {addr}: {e}"))?;
             tracing::info!("metrics on http://{bound}{}", config.metrics.path);

@@ -36,10 +36,45 @@ fn wrong_method(allow: &'static str) -> Reply {
     r
 }
 
+/// Whether the request may use a guarded route: always without `server.auth_token`, else with
+/// `Authorization: Bearer <token>`.
+fn authorized(state: &ApiState, rq: &Incoming<'_>) -> bool {
+    let token = state.config.server.auth_token.as_bytes();
+    if token.is_empty() {
+        return true;
+    }
+    let Some(value) = rq.header("authorization") else {
+        return false;
+    };
+    let Some((scheme, given)) = value.split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer") && same_secret(given.trim().as_bytes(), token)
+}
+
+/// Compares in time independent of where the first difference is, so the answer's timing
+/// does not reveal the token byte by byte.
+fn same_secret(given: &[u8], token: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != token.len());
+    for (i, &t) in token.iter().enumerate() {
+        diff |= t ^ given.get(i).copied().unwrap_or(!t);
+    }
+    diff == 0
+}
+
+fn unauthorized(state: &ApiState) -> Reply {
+    state.api_error("unauthorized");
+    Reply::error(
+        401,
+        "this route needs Authorization: Bearer <token> (server.auth_token)",
+    )
+}
+
 /// The API server (`server.port`).
 pub fn api_route(state: &ApiState, rq: &mut Incoming<'_>) -> (&'static str, Reply) {
     if let Some((path, handler)) = GET_ROUTES.iter().find(|(p, _)| *p == rq.path) {
         let reply = match rq.method {
+            "GET" | "HEAD" if *path == "/config" && !authorized(state, rq) => unauthorized(state),
             "GET" | "HEAD" => handler(state),
             _ => wrong_method("GET"),
         };
@@ -47,6 +82,7 @@ pub fn api_route(state: &ApiState, rq: &mut Incoming<'_>) -> (&'static str, Repl
     }
     if rq.path == "/api/v1/logs" {
         let reply = match rq.method {
+            "POST" if !authorized(state, rq) => unauthorized(state),
             "POST" => ingest(state, rq),
             _ => wrong_method("POST"),
         };

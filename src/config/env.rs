@@ -20,6 +20,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "SSW_SERVER_ENABLED",
     "SSW_SERVER_HOST",
     "SSW_SERVER_PORT",
+    "SSW_SERVER_AUTH_TOKEN",
     "SSW_METRICS_ENABLED",
     "SSW_METRICS_HOST",
     "SSW_METRICS_PORT",
@@ -196,6 +197,7 @@ pub(super) fn apply(
     e.boolean("SSW_SERVER_ENABLED", &mut c.server.enabled)?;
     e.string("SSW_SERVER_HOST", &mut c.server.host);
     e.port("SSW_SERVER_PORT", &mut c.server.port)?;
+    e.string("SSW_SERVER_AUTH_TOKEN", &mut c.server.auth_token);
     e.boolean("SSW_METRICS_ENABLED", &mut c.metrics.enabled)?;
     e.string("SSW_METRICS_HOST", &mut c.metrics.host);
     e.port("SSW_METRICS_PORT", &mut c.metrics.port)?;

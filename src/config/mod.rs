@@ -173,6 +173,22 @@ pub struct ServerConfig {
     pub enabled: bool,
     pub host: String,
     pub port: u16,
+    /// Ours: when not empty, `POST /api/v1/logs` and `GET /config` need
+    /// `Authorization: Bearer <token>` (`SSW_SERVER_AUTH_TOKEN`).
+    pub auth_token: String,
+    /// Go's: the whole request (head and body) must arrive within this (default 30s).
+    #[serde(serialize_with = "ser_duration")]
+    pub read_timeout: Duration,
+    /// Go's: the answer must be written within this (default 30s).
+    #[serde(serialize_with = "ser_duration")]
+    pub write_timeout: Duration,
+    /// Go's: a kept-alive connection may wait this long for its next request (default 60s).
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    /// Go's: largest request head (default 1 MiB); a larger one is answered 431.
+    pub max_header_bytes: usize,
+    /// Ours: connections served at once (default 512); beyond, 503 and close.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

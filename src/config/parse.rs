@@ -616,6 +616,14 @@ fn read_server(ctx: &Ctx<'_>, root: &Node<'_>) -> Result<ServerConfig, ConfigErr
         enabled: boolean(ctx, &s, "enabled")?.unwrap_or(ctx.defaults()),
         host: ctx.go(string(ctx, &s, "host")?, "0.0.0.0".into()),
         port: ctx.go(port(ctx, &s, "port")?, 8401),
+        auth_token: string(ctx, &s, "auth_token")?.unwrap_or_default(),
+        // A zero limit is no limit in Go; here it is the default: an API without a time
+        // limit is a thread held forever by a client that stops sending.
+        read_timeout: ctx.always(duration(ctx, &s, "read_timeout")?, Duration::from_secs(30)),
+        write_timeout: ctx.always(duration(ctx, &s, "write_timeout")?, Duration::from_secs(30)),
+        idle_timeout: ctx.always(duration(ctx, &s, "idle_timeout")?, Duration::from_secs(60)),
+        max_header_bytes: ctx.always(usize_(ctx, &s, "max_header_bytes")?, 1 << 20),
+        max_connections: ctx.always(usize_(ctx, &s, "max_connections")?, 512),
     })
 }
 

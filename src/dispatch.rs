@@ -7,11 +7,19 @@
 //! the reader pauses: nothing is dropped. A permanent refusal (a 4xx Loki will never accept)
 //! counts the lines as dropped with the reason and lets the batch go.
 //!
+//! A retry waits the backoff or the server's `Retry-After`, whichever is longer. A failing sink
+//! is logged when it starts failing, then at most once a minute (with the count of failures in
+//! between), and when it recovers: an outage does not write a line per batch. Errors only the
+//! operator can fix (Loki 401/403/404/407) are also kept in [`DispatchStats::config_errors`]
+//! for `/health` until the sink takes a batch again.
+//!
 //! On shutdown the dispatcher drains the queue until the reader has closed it, retrying
 //! failing sinks until `shutdown_deadline`; what it could not deliver by then is named in the
-//! log and left unacknowledged, so the next start reads it again.
+//! log and left unacknowledged, so the next start reads it again. From then on the positions
+//! of the containers in that batch stay where they were: a later batch that does get through
+//! (a flapping sink) must not carry them past the lines that did not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +55,9 @@ pub struct DispatchStats {
     pub sink_results: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Since when each failing sink has been failing, for health checks.
     pub failing_sinks: Mutex<BTreeMap<&'static str, Instant>>,
+    /// Per sink, the last error that only the operator can fix (wrong credentials, tenant or
+    /// endpoint), until the sink takes a batch again.
+    pub config_errors: Mutex<BTreeMap<&'static str, String>>,
 }
 
 impl DispatchStats {
@@ -82,6 +93,22 @@ pub struct Dispatcher {
     last_commit: Instant,
     stop: Arc<AtomicBool>,
     stopped_at: Option<Instant>,
+    /// Containers (12-character ids) with lines in a batch given up at shutdown: their
+    /// positions no longer advance.
+    frozen: HashSet<String>,
+    /// Per failing sink: when it was last logged, and failures not logged since.
+    warned: HashMap<&'static str, (Instant, u64)>,
+}
+
+/// A failing sink is logged again at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Longest `Retry-After` honoured: a server asking for more is asked again after this.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
+
+/// The 12-character short id both entries (`source_id`) and checkpoints (full id) reduce to.
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 impl Dispatcher {
@@ -105,6 +132,8 @@ impl Dispatcher {
             last_commit: Instant::now(),
             stop,
             stopped_at: None,
+            frozen: HashSet::new(),
+            warned: HashMap::new(),
         }
     }
 
@@ -146,8 +175,14 @@ impl Dispatcher {
                             .by_container
                             .entry(c.container_name.to_string())
                             .or_default() += c.lines;
+                        self.frozen.insert(short_id(&c.container_id).to_string());
                     }
-                    self.queue.release(lost.entries.len());
+                    for e in &lost.entries {
+                        if !self.frozen.contains(short_id(&e.source_id)) {
+                            self.frozen.insert(short_id(&e.source_id).to_string());
+                        }
+                    }
+                    self.queue.release(&lost.entries);
                 }
             }
             if self.last_commit.elapsed() >= self.options.commit_interval {
@@ -168,6 +203,7 @@ impl Dispatcher {
             let mut done = vec![false; self.sinks.len()];
             let mut attempt = 0u32;
             while !done.iter().all(|&d| d) {
+                let mut retry_after = Duration::ZERO;
                 for (i, sink) in self.sinks.iter_mut().enumerate() {
                     if done[i] {
                         continue;
@@ -180,6 +216,13 @@ impl Dispatcher {
                             done[i] = true;
                             self.stats.sink_result(sink.name(), "success");
                             self.stats.failing_sinks.lock().unwrap().remove(sink.name());
+                            self.stats.config_errors.lock().unwrap().remove(sink.name());
+                            if let Some((_, missed)) = self.warned.remove(sink.name()) {
+                                tracing::info!(
+                                    "{}: recovered ({missed} failures since the last report)",
+                                    sink.name()
+                                );
+                            }
                         }
                         Err(e) if e.is_retryable() => {
                             self.stats.sink_result(sink.name(), "error");
@@ -189,7 +232,15 @@ impl Dispatcher {
                                 .unwrap()
                                 .entry(sink.name())
                                 .or_insert_with(Instant::now);
-                            tracing::warn!("{e} (will retry, holding {} lines)", chunk.len());
+                            if e.is_config_side() {
+                                self.stats
+                                    .config_errors
+                                    .lock()
+                                    .unwrap()
+                                    .insert(sink.name(), e.to_string());
+                            }
+                            retry_after = retry_after.max(e.retry_after().unwrap_or_default());
+                            warn_limited(&mut self.warned, sink.name(), &e, chunk.len());
                         }
                         Err(e) => {
                             done[i] = true;
@@ -202,7 +253,11 @@ impl Dispatcher {
                 }
                 attempt += 1;
                 self.stats.retries.fetch_add(1, Relaxed);
-                if !self.sleep(self.backoff.delay_random(attempt)) {
+                let delay = self
+                    .backoff
+                    .delay_random(attempt)
+                    .max(retry_after.min(RETRY_AFTER_MAX));
+                if !self.sleep(delay) {
                     tracing::error!(
                         "shutdown deadline passed with {} lines undelivered; they stay unacknowledged",
                         total - start
@@ -213,7 +268,7 @@ impl Dispatcher {
         }
         self.stats.lines_delivered.fetch_add(total as u64, Relaxed);
         self.stats.batches_delivered.fetch_add(1, Relaxed);
-        self.queue.release(total);
+        self.queue.release(&batch.entries);
         self.advance(&batch.checkpoints);
         Ok(())
     }
@@ -239,6 +294,9 @@ impl Dispatcher {
     fn advance(&self, checkpoints: &[Checkpoint]) {
         let mut positions = self.positions.lock().unwrap();
         for c in checkpoints {
+            if self.frozen.contains(short_id(&c.container_id)) {
+                continue;
+            }
             positions.advance(
                 &c.container_id,
                 &c.container_name,
@@ -271,6 +329,31 @@ impl Dispatcher {
                 self.stats.commits.fetch_add(1, Relaxed);
             }
             Err(e) => tracing::error!("positions not committed: {e}"),
+        }
+    }
+}
+
+/// Logs a retryable failure when the sink starts failing, then at most every [`WARN_EVERY`].
+fn warn_limited(
+    warned: &mut HashMap<&'static str, (Instant, u64)>,
+    sink: &'static str,
+    error: &SinkError,
+    lines: usize,
+) {
+    match warned.get_mut(sink) {
+        Some((at, missed)) if at.elapsed() < WARN_EVERY => *missed += 1,
+        Some((at, missed)) => {
+            tracing::warn!(
+                "{error} (still failing, {} more failures in {}s; holding {lines} lines)",
+                *missed + 1,
+                at.elapsed().as_secs()
+            );
+            *at = Instant::now();
+            *missed = 0;
+        }
+        None => {
+            tracing::warn!("{error} (will retry, holding {lines} lines)");
+            warned.insert(sink, (Instant::now(), 0));
         }
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! - the queue holds more than 70 % of `dispatcher.queue_size` (`checks.queue_utilization`);
 //! - a sink has been failing (retrying, holding its batch) for longer than the retry budget,
-//!   60 s (`checks.sink_connectivity`);
+//!   60 s (`checks.sink_connectivity`), or at once when its last error is one only the
+//!   operator can fix, a Loki 401/403/404/407 (`checks.sink_connectivity.config_errors`, with
+//!   the error);
 //! - open file descriptors exceed 70 % of the process's soft `RLIMIT_NOFILE`
 //!   (`checks.file_descriptors`);
 //! - io ops in flight exceed twice the live streams plus [`IO_OPS_SLACK`]: every stream has at
@@ -100,6 +102,13 @@ pub fn health(state: &ApiState) -> HealthReport {
                 format_duration(budget)
             ));
         }
+    }
+
+    let mut config_errors = Map::new();
+    for (sink, error) in shared.dispatch.config_errors.lock().unwrap().iter() {
+        sinks_ok = false;
+        issues.push(format!("sink {sink} misconfigured: {error}"));
+        config_errors.insert(sink.to_string(), json!(error));
     }
 
     // File descriptors.
@@ -204,6 +213,7 @@ pub fn health(state: &ApiState) -> HealthReport {
             "sink_connectivity": {
                 "status": status(sinks_ok),
                 "failing_seconds": failing,
+                "config_errors": config_errors,
                 "retry_budget_seconds": budget.as_secs_f64(),
             },
             "file_descriptors": {

@@ -277,6 +277,9 @@ pub struct FileMonitorConfig {
 pub struct DispatcherConfig {
     /// Capacity (entries) of the queue between readers and sinks; full = reading pauses.
     pub queue_size: usize,
+    /// Ours: capacity in bytes of the same queue (messages plus a fixed share per entry);
+    /// reading pauses at whichever of the two bounds comes first. Default 64 MiB.
+    pub max_queue_bytes: usize,
     pub batch_size: usize,
     #[serde(serialize_with = "ser_duration")]
     pub batch_timeout: Duration,

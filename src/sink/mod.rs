@@ -109,6 +109,12 @@ impl SinkError {
         }
     }
 
+    /// Whether only the operator can end it: credentials, tenant or endpoint (HTTP 401, 403,
+    /// 404, 407). Retried (nothing is lost by holding the batch) and shown in `/health`.
+    pub fn is_config_side(&self) -> bool {
+        matches!(self.status(), Some(401 | 403 | 404 | 407))
+    }
+
     /// The HTTP status, for [`SinkError::Http`].
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -244,7 +244,8 @@ impl Dispatcher {
                         }
                         Err(e) => {
                             done[i] = true;
-                            drop_lines(&self.stats, sink.name(), &e, chunk.len());
+                            let lines = e.dropped_lines().unwrap_or(chunk.len());
+                            drop_lines(&self.stats, sink.name(), &e, lines);
                         }
                     }
                 }

@@ -219,9 +219,11 @@ mod tests {
         rx.release(&held.pop().unwrap().entries);
         assert!(g.should_pause(true), "3 MiB of 4 is over half");
         rx.release(&held.pop().unwrap().entries);
-        assert!(!g.should_pause(true), "2 MiB of 4 is half");
-        assert_eq!(g.queued(), 2);
-        assert_eq!(g.queued_bytes(), 2 * entry_bytes(&entry(1 << 20)));
+        assert!(g.should_pause(true), "2 MiB and 2 entries of 4 MiB is over half");
+        rx.release(&held.pop().unwrap().entries);
+        assert!(!g.should_pause(true), "1 MiB of 4 is under half");
+        assert_eq!(g.queued(), 1);
+        assert_eq!(g.queued_bytes(), entry_bytes(&entry(1 << 20)));
     }
 
     #[test]

@@ -94,6 +94,16 @@ pub enum SinkError {
         /// The `Retry-After` of a 429 or 503, when given in seconds.
         retry_after: Option<Duration>,
     },
+    /// Part of the batch landed and the rest (`lines` entries) never will, e.g. files whose
+    /// path cannot be written (see `local_file`). Permanent: the batch is not retried, and
+    /// `lines` are counted as dropped with `reason`.
+    #[error("{sink}: {lines} lines given up ({reason}): {detail}")]
+    PartlyDropped {
+        sink: &'static str,
+        lines: usize,
+        reason: &'static str,
+        detail: String,
+    },
     /// The sink's options are unusable. Permanent.
     #[error("{sink}: invalid configuration: {reason}")]
     Config { sink: &'static str, reason: String },
@@ -105,7 +115,15 @@ impl SinkError {
         match self {
             SinkError::Io { .. } | SinkError::Write { .. } | SinkError::Connection { .. } => true,
             SinkError::Http { status, .. } => http_status_retryable(*status),
-            SinkError::Config { .. } => false,
+            SinkError::Config { .. } | SinkError::PartlyDropped { .. } => false,
+        }
+    }
+
+    /// Lines dropped for good when that is not the whole batch.
+    pub fn dropped_lines(&self) -> Option<usize> {
+        match self {
+            SinkError::PartlyDropped { lines, .. } => Some(*lines),
+            _ => None,
         }
     }
 
@@ -142,6 +160,7 @@ impl SinkError {
         Some(match self {
             SinkError::Http { status, body, .. } => loki_reject_reason(*status, body),
             SinkError::Config { .. } => "config",
+            SinkError::PartlyDropped { reason, .. } => reason,
             _ => "error",
         })
     }
@@ -153,6 +172,7 @@ impl SinkError {
             | SinkError::Write { sink, .. }
             | SinkError::Connection { sink, .. }
             | SinkError::Http { sink, .. }
+            | SinkError::PartlyDropped { sink, .. }
             | SinkError::Config { sink, .. } => sink,
         }
     }
@@ -220,6 +240,9 @@ pub fn drop_labels(sink: &str) -> Vec<String> {
     let mut reasons = vec!["config", "error"];
     if sink == "loki" {
         reasons.extend_from_slice(LOKI_REJECT_REASONS);
+    }
+    if sink == "local_file" {
+        reasons.push(local_file::UNWRITABLE_PATH);
     }
     reasons.into_iter().map(|r| drop_label(sink, r)).collect()
 }

@@ -219,7 +219,10 @@ mod tests {
         rx.release(&held.pop().unwrap().entries);
         assert!(g.should_pause(true), "3 MiB of 4 is over half");
         rx.release(&held.pop().unwrap().entries);
-        assert!(g.should_pause(true), "2 MiB and 2 entries of 4 MiB is over half");
+        assert!(
+            g.should_pause(true),
+            "2 MiB and 2 entries of 4 MiB is over half"
+        );
         rx.release(&held.pop().unwrap().entries);
         assert!(!g.should_pause(true), "1 MiB of 4 is under half");
         assert_eq!(g.queued(), 1);

@@ -24,9 +24,7 @@ use log_capturer::entry::{Labels, LogEntry};
 use log_capturer::pipeline::{queue, Batch, Checkpoint};
 use log_capturer::positions::{PositionStore, Resume};
 use log_capturer::sink::local_file::{FileOps, PATH_ATTEMPTS};
-use log_capturer::sink::{
-    LocalFileOptions, LocalFileSink, LokiOptions, LokiSink, Sink, SinkError,
-};
+use log_capturer::sink::{LocalFileOptions, LocalFileSink, LokiOptions, LokiSink, Sink, SinkError};
 
 const ID_A: &str = "aaaaaaaaaaaa0000000000000000000000000000000000000000000000000000";
 const ID_B: &str = "bbbbbbbbbbbb0000000000000000000000000000000000000000000000000000";
@@ -191,7 +189,10 @@ fn failed_fsync_writes_again_everything_since_the_last_good_fsync() {
     sink.write_batch(&entries("web", ID_A, "two", 4)).unwrap();
     let err = sink.flush().unwrap_err();
     assert!(err.to_string().contains("fsync"), "{err}");
-    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
     // The next flush succeeds (Linux would not report the error again); before, it returned Ok
     // with "two" gone.
     sink.flush().unwrap();
@@ -229,14 +230,21 @@ fn positions_wait_for_a_good_fsync() {
         stop,
     );
     let run = thread::spawn(move || dispatcher.run());
-    tx.send(batch(entries("web", ID_A, "one", 5), &[(ID_A, "web", 100, 5)]))
-        .unwrap();
+    tx.send(batch(
+        entries("web", ID_A, "one", 5),
+        &[(ID_A, "web", 100, 5)],
+    ))
+    .unwrap();
     // Three failed fsyncs, then a good one: the commit comes only after it.
     let deadline = Instant::now() + Duration::from_secs(20);
     while stats.commits.load(SeqCst) == 0 {
         assert!(Instant::now() < deadline, "positions never committed");
         if calls.load(SeqCst) <= 3 {
-            assert_eq!(stats.commits.load(SeqCst), 0, "committed over a failed fsync");
+            assert_eq!(
+                stats.commits.load(SeqCst),
+                0,
+                "committed over a failed fsync"
+            );
         }
         thread::sleep(Duration::from_millis(5));
     }
@@ -262,7 +270,10 @@ fn unwritable_path_is_given_up_after_a_bound_and_never_duplicates_the_others() {
     for attempt in 1..PATH_ATTEMPTS {
         let err = sink.write_batch(&batch).unwrap_err();
         assert!(err.is_retryable(), "attempt {attempt}: {err}");
-        assert!(err.to_string().contains(&bad.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&bad.display().to_string()),
+            "{err}"
+        );
     }
     let err = sink.write_batch(&batch).unwrap_err();
     assert!(!err.is_retryable(), "{err}");
@@ -274,7 +285,10 @@ fn unwritable_path_is_given_up_after_a_bound_and_never_duplicates_the_others() {
     // Given up: a later batch tries the path once and goes on.
     let mut later = entries("web", ID_A, "two", 2);
     later.extend(entries("bad", ID_B, "lost2", 1));
-    assert_eq!(sink.write_batch(&later).unwrap_err().dropped_lines(), Some(1));
+    assert_eq!(
+        sink.write_batch(&later).unwrap_err().dropped_lines(),
+        Some(1)
+    );
     // Fixed by the operator: it recovers on the next batch.
     std::fs::remove_dir(&bad).unwrap();
     let mut fixed = entries("web", ID_A, "three", 1);
@@ -314,8 +328,11 @@ fn name_over_name_max_is_counted_dropped_and_does_not_block() {
     e.extend(entries(&long, ID_B, "long", 3));
     tx.send(batch(e, &[(ID_A, "web", 100, 4), (ID_B, &long, 200, 3)]))
         .unwrap();
-    tx.send(batch(entries("web", ID_A, "after", 2), &[(ID_A, "web", 300, 2)]))
-        .unwrap();
+    tx.send(batch(
+        entries("web", ID_A, "after", 2),
+        &[(ID_A, "web", 300, 2)],
+    ))
+    .unwrap();
     drop(tx);
     let left = dispatcher.run();
     assert_eq!(left.lines, 0);
@@ -323,7 +340,11 @@ fn name_over_name_max_is_counted_dropped_and_does_not_block() {
     want.extend(msgs("after", 2));
     assert_eq!(messages(&good), want);
     assert_eq!(
-        stats.dropped.lock().unwrap().get("local_file_unwritable_path"),
+        stats
+            .dropped
+            .lock()
+            .unwrap()
+            .get("local_file_unwritable_path"),
         Some(&3)
     );
     assert_eq!(stats.lines_delivered.load(SeqCst), 9);
@@ -350,7 +371,11 @@ impl Sink for Flapping {
             });
         }
         let mut w = self.written.lock().unwrap();
-        w.extend(entries.iter().map(|e| String::from_utf8_lossy(&e.message).into_owned()));
+        w.extend(
+            entries
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.message).into_owned()),
+        );
         Ok(())
     }
     fn flush(&mut self) -> Result<(), SinkError> {
@@ -386,12 +411,18 @@ fn flapping_sink_at_shutdown_never_lets_positions_pass_a_lost_batch() {
         stop,
     );
     // Batch 1 (A) fails and is given up; batch 2 (A and B) gets through.
-    tx.send(batch(entries("web", ID_A, "lost", 2), &[(ID_A, "web", 100, 2)]))
-        .unwrap();
+    tx.send(batch(
+        entries("web", ID_A, "lost", 2),
+        &[(ID_A, "web", 100, 2)],
+    ))
+    .unwrap();
     let mut second = entries("web", ID_A, "later", 1);
     second.extend(entries("db", ID_B, "b", 1));
-    tx.send(batch(second, &[(ID_A, "web", 200, 1), (ID_B, "db", 300, 1)]))
-        .unwrap();
+    tx.send(batch(
+        second,
+        &[(ID_A, "web", 200, 1), (ID_B, "db", 300, 1)],
+    ))
+    .unwrap();
     drop(tx);
     let left = dispatcher.run();
     assert_eq!(left.lines, 2);
@@ -569,8 +600,11 @@ fn loki_429_retry_after_is_honoured_and_the_retry_skips_what_landed() {
         Arc::new(SinkTimings::default()),
         Arc::new(AtomicBool::new(false)),
     );
-    tx.send(batch(entries("web", ID_A, "m", 10), &[(ID_A, "web", 100, 10)]))
-        .unwrap();
+    tx.send(batch(
+        entries("web", ID_A, "m", 10),
+        &[(ID_A, "web", 100, 10)],
+    ))
+    .unwrap();
     drop(tx);
     dispatcher.run();
     let pushes = loki.pushes.lock().unwrap().clone();
@@ -609,8 +643,11 @@ fn loki_401_is_a_configuration_error_until_it_clears() {
         Arc::new(SinkTimings::default()),
         Arc::new(AtomicBool::new(false)),
     );
-    tx.send(batch(entries("web", ID_A, "m", 3), &[(ID_A, "web", 100, 3)]))
-        .unwrap();
+    tx.send(batch(
+        entries("web", ID_A, "m", 3),
+        &[(ID_A, "web", 100, 3)],
+    ))
+    .unwrap();
     drop(tx);
     let run = thread::spawn(move || dispatcher.run());
     let deadline = Instant::now() + Duration::from_secs(10);

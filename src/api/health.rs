@@ -331,4 +331,41 @@ mod tests {
         assert_eq!(docker.errors()["containers_list"], 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn sink_configuration_error_degrades_at_once() {
+        let dir = std::env::temp_dir().join(format!("logcap-health-c-{}", std::process::id()));
+        let (tx, _rx) = queue(10);
+        let dispatch = Arc::new(crate::dispatch::DispatchStats::default());
+        let shared = Shared {
+            capture: Arc::default(),
+            dispatch: dispatch.clone(),
+            positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+            io: Arc::default(),
+            queue: tx.gauge().clone(),
+            containers: Arc::default(),
+            sink_timings: Arc::default(),
+            docker: Arc::default(),
+        };
+        let options = ApiOptions {
+            thread_count: || 5,
+            ..ApiOptions::default()
+        };
+        let state = ApiState::new(&Config::defaults(), shared, None, options);
+        assert!(health(&state).healthy);
+        let error = "loki: http://l/loki/api/v1/push answered 401: \"no org id\"";
+        dispatch
+            .config_errors
+            .lock()
+            .unwrap()
+            .insert("loki", error.into());
+        let report = health(&state);
+        assert!(!report.healthy);
+        let check = &report.body["checks"]["sink_connectivity"];
+        assert_eq!(check["status"], "degraded");
+        assert_eq!(check["config_errors"]["loki"], error);
+        dispatch.config_errors.lock().unwrap().clear();
+        assert!(health(&state).healthy);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -431,7 +431,8 @@ impl LocalFileSink {
                 path.display(),
                 h.unsynced.len()
             );
-            self.carry.insert(path.to_path_buf(), std::mem::take(&mut h.unsynced));
+            self.carry
+                .insert(path.to_path_buf(), std::mem::take(&mut h.unsynced));
             return;
         }
         // Renamed (rotated): what it holds stays there; make it durable before letting go.
@@ -444,7 +445,8 @@ impl LocalFileSink {
                     h.unsynced.len()
                 );
                 self.fsync_errors += 1;
-                self.carry.insert(path.to_path_buf(), std::mem::take(&mut h.unsynced));
+                self.carry
+                    .insert(path.to_path_buf(), std::mem::take(&mut h.unsynced));
             }
         }
     }

@@ -5,7 +5,8 @@
 //! A sink that fails with a retryable error is retried with backoff while it holds the batch;
 //! the sinks that already took it are not written again. The queue stays full meanwhile, so
 //! the reader pauses: nothing is dropped. A permanent refusal (a 4xx Loki will never accept)
-//! counts the lines as dropped with the reason and lets the batch go.
+//! counts the lines as dropped with the reason and lets the batch go (only the lines named,
+//! when the sink says part of the batch landed: [`SinkError::PartlyDropped`]).
 //!
 //! A retry waits the backoff or the server's `Retry-After`, whichever is longer. A failing sink
 //! is logged when it starts failing, then at most once a minute (with the count of failures in

@@ -112,7 +112,16 @@ fn one_mib_lines_with_the_only_sink_down_stop_at_the_byte_budget() {
         "i=0; while [ $i -lt {LINES} ]; do head -c 1048576 /dev/zero | tr '\\0' a; echo; i=$((i+1)); done; touch /done; sleep 3600"
     );
     docker(&[
-        "run", "-d", "--network", "none", "--name", &name, IMAGE, "sh", "-c", &script,
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &name,
+        IMAGE,
+        "sh",
+        "-c",
+        &script,
     ]);
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(5))
@@ -131,8 +140,7 @@ fn one_mib_lines_with_the_only_sink_down_stop_at_the_byte_budget() {
             dir.join("stderr.log").display()
         );
         if let Ok(text) = agent.get(&url).call().and_then(|r| Ok(r.into_string()?)) {
-            let entries =
-                gauge(&text, "queue_size{component=\"dispatcher\"").unwrap_or_default();
+            let entries = gauge(&text, "queue_size{component=\"dispatcher\"").unwrap_or_default();
             let utilization = gauge(&text, "dispatcher_queue_utilization").unwrap_or_default();
             max_entries = max_entries.max(entries);
             max_rss = max_rss.max(rss_kib(pid));

@@ -9,7 +9,11 @@
 //! be written more than once (a file sink that wrote part of a batch before failing, a Loki push
 //! whose answer was lost). On a permanent error (a 4xx that Loki will never accept: entry out of
 //! order, too old, ...) the entries are not retried: the sink has logged the reason and counted
-//! them, and the caller counts them as dropped with [`SinkError::drop_reason`].
+//! them, and the caller counts them as dropped with [`SinkError::drop_reason`]; when only part
+//! of the batch is refused for good ([`SinkError::PartlyDropped`]: a file path that cannot be
+//! written, one entry too large for Loki) the rest has landed and only that part is counted.
+//! A sink that lands part of a batch before a retryable error skips that part when the same
+//! entries come again (`local_file`, `loki`): retries do not duplicate.
 //!
 //! - [`local_file::LocalFileSink`]: JSON lines or text in files named by Go patterns.
 //! - [`stdout::StdoutSink`]: JSON lines on stdout (or any writer).
@@ -83,7 +87,8 @@ pub enum SinkError {
     /// An HTTP answer other than 2xx. Retryable for 408, 429, 5xx and the configuration-side
     /// 401/403/404/407 (holding the batch until the operator fixes the endpoint or credentials
     /// loses nothing); permanent for every other 4xx (400 out of order / too old / bad labels,
-    /// 413, 422, ...): Loki will never take those entries.
+    /// 413, 422, ...): Loki will never take those entries (the Loki sink splits a batch on
+    /// 413 first, so only a single entry too large ends here).
     #[error("{sink}: {url} answered {status}: {body:?}")]
     Http {
         sink: &'static str,

@@ -139,7 +139,12 @@ fn one_mib_lines_with_the_only_sink_down_stop_at_the_byte_budget() {
             "the capturer exited; see {}",
             dir.join("stderr.log").display()
         );
-        if let Ok(text) = agent.get(&url).call().and_then(|r| Ok(r.into_string()?)) {
+        let text = agent
+            .get(&url)
+            .call()
+            .ok()
+            .and_then(|r| r.into_string().ok());
+        if let Some(text) = text {
             let entries = gauge(&text, "queue_size{component=\"dispatcher\"").unwrap_or_default();
             let utilization = gauge(&text, "dispatcher_queue_utilization").unwrap_or_default();
             max_entries = max_entries.max(entries);

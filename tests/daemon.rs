@@ -1671,10 +1671,18 @@ fn output_directory_deleted_mid_run_later_lines_land_exactly_once() {
     for stream in ["stdout", "stderr"] {
         // What was on disk when the directory went is gone with it; everything from the first
         // line not yet there is in the new file, once, in order.
-        let seen = stream_numbers(&before, &name, stream).last().copied().unwrap_or(0);
+        let seen = stream_numbers(&before, &name, stream)
+            .last()
+            .copied()
+            .unwrap_or(0);
         let got = stream_numbers(&after, &name, stream);
         let first = got[0];
-        assert!(first <= seen + 1, "{stream}: lines {} to {} lost", seen + 1, first - 1);
+        assert!(
+            first <= seen + 1,
+            "{stream}: lines {} to {} lost",
+            seen + 1,
+            first - 1
+        );
         assert_eq!(got, (first..=n).collect::<Vec<_>>(), "{stream}");
     }
 }

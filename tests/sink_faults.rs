@@ -144,6 +144,61 @@ fn renamed_file_keeps_its_lines_and_a_new_file_takes_later_ones() {
     assert_eq!(messages(&path), msgs("two", 4));
 }
 
+/// A small tmpfs mounted for one test (root is needed, as in `scripts/test.sh`), unmounted
+/// when it ends.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mount tmpfs on {}: {status}",
+            dir.display()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk holds the batch (ENOSPC is retried without bound) and the torn write is cut
+/// back: once there is room, every line lands once.
+#[test]
+fn full_disk_holds_the_batch_and_lands_it_once_there_is_room() {
+    let tmp = tempdir("full");
+    let fs = Tmpfs::mount(&tmp.0.join("fs"), "64k");
+    let filler = fs.0.join("filler");
+    std::fs::write(&filler, vec![0u8; 40 << 10]).unwrap();
+    let (mut sink, path) = file_sink(&fs.0);
+    // About 40 KiB of lines into the 24 KiB left.
+    let batch = entries("web", ID_A, &"x".repeat(300), 120);
+    for _ in 0..3 {
+        let err = sink.write_batch(&batch).unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        // Nothing torn stays behind.
+        assert!(messages(&path).is_empty());
+    }
+    std::fs::remove_file(&filler).unwrap();
+    sink.write_batch(&batch).unwrap();
+    sink.flush().unwrap();
+    assert_eq!(messages(&path), msgs(&"x".repeat(300), 120));
+    drop(sink);
+}
+
 // ---- fsync fails ----
 
 /// Fails the fsyncs numbered in `fail` (1-based) the way Linux does: the error is reported
@@ -431,6 +486,87 @@ fn flapping_sink_at_shutdown_never_lets_positions_pass_a_lost_batch() {
     // Before: A's position moved to 200, past the 2 lost lines, which were never read again.
     assert_eq!(committed.resume(ID_A), None, "{:?}", committed.get(ID_A));
     assert_eq!(committed.resume(ID_B).unwrap().since_ns, 300);
+}
+
+/// Fails its first `failures` writes.
+struct FailsFirst {
+    failures: usize,
+    calls: usize,
+}
+
+impl Sink for FailsFirst {
+    fn name(&self) -> &'static str {
+        "stdout"
+    }
+    fn write_batch(&mut self, _: &[LogEntry]) -> Result<(), SinkError> {
+        self.calls += 1;
+        if self.calls <= self.failures {
+            return Err(SinkError::Write {
+                sink: "stdout",
+                source: std::io::Error::from_raw_os_error(libc::EPIPE),
+            });
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A sink failing 3 times in a row is logged once when it starts failing and once when it
+/// recovers, not once per attempt (before: a warning per attempt, per batch).
+#[test]
+fn failing_sink_is_logged_when_it_starts_and_when_it_recovers() {
+    let tmp = tempdir("log_once");
+    let (tx, rx) = queue(1000);
+    let positions = Arc::new(Mutex::new(PositionStore::load(&tmp.0).unwrap()));
+    let stats = Arc::new(DispatchStats::default());
+    let dispatcher = Dispatcher::new(
+        rx,
+        vec![Box::new(FailsFirst {
+            failures: 3,
+            calls: 0,
+        })],
+        positions,
+        options(Duration::from_millis(10)),
+        stats.clone(),
+        Arc::new(SinkTimings::default()),
+        Arc::new(AtomicBool::new(false)),
+    );
+    tx.send(batch(
+        entries("web", ID_A, "m", 2),
+        &[(ID_A, "web", 100, 2)],
+    ))
+    .unwrap();
+    drop(tx);
+    let log = LogBuffer::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || dispatcher.run());
+    assert_eq!(stats.retries.load(SeqCst), 3);
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let warnings = text.lines().filter(|l| l.contains("WARN")).count();
+    assert_eq!(warnings, 1, "{text}");
+    assert!(
+        text.contains("recovered (2 failures since the last report)"),
+        "{text}"
+    );
 }
 
 // ---- Loki: 413, Retry-After, configuration errors ----

@@ -43,8 +43,8 @@
 //!   batches try such a path once each, and it recovers on the first success. Other errors
 //!   (ENOSPC, EIO, ...) are retried without bound: the batch is held and reading pauses.
 //!
-//! A retry is recognised as the same entries again (same slice, as the dispatcher passes
-//! it); any other batch starts afresh.
+//! A retry is recognised as the same entries again (same slice, as the dispatcher passes it,
+//! and same first and last entries: `batch_key`); any other batch starts afresh.
 //!
 //! This sink never deletes, renames or compresses anything (the Go version's hourly rotation
 //! deleted every `*.log*` file of the directory because its limits were never read).
@@ -299,7 +299,7 @@ struct Handle {
 
 /// Which batch a retry belongs to, and the files of it that landed already.
 struct Progress {
-    key: (usize, usize),
+    key: u64,
     written: HashSet<PathBuf>,
     /// Lines given up and their paths, reported when the batch is done.
     dropped: usize,
@@ -635,7 +635,7 @@ impl Sink for LocalFileSink {
             self.format(&mut group.1, e);
         }
         // A retry of the same entries skips the files that landed on an earlier attempt.
-        let key = (entries.as_ptr() as usize, entries.len());
+        let key = super::batch_key(entries);
         let mut progress = match self.progress.take() {
             Some(p) if p.key == key => p,
             _ => Progress {

@@ -227,9 +227,9 @@ pub struct LokiSink {
     authorization: Option<String>,
     default_labels: Vec<(String, String)>,
     stats: Arc<LokiStats>,
-    /// The batch (slice address, length) a retry belongs to and how many of its entries,
+    /// The batch ([`super::batch_key`]) a retry belongs to and how many of its entries,
     /// from the start, landed already.
-    progress: Option<((usize, usize), usize)>,
+    progress: Option<(u64, usize)>,
 }
 
 impl LokiSink {
@@ -421,7 +421,7 @@ impl Sink for LokiSink {
         if entries.is_empty() {
             return Ok(());
         }
-        let key = (entries.as_ptr() as usize, entries.len());
+        let key = super::batch_key(entries);
         let skip = match self.progress.take() {
             Some((k, landed)) if k == key => landed,
             _ => 0,

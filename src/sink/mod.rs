@@ -57,6 +57,19 @@ pub trait Sink: Send {
     fn flush(&mut self) -> Result<(), SinkError>;
 }
 
+/// Identifies a batch across retries: the dispatcher retries with the same slice, so its
+/// address and length, with the first and last entries' timestamps (log and capture) and
+/// messages, tell a retry from a new batch that happens to reuse the freed memory.
+pub(crate) fn batch_key(entries: &[LogEntry]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (entries.as_ptr() as usize, entries.len()).hash(&mut h);
+    for e in [entries.first(), entries.last()].into_iter().flatten() {
+        (e.timestamp_ns, e.processed_at_ns, &e.message[..]).hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Why a sink could not take a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -28,7 +28,8 @@
 //!   `output_format` json, text `timestamp_format`, default `filename_pattern`, queue sizes),
 //!   (b) keys that only this program has (`app.io_engine`,
 //!   `container_monitor.stream_rotation_interval`, `stream_idle_timeout`,
-//!   `new_containers_from`, `sinks.stdout`, `sinks.blackhole`), which a Go file cannot mention,
+//!   `new_containers_from`, `dispatcher.max_queue_bytes`, `sinks.stdout`, `sinks.blackhole`),
+//!   which a Go file cannot mention,
 //!   and (c) values for which zero is unusable (`app.log_level` info, `app.log_format` json,
 //!   `dispatcher.batch_timeout` 5s, `positions.flush_interval` 30s).
 //!

@@ -56,8 +56,8 @@ pub struct DispatchStats {
     pub sink_results: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Since when each failing sink has been failing, for health checks.
     pub failing_sinks: Mutex<BTreeMap<&'static str, Instant>>,
-    /// Per sink, the last error that only the operator can fix (wrong credentials, tenant or
-    /// endpoint), until the sink takes a batch again.
+    /// Per sink, the error only the operator can fix (wrong credentials, tenant or endpoint),
+    /// while it is the sink's last error.
     pub config_errors: Mutex<BTreeMap<&'static str, String>>,
 }
 
@@ -233,13 +233,13 @@ impl Dispatcher {
                                 .unwrap()
                                 .entry(sink.name())
                                 .or_insert_with(Instant::now);
+                            let mut config_errors = self.stats.config_errors.lock().unwrap();
                             if e.is_config_side() {
-                                self.stats
-                                    .config_errors
-                                    .lock()
-                                    .unwrap()
-                                    .insert(sink.name(), e.to_string());
+                                config_errors.insert(sink.name(), e.to_string());
+                            } else {
+                                config_errors.remove(sink.name());
                             }
+                            drop(config_errors);
                             retry_after = retry_after.max(e.retry_after().unwrap_or_default());
                             warn_limited(&mut self.warned, sink.name(), &e, chunk.len());
                         }

@@ -1,7 +1,8 @@
 //! `GET /health`: the Go keys (`status`, `timestamp`, `version`, `uptime`, `services`,
 //! `checks`) and 503 when degraded. Degraded when any of:
 //!
-//! - the queue holds more than 70 % of `dispatcher.queue_size` (`checks.queue_utilization`);
+//! - the queue holds more than 70 % of `dispatcher.queue_size` or of
+//!   `dispatcher.max_queue_bytes` (`checks.queue_utilization`);
 //! - a sink has been failing (retrying, holding its batch) for longer than the retry budget,
 //!   60 s (`checks.sink_connectivity`), or at once when its last error is one only the
 //!   operator can fix, a Loki 401/403/404/407 (`checks.sink_connectivity.config_errors`, with
@@ -201,6 +202,8 @@ pub fn health(state: &ApiState) -> HealthReport {
                 "utilization": percent(utilization),
                 "size": queue.queued(),
                 "capacity": queue.capacity(),
+                "bytes": queue.queued_bytes(),
+                "max_bytes": queue.max_bytes(),
                 "threshold": percent(DEGRADED_RATIO),
             },
             "memory": {

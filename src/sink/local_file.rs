@@ -30,7 +30,8 @@
 //!   handle's. A renamed file keeps what was written to it (synced, then closed); a deleted one
 //!   took the lines written since its last good fsync with it, so those are written again into
 //!   the recreated directory and file. Each handle keeps the bytes written since its last good
-//!   fsync for this (at most [`UNSYNCED_MAX`]: past that it is fsynced early).
+//!   fsync for this (at most [`UNSYNCED_MAX`] for all handles: past that they are fsynced
+//!   early).
 //! - **fsync fails**: Linux reports the error once and marks the pages clean, so what was
 //!   written since the last good fsync may never reach the disk. The file is cut back to its
 //!   last synced length, those bytes are written again, and `flush` fails: positions are not
@@ -63,8 +64,9 @@ use crate::entry::LogEntry;
 
 const SINK: &str = "local_file";
 
-/// Bytes a handle keeps for rewriting since its last good fsync; past this it is fsynced early.
-pub const UNSYNCED_MAX: usize = 16 << 20;
+/// Bytes all handles keep for rewriting since their last good fsync; past this every file
+/// written is fsynced early, so that this memory stays bounded whatever the commit interval.
+pub const UNSYNCED_MAX: usize = 32 << 20;
 
 /// Failed attempts in a row after which a path's lines are given up (see the module docs).
 pub const PATH_ATTEMPTS: u32 = 3;
@@ -740,8 +742,21 @@ impl LocalFileSink {
         self.handle(path)?;
         // The handle stays (with its unsynced earlier writes) for the retry and the flush.
         self.append(path, buf)?;
-        if self.files[path].unsynced.len() > UNSYNCED_MAX {
-            self.sync_file(path)?;
+        let unsynced: usize = self.files.values().map(|h| h.unsynced.len()).sum();
+        if unsynced > UNSYNCED_MAX {
+            let dirty: Vec<PathBuf> = self
+                .files
+                .iter()
+                .filter(|(_, h)| h.dirty)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in dirty {
+                // The lines are written: failing here would make the retry write them twice.
+                // A failed fsync keeps its bytes for rewriting and fails the next flush.
+                if let Err(e) = self.sync_file(&p) {
+                    tracing::warn!("{e}");
+                }
+            }
         }
         Ok(())
     }

@@ -854,11 +854,7 @@ impl Capture {
     fn backpressure(&mut self) {
         let gauge = self.queue.gauge();
         let queued = gauge.queued();
-        let pause = if self.paused {
-            queued > gauge.capacity() / 2
-        } else {
-            queued >= gauge.capacity()
-        };
+        let pause = gauge.should_pause(self.paused);
         if pause == self.paused {
             return;
         }

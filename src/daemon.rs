@@ -28,7 +28,7 @@ use crate::discovery::{self, ContainerEvent, OwnContainer};
 use crate::dispatch::{DispatchOptions, DispatchStats, Dispatcher, Undelivered};
 use crate::docker::{pinned_from_env, socket_path, Client, ContainerInfo, DockerStatus, ErrorKind};
 use crate::io::{select_engine, EngineChoice, IoStats, Selection};
-use crate::pipeline::{queue, QueueGauge};
+use crate::pipeline::{queue_bounded, QueueGauge};
 use crate::positions::PositionStore;
 use crate::reader::LogReader;
 use crate::sink::{self, BlackholeSink, LocalFileSink, LokiSink, Sink, StdoutSink};
@@ -214,7 +214,10 @@ pub fn run(
     let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
     tracing::info!("sinks: {}", sink_names.join(", "));
 
-    let (tx, rx) = queue(config.dispatcher.queue_size);
+    let (tx, rx) = queue_bounded(
+        config.dispatcher.queue_size,
+        config.dispatcher.max_queue_bytes,
+    );
     let shared = Shared {
         capture: Arc::default(),
         dispatch: Arc::default(),

@@ -5,13 +5,22 @@
 //! A sink that fails with a retryable error is retried with backoff while it holds the batch;
 //! the sinks that already took it are not written again. The queue stays full meanwhile, so
 //! the reader pauses: nothing is dropped. A permanent refusal (a 4xx Loki will never accept)
-//! counts the lines as dropped with the reason and lets the batch go.
+//! counts the lines as dropped with the reason and lets the batch go (only the lines named,
+//! when the sink says part of the batch landed: [`SinkError::PartlyDropped`]).
+//!
+//! A retry waits the backoff or the server's `Retry-After`, whichever is longer. A failing sink
+//! is logged when it starts failing, then at most once a minute (with the count of failures in
+//! between), and when it recovers: an outage does not write a line per batch. Errors only the
+//! operator can fix (Loki 401/403/404/407) are also kept in [`DispatchStats::config_errors`]
+//! for `/health` until the sink takes a batch again.
 //!
 //! On shutdown the dispatcher drains the queue until the reader has closed it, retrying
 //! failing sinks until `shutdown_deadline`; what it could not deliver by then is named in the
-//! log and left unacknowledged, so the next start reads it again.
+//! log and left unacknowledged, so the next start reads it again. From then on the positions
+//! of the containers in that batch stay where they were: a later batch that does get through
+//! (a flapping sink) must not carry them past the lines that did not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,6 +59,9 @@ pub struct DispatchStats {
     pub sink_results: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Since when each failing sink has been failing, for health checks.
     pub failing_sinks: Mutex<BTreeMap<&'static str, Instant>>,
+    /// Per sink, the error only the operator can fix (wrong credentials, tenant or endpoint),
+    /// while it is the sink's last error.
+    pub config_errors: Mutex<BTreeMap<&'static str, String>>,
 }
 
 impl DispatchStats {
@@ -85,6 +97,22 @@ pub struct Dispatcher {
     last_commit: Instant,
     stop: Arc<AtomicBool>,
     stopped_at: Option<Instant>,
+    /// Containers (12-character ids) with lines in a batch given up at shutdown: their
+    /// positions no longer advance.
+    frozen: HashSet<String>,
+    /// Per failing sink: when it was last logged, and failures not logged since.
+    warned: HashMap<&'static str, (Instant, u64)>,
+}
+
+/// A failing sink is logged again at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Longest `Retry-After` honoured: a server asking for more is asked again after this.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
+
+/// The 12-character short id both entries (`source_id`) and checkpoints (full id) reduce to.
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 impl Dispatcher {
@@ -108,6 +136,8 @@ impl Dispatcher {
             last_commit: Instant::now(),
             stop,
             stopped_at: None,
+            frozen: HashSet::new(),
+            warned: HashMap::new(),
         }
     }
 
@@ -149,8 +179,14 @@ impl Dispatcher {
                             .by_container
                             .entry(c.container_name.to_string())
                             .or_default() += c.lines;
+                        self.frozen.insert(short_id(&c.container_id).to_string());
                     }
-                    self.queue.release(lost.entries.len());
+                    for e in &lost.entries {
+                        if !self.frozen.contains(short_id(&e.source_id)) {
+                            self.frozen.insert(short_id(&e.source_id).to_string());
+                        }
+                    }
+                    self.queue.release(&lost.entries);
                 }
             }
             if self.last_commit.elapsed() >= self.options.commit_interval {
@@ -170,9 +206,11 @@ impl Dispatcher {
             let end = (start + self.options.batch_size.max(1)).min(total);
             let chunk = &batch.entries[start..end];
             let mut done = vec![false; self.sinks.len()];
-            let mut refused = false;
+            // Lines of the chunk some sink refused for good (the most any one sink refused).
+            let mut refused = 0usize;
             let mut attempt = 0u32;
             while !done.iter().all(|&d| d) {
+                let mut retry_after = Duration::ZERO;
                 for (i, sink) in self.sinks.iter_mut().enumerate() {
                     if done[i] {
                         continue;
@@ -185,6 +223,13 @@ impl Dispatcher {
                             done[i] = true;
                             self.stats.sink_result(sink.name(), "success");
                             self.stats.failing_sinks.lock().unwrap().remove(sink.name());
+                            self.stats.config_errors.lock().unwrap().remove(sink.name());
+                            if let Some((_, missed)) = self.warned.remove(sink.name()) {
+                                tracing::info!(
+                                    "{}: recovered ({missed} failures since the last report)",
+                                    sink.name()
+                                );
+                            }
                         }
                         Err(e) if e.is_retryable() => {
                             self.stats.sink_result(sink.name(), "error");
@@ -194,24 +239,35 @@ impl Dispatcher {
                                 .unwrap()
                                 .entry(sink.name())
                                 .or_insert_with(Instant::now);
-                            tracing::warn!("{e} (will retry, holding {} lines)", chunk.len());
+                            let mut config_errors = self.stats.config_errors.lock().unwrap();
+                            if e.is_config_side() {
+                                config_errors.insert(sink.name(), e.to_string());
+                            } else {
+                                config_errors.remove(sink.name());
+                            }
+                            drop(config_errors);
+                            retry_after = retry_after.max(e.retry_after().unwrap_or_default());
+                            warn_limited(&mut self.warned, sink.name(), &e, chunk.len());
                         }
                         Err(e) => {
                             done[i] = true;
-                            refused = true;
-                            drop_lines(&self.stats, sink.name(), &e, chunk.len());
+                            let lines = e.dropped_lines().unwrap_or(chunk.len());
+                            refused = refused.max(lines);
+                            drop_lines(&self.stats, sink.name(), &e, lines);
                         }
                     }
                 }
                 if done.iter().all(|&d| d) {
-                    if refused {
-                        refused_lines += chunk.len() as u64;
-                    }
+                    refused_lines += refused as u64;
                     break;
                 }
                 attempt += 1;
                 self.stats.retries.fetch_add(1, Relaxed);
-                if !self.sleep(self.backoff.delay_random(attempt)) {
+                let delay = self
+                    .backoff
+                    .delay_random(attempt)
+                    .max(retry_after.min(RETRY_AFTER_MAX));
+                if !self.sleep(delay) {
                     tracing::error!(
                         "shutdown deadline passed with {} lines undelivered; they stay unacknowledged",
                         total - start
@@ -223,7 +279,7 @@ impl Dispatcher {
         self.stats.lines_delivered.fetch_add(total as u64, Relaxed);
         self.stats.lines_refused.fetch_add(refused_lines, Relaxed);
         self.stats.batches_delivered.fetch_add(1, Relaxed);
-        self.queue.release(total);
+        self.queue.release(&batch.entries);
         self.advance(&batch.checkpoints);
         Ok(())
     }
@@ -249,6 +305,9 @@ impl Dispatcher {
     fn advance(&self, checkpoints: &[Checkpoint]) {
         let mut positions = self.positions.lock().unwrap();
         for c in checkpoints {
+            if self.frozen.contains(short_id(&c.container_id)) {
+                continue;
+            }
             positions.advance(
                 &c.container_id,
                 &c.container_name,
@@ -281,6 +340,31 @@ impl Dispatcher {
                 self.stats.commits.fetch_add(1, Relaxed);
             }
             Err(e) => tracing::error!("positions not committed: {e}"),
+        }
+    }
+}
+
+/// Logs a retryable failure when the sink starts failing, then at most every [`WARN_EVERY`].
+fn warn_limited(
+    warned: &mut HashMap<&'static str, (Instant, u64)>,
+    sink: &'static str,
+    error: &SinkError,
+    lines: usize,
+) {
+    match warned.get_mut(sink) {
+        Some((at, missed)) if at.elapsed() < WARN_EVERY => *missed += 1,
+        Some((at, missed)) => {
+            tracing::warn!(
+                "{error} (still failing, {} more failures in {}s; holding {lines} lines)",
+                *missed + 1,
+                at.elapsed().as_secs()
+            );
+            *at = Instant::now();
+            *missed = 0;
+        }
+        None => {
+            tracing::warn!("{error} (will retry, holding {lines} lines)");
+            warned.insert(sink, (Instant::now(), 0));
         }
     }
 }

@@ -267,7 +267,7 @@ fn health_is_503_degraded_when_the_queue_is_over_70_percent() {
     assert_eq!(v["checks"]["queue_utilization"]["utilization"], "71.00%");
     assert_eq!(v["checks"]["queue_utilization"]["size"], 71);
     // Delivered: healthy again.
-    f.rx.release(71);
+    f.rx.release(&entries(71).entries);
     assert_eq!(get(f.api, "/health").status, 200);
 }
 

@@ -671,6 +671,9 @@ const ENV_CASES: &[(&str, &str, Check)] = &[
     ("SSW_DISPATCHER_QUEUE_SIZE", "123", |c| {
         c.dispatcher.queue_size == 123
     }),
+    ("SSW_DISPATCHER_MAX_QUEUE_BYTES", "1048576", |c| {
+        c.dispatcher.max_queue_bytes == 1 << 20
+    }),
     ("SSW_DISPATCHER_BATCH_SIZE", "7", |c| {
         c.dispatcher.batch_size == 7
     }),

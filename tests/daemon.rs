@@ -1650,3 +1650,70 @@ fn assert_accounting(log: &str, done: &str) {
     );
     assert!(done.contains("; discarded: repeat="), "{done}");
 }
+
+// Issue 12, sinks and disk (RELIABILITY.md): the output directory deleted mid-run.
+
+/// The numbers `prefix N` of one stream, in file order.
+fn stream_numbers(captured: &Captured, name: &str, stream: &str) -> Vec<usize> {
+    captured
+        .lines
+        .get(&key(name, stream))
+        .map(|lines| {
+            lines
+                .iter()
+                .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn output_directory_deleted_mid_run_later_lines_land_exactly_once() {
+    let env = TestEnv::new("rmdir");
+    let config = write_config(&env, &Settings::default());
+    let mut capturer = Capturer::start(&env, &config, &[]);
+    let n = 400;
+    let name = env.run("a", &numbered_script(n, 10_000));
+    let want = expect_numbered(std::slice::from_ref(&name), n);
+    wait_fraction(&env, &mut capturer, &want, 0.2);
+    let before = read_output(&env.out_dir(), true);
+    fs::remove_dir_all(env.out_dir()).unwrap();
+    env.wait_exited(std::slice::from_ref(&name), Duration::from_secs(60));
+    let deadline = Instant::now() + DELIVERY_BOUND;
+    loop {
+        capturer.assert_running();
+        let got = read_output(&env.out_dir(), true);
+        let done = ["stdout", "stderr"]
+            .iter()
+            .all(|s| stream_numbers(&got, &name, s).last() == Some(&n));
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last lines never reached the recreated directory (before: to the deleted one)"
+        );
+        thread::sleep(POLL);
+    }
+    capturer.signal(libc::SIGTERM);
+    assert!(capturer.wait_exit(EXIT_BOUND).is_some());
+    let after = read_output(&env.out_dir(), false);
+    assert!(after.bad.is_empty(), "{:?}", after.bad);
+    for stream in ["stdout", "stderr"] {
+        // What was on disk when the directory went is gone with it; everything from the first
+        // line not yet there is in the new file, once, in order.
+        let seen = stream_numbers(&before, &name, stream)
+            .last()
+            .copied()
+            .unwrap_or(0);
+        let got = stream_numbers(&after, &name, stream);
+        let first = got[0];
+        assert!(
+            first <= seen + 1,
+            "{stream}: lines {} to {} lost",
+            seen + 1,
+            first - 1
+        );
+        assert_eq!(got, (first..=n).collect::<Vec<_>>(), "{stream}");
+    }
+}

@@ -587,7 +587,7 @@ fn two_hundred_concurrent_clients_lose_no_posted_line() {
                         .map(|e| String::from_utf8_lossy(&e.message).to_string()),
                 );
                 // Delivered: room for more.
-                f.rx.release(b.entries.len());
+                f.rx.release(&b.entries);
             }
         }
         for c in clients {

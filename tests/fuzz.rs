@@ -454,7 +454,7 @@ fn exchange(addr: SocketAddr, raw: &[u8]) -> Option<u16> {
 fn drain(server: &Server) {
     let rx = server.rx.lock().unwrap();
     while let Received::Batch(b) = rx.recv(Duration::ZERO) {
-        rx.release(b.entries.len());
+        rx.release(&b.entries);
     }
 }
 

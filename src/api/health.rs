@@ -1,9 +1,12 @@
 //! `GET /health`: the Go keys (`status`, `timestamp`, `version`, `uptime`, `services`,
 //! `checks`) and 503 when degraded. Degraded when any of:
 //!
-//! - the queue holds more than 70 % of `dispatcher.queue_size` (`checks.queue_utilization`);
+//! - the queue holds more than 70 % of `dispatcher.queue_size` or of
+//!   `dispatcher.max_queue_bytes` (`checks.queue_utilization`);
 //! - a sink has been failing (retrying, holding its batch) for longer than the retry budget,
-//!   60 s (`checks.sink_connectivity`);
+//!   60 s (`checks.sink_connectivity`), or at once when its last error is one only the
+//!   operator can fix, a Loki 401/403/404/407 (`checks.sink_connectivity.config_errors`, with
+//!   the error);
 //! - open file descriptors exceed 70 % of the process's soft `RLIMIT_NOFILE`
 //!   (`checks.file_descriptors`);
 //! - io ops in flight exceed twice the live streams plus [`IO_OPS_SLACK`]: every stream has at
@@ -102,6 +105,13 @@ pub fn health(state: &ApiState) -> HealthReport {
         }
     }
 
+    let mut config_errors = Map::new();
+    for (sink, error) in shared.dispatch.config_errors.lock().unwrap().iter() {
+        sinks_ok = false;
+        issues.push(format!("sink {sink} misconfigured: {error}"));
+        config_errors.insert(sink.to_string(), json!(error));
+    }
+
     // File descriptors.
     let open = procinfo::open_fds();
     let max = procinfo::max_fds();
@@ -192,6 +202,8 @@ pub fn health(state: &ApiState) -> HealthReport {
                 "utilization": percent(utilization),
                 "size": queue.queued(),
                 "capacity": queue.capacity(),
+                "bytes": queue.queued_bytes(),
+                "max_bytes": queue.max_bytes(),
                 "threshold": percent(DEGRADED_RATIO),
             },
             "memory": {
@@ -204,6 +216,7 @@ pub fn health(state: &ApiState) -> HealthReport {
             "sink_connectivity": {
                 "status": status(sinks_ok),
                 "failing_seconds": failing,
+                "config_errors": config_errors,
                 "retry_budget_seconds": budget.as_secs_f64(),
             },
             "file_descriptors": {
@@ -319,6 +332,43 @@ mod tests {
         docker.mark_up();
         assert!(health(&state).healthy);
         assert_eq!(docker.errors()["containers_list"], 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sink_configuration_error_degrades_at_once() {
+        let dir = std::env::temp_dir().join(format!("logcap-health-c-{}", std::process::id()));
+        let (tx, _rx) = queue(10);
+        let dispatch = Arc::new(crate::dispatch::DispatchStats::default());
+        let shared = Shared {
+            capture: Arc::default(),
+            dispatch: dispatch.clone(),
+            positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+            io: Arc::default(),
+            queue: tx.gauge().clone(),
+            containers: Arc::default(),
+            sink_timings: Arc::default(),
+            docker: Arc::default(),
+        };
+        let options = ApiOptions {
+            thread_count: || 5,
+            ..ApiOptions::default()
+        };
+        let state = ApiState::new(&Config::defaults(), shared, None, options);
+        assert!(health(&state).healthy);
+        let error = "loki: http://l/loki/api/v1/push answered 401: \"no org id\"";
+        dispatch
+            .config_errors
+            .lock()
+            .unwrap()
+            .insert("loki", error.into());
+        let report = health(&state);
+        assert!(!report.healthy);
+        let check = &report.body["checks"]["sink_connectivity"];
+        assert_eq!(check["status"], "degraded");
+        assert_eq!(check["config_errors"]["loki"], error);
+        dispatch.config_errors.lock().unwrap().clear();
+        assert!(health(&state).healthy);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

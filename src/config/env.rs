@@ -26,6 +26,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "SSW_METRICS_PORT",
     "SSW_METRICS_PATH",
     "SSW_DISPATCHER_QUEUE_SIZE",
+    "SSW_DISPATCHER_MAX_QUEUE_BYTES",
     "SSW_DISPATCHER_BATCH_SIZE",
     "SSW_DISPATCHER_BATCH_TIMEOUT",
     "SSW_LOKI_ENABLED",
@@ -204,6 +205,10 @@ pub(super) fn apply(
     e.string("SSW_METRICS_PATH", &mut c.metrics.path);
 
     e.usize("SSW_DISPATCHER_QUEUE_SIZE", &mut c.dispatcher.queue_size)?;
+    e.usize(
+        "SSW_DISPATCHER_MAX_QUEUE_BYTES",
+        &mut c.dispatcher.max_queue_bytes,
+    )?;
     e.usize("SSW_DISPATCHER_BATCH_SIZE", &mut c.dispatcher.batch_size)?;
     e.duration(
         "SSW_DISPATCHER_BATCH_TIMEOUT",

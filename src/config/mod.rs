@@ -28,7 +28,8 @@
 //!   `output_format` json, text `timestamp_format`, default `filename_pattern`, queue sizes),
 //!   (b) keys that only this program has (`app.io_engine`,
 //!   `container_monitor.stream_rotation_interval`, `stream_idle_timeout`,
-//!   `new_containers_from`, `sinks.stdout`, `sinks.blackhole`), which a Go file cannot mention,
+//!   `new_containers_from`, `dispatcher.max_queue_bytes`, `sinks.stdout`, `sinks.blackhole`),
+//!   which a Go file cannot mention,
 //!   and (c) values for which zero is unusable (`app.log_level` info, `app.log_format` json,
 //!   `dispatcher.batch_timeout` 5s, `positions.flush_interval` 30s).
 //!
@@ -293,6 +294,9 @@ pub struct FileMonitorConfig {
 pub struct DispatcherConfig {
     /// Capacity (entries) of the queue between readers and sinks; full = reading pauses.
     pub queue_size: usize,
+    /// Ours: capacity in bytes of the same queue (messages plus a fixed share per entry);
+    /// reading pauses at whichever of the two bounds comes first. Default 64 MiB.
+    pub max_queue_bytes: usize,
     pub batch_size: usize,
     #[serde(serialize_with = "ser_duration")]
     pub batch_timeout: Duration,

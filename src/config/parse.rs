@@ -772,6 +772,10 @@ fn read_dispatcher(ctx: &Ctx<'_>, root: &Node<'_>) -> Result<DispatcherConfig, C
     );
     Ok(DispatcherConfig {
         queue_size: ctx.go(usize_(ctx, &s, "queue_size")?, 10_000),
+        max_queue_bytes: ctx.always(
+            usize_(ctx, &s, "max_queue_bytes")?,
+            crate::pipeline::DEFAULT_MAX_QUEUE_BYTES,
+        ),
         batch_size: ctx.go(usize_(ctx, &s, "batch_size")?, 100),
         batch_timeout: ctx.always(duration(ctx, &s, "batch_timeout")?, Duration::from_secs(5)),
     })

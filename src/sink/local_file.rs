@@ -24,13 +24,36 @@
 //! created. A write that fails part way is cut back (`ftruncate`) so that no torn line stays
 //! before the retry.
 //!
+//! Faults (RELIABILITY.md):
+//! - **The path changes under an open handle** (the directory deleted, logrotate renamed the
+//!   file): before each write and each fsync the path's dev/inode is compared with the
+//!   handle's. A renamed file keeps what was written to it (synced, then closed); a deleted one
+//!   took the lines written since its last good fsync with it, so those are written again into
+//!   the recreated directory and file. Each handle keeps the bytes written since its last good
+//!   fsync for this (at most [`UNSYNCED_MAX`] for all handles: past that they are fsynced
+//!   early).
+//! - **fsync fails**: Linux reports the error once and marks the pages clean, so what was
+//!   written since the last good fsync may never reach the disk. The file is cut back to its
+//!   last synced length, those bytes are written again, and `flush` fails: positions are not
+//!   committed until a later fsync of the rewritten bytes succeeds.
+//! - **A path that cannot be written** (EACCES, EPERM, EISDIR, ENOTDIR, ENAMETOOLONG, ELOOP,
+//!   EROFS): the other files of the batch are written; the batch fails (retryable) and its
+//!   retry writes only the files that did not land. After [`PATH_ATTEMPTS`] failed attempts in
+//!   a row, the path's lines are given up: [`SinkError::PartlyDropped`] with reason
+//!   `unwritable_path` (`lines_dropped_total{reason="local_file_unwritable_path"}`). Later
+//!   batches try such a path once each, and it recovers on the first success. Other errors
+//!   (ENOSPC, EIO, ...) are retried without bound: the batch is held and reading pauses.
+//!
+//! A retry is recognised as the same entries again (same slice, as the dispatcher passes it,
+//! and same first and last entries: `batch_key`); any other batch starts afresh.
+//!
 //! This sink never deletes, renames or compresses anything (the Go version's hourly rotation
 //! deleted every `*.log*` file of the directory because its limits were never read).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +63,55 @@ use super::{Sink, SinkError};
 use crate::entry::LogEntry;
 
 const SINK: &str = "local_file";
+
+/// Bytes all handles keep for rewriting since their last good fsync; past this every file
+/// written is fsynced early, so that this memory stays bounded whatever the commit interval.
+pub const UNSYNCED_MAX: usize = 32 << 20;
+
+/// Failed attempts in a row after which a path's lines are given up (see the module docs).
+pub const PATH_ATTEMPTS: u32 = 3;
+
+/// The `reason` of lines given up on an unwritable path.
+pub const UNWRITABLE_PATH: &str = "unwritable_path";
+
+/// The file operations that can fail in ways a test cannot provoke on demand (a failing fsync
+/// needs a failing disk): a seam for fault injection. [`RealFileOps`] is what runs.
+pub trait FileOps: Send {
+    fn write_all(&mut self, path: &Path, file: &mut File, buf: &[u8]) -> std::io::Result<()>;
+    fn sync_data(&mut self, path: &Path, file: &File) -> std::io::Result<()>;
+}
+
+/// The system calls themselves.
+pub struct RealFileOps;
+
+impl FileOps for RealFileOps {
+    fn write_all(&mut self, _: &Path, file: &mut File, buf: &[u8]) -> std::io::Result<()> {
+        file.write_all(buf)
+    }
+    fn sync_data(&mut self, _: &Path, file: &File) -> std::io::Result<()> {
+        file.sync_data()
+    }
+}
+
+/// Whether an error belongs to the path (retrying will not help until the operator acts), as
+/// opposed to the disk or the system (full, I/O error), which can clear by itself.
+fn is_path_error(e: &SinkError) -> bool {
+    let SinkError::Io { source, .. } = e else {
+        return false;
+    };
+    matches!(
+        source.raw_os_error(),
+        Some(
+            libc::EACCES
+                | libc::EPERM
+                | libc::EISDIR
+                | libc::ENOTDIR
+                | libc::ENAMETOOLONG
+                | libc::ELOOP
+                | libc::EROFS
+        )
+    )
+}
 
 /// `sinks.local_file.output_format` (the config holds this type too).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -214,10 +286,26 @@ impl LocalFileOptions {
 
 struct Handle {
     file: File,
+    /// Identity of the file opened, to notice the path now names another one (or none).
+    dev: u64,
+    ino: u64,
     size: u64,
+    /// Length at the last good fsync (or at open).
+    synced: u64,
+    /// What was written since the last good fsync, to write again if it did not land.
+    unsynced: Vec<u8>,
     tick: u64,
     used_at: Instant,
     dirty: bool,
+}
+
+/// Which batch a retry belongs to, and the files of it that landed already.
+struct Progress {
+    key: u64,
+    written: HashSet<PathBuf>,
+    /// Lines given up and their paths, reported when the batch is done.
+    dropped: usize,
+    dropped_paths: Vec<String>,
 }
 
 /// Remembers the file of the previous entry within one batch: entries of one container in one
@@ -237,14 +325,29 @@ pub struct LocalFileSink {
     files: HashMap<PathBuf, Handle>,
     dirs_to_sync: HashSet<PathBuf>,
     tick: u64,
-    groups: Vec<(PathBuf, Vec<u8>)>,
+    groups: Vec<(PathBuf, Vec<u8>, usize)>,
     entries_written: u64,
     bytes_written: u64,
+    ops: Box<dyn FileOps>,
+    /// Bytes lost with a deleted file, to write first into the next file opened at the path.
+    carry: HashMap<PathBuf, Vec<u8>>,
+    progress: Option<Progress>,
+    /// Consecutive failed attempts per path with a path error.
+    path_failures: HashMap<PathBuf, u32>,
+    /// Paths given up on: one attempt per batch until one succeeds.
+    given_up: HashSet<PathBuf>,
+    fsync_errors: u64,
+    reopened: u64,
 }
 
 impl LocalFileSink {
     /// Creates `directory` if needed. Nothing else is touched until the first batch.
     pub fn new(opts: LocalFileOptions) -> Result<Self, SinkError> {
+        Self::with_file_ops(opts, Box::new(RealFileOps))
+    }
+
+    /// [`LocalFileSink::new`] with the writes and fsyncs going through `ops` (fault injection).
+    pub fn with_file_ops(opts: LocalFileOptions, ops: Box<dyn FileOps>) -> Result<Self, SinkError> {
         if opts.directory.as_os_str().is_empty() {
             return Err(SinkError::Config {
                 sink: SINK,
@@ -261,7 +364,24 @@ impl LocalFileSink {
             groups: Vec::new(),
             entries_written: 0,
             bytes_written: 0,
+            ops,
+            carry: HashMap::new(),
+            progress: None,
+            path_failures: HashMap::new(),
+            given_up: HashSet::new(),
+            fsync_errors: 0,
+            reopened: 0,
         })
+    }
+
+    /// fsyncs that failed (their bytes were written again).
+    pub fn fsync_errors(&self) -> u64 {
+        self.fsync_errors
+    }
+
+    /// Handles replaced because their path named another file, or none, when next used.
+    pub fn reopened(&self) -> u64 {
+        self.reopened
     }
 
     pub fn options(&self) -> &LocalFileOptions {
@@ -290,9 +410,53 @@ impl LocalFileSink {
         }
     }
 
+    /// If `path` no longer names the file its handle has open, drops the handle; the bytes
+    /// that went with a deleted file since its last good fsync go to `carry`, to be written
+    /// first into the file opened next at `path`.
+    fn check_identity(&mut self, path: &Path) {
+        let Some(h) = self.files.get(path) else {
+            return;
+        };
+        let same = match std::fs::metadata(path) {
+            Ok(m) => m.dev() == h.dev && m.ino() == h.ino,
+            Err(_) => false,
+        };
+        if same {
+            return;
+        }
+        let mut h = self.files.remove(path).expect("looked up above");
+        self.reopened += 1;
+        let deleted = h.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true);
+        if deleted {
+            tracing::warn!(
+                "{}: deleted while open; recreating it and writing again the {} bytes since its last fsync",
+                path.display(),
+                h.unsynced.len()
+            );
+            self.carry
+                .insert(path.to_path_buf(), std::mem::take(&mut h.unsynced));
+            return;
+        }
+        // Renamed (rotated): what it holds stays there; make it durable before letting go.
+        tracing::info!("{}: renamed while open; opening a new file", path.display());
+        if h.dirty {
+            if let Err(e) = self.ops.sync_data(path, &h.file) {
+                tracing::warn!(
+                    "{}: fsync of the renamed file failed ({e}); writing its last {} bytes again into the new one",
+                    path.display(),
+                    h.unsynced.len()
+                );
+                self.fsync_errors += 1;
+                self.carry
+                    .insert(path.to_path_buf(), std::mem::take(&mut h.unsynced));
+            }
+        }
+    }
+
     fn handle(&mut self, path: &Path) -> Result<&mut Handle, SinkError> {
         self.tick += 1;
         let tick = self.tick;
+        self.check_identity(path);
         if !self.files.contains_key(path) {
             if self.files.len() >= self.opts.max_open_files.max(1) {
                 self.evict_lru()?;
@@ -306,10 +470,9 @@ impl LocalFileSink {
                 .mode(self.opts.file_permissions)
                 .open(path)
                 .map_err(|source| io_err("open", path, source))?;
-            let size = file
+            let meta = file
                 .metadata()
-                .map_err(|source| io_err("stat", path, source))?
-                .len();
+                .map_err(|source| io_err("stat", path, source))?;
             if !existed {
                 self.dirs_to_sync.insert(parent.to_path_buf());
             }
@@ -317,12 +480,23 @@ impl LocalFileSink {
                 path.to_path_buf(),
                 Handle {
                     file,
-                    size,
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    size: meta.len(),
+                    synced: meta.len(),
+                    unsynced: Vec::new(),
                     tick,
                     used_at: Instant::now(),
                     dirty: false,
                 },
             );
+        }
+        if let Some(carried) = self.carry.remove(path) {
+            if let Err(e) = self.append(path, &carried) {
+                // Kept for the next attempt: they go first, before newer lines.
+                self.carry.insert(path.to_path_buf(), carried);
+                return Err(e);
+            }
         }
         let h = self.files.get_mut(path).expect("inserted above");
         h.tick = tick;
@@ -339,14 +513,69 @@ impl LocalFileSink {
         else {
             return Ok(());
         };
-        let h = &self.files[&path];
-        if h.dirty {
-            h.file
-                .sync_data()
-                .map_err(|source| io_err("fsync", &path, source))?;
+        if self.files[&path].dirty {
+            self.sync_file(&path)?;
         }
         self.files.remove(&path);
         Ok(())
+    }
+
+    /// fsyncs one open file, checking first that its path still names it. On an fsync error
+    /// the bytes since the last good fsync are written again and the error returned.
+    fn sync_file(&mut self, path: &Path) -> Result<(), SinkError> {
+        self.check_identity(path);
+        if self.carry.contains_key(path) {
+            // Deleted: reopen (recreating the directory), which writes them again.
+            self.handle(path)?;
+        }
+        let Some(h) = self.files.get_mut(path) else {
+            return Ok(());
+        };
+        if !h.dirty {
+            return Ok(());
+        }
+        match self.ops.sync_data(path, &h.file) {
+            Ok(()) => {
+                h.synced = h.size;
+                h.unsynced.clear();
+                h.dirty = false;
+                Ok(())
+            }
+            Err(source) => {
+                self.fsync_errors += 1;
+                let again = std::mem::take(&mut h.unsynced);
+                tracing::warn!(
+                    "{}: fsync failed ({source}); writing again the {} bytes since the last good fsync",
+                    path.display(),
+                    again.len()
+                );
+                let _ = h.file.set_len(h.synced);
+                h.size = h.synced;
+                if let Err(e) = self.append(path, &again) {
+                    tracing::warn!("{e}");
+                }
+                Err(io_err("fsync", path, source))
+            }
+        }
+    }
+
+    /// Appends to the open handle of `path`, keeping the bytes for a rewrite until fsynced.
+    /// A torn write is cut back so that a retry appends whole lines only.
+    fn append(&mut self, path: &Path, buf: &[u8]) -> Result<(), SinkError> {
+        let h = self.files.get_mut(path).expect("caller opened it");
+        match self.ops.write_all(path, &mut h.file, buf) {
+            Ok(()) => {
+                h.size += buf.len() as u64;
+                h.unsynced.extend_from_slice(buf);
+                h.dirty = true;
+                self.bytes_written += buf.len() as u64;
+                Ok(())
+            }
+            Err(source) => {
+                let _ = h.file.set_len(h.size);
+                Err(io_err("write", path, source))
+            }
+        }
     }
 }
 
@@ -396,44 +625,104 @@ impl Sink for LocalFileSink {
                 _ => {
                     let path = self.path_for(e);
                     let gi = *index.entry(path.clone()).or_insert_with(|| {
-                        groups.push((path, Vec::new()));
+                        groups.push((path, Vec::new(), 0));
                         groups.len() - 1
                     });
                     memo = Some((key, gi));
                     gi
                 }
             };
-            let buf = &mut groups[gi].1;
-            self.format(buf, e);
+            let group = &mut groups[gi];
+            group.2 += 1;
+            self.format(&mut group.1, e);
         }
-        let mut result = Ok(());
-        for (path, buf) in &groups {
-            if let Err(err) = self.write_file(path, buf) {
-                result = Err(err);
-                break;
+        // A retry of the same entries skips the files that landed on an earlier attempt.
+        let key = super::batch_key(entries);
+        let mut progress = match self.progress.take() {
+            Some(p) if p.key == key => p,
+            _ => Progress {
+                key,
+                written: HashSet::new(),
+                dropped: 0,
+                dropped_paths: Vec::new(),
+            },
+        };
+        let mut first_err = None;
+        for (path, buf, lines) in &groups {
+            if progress.written.contains(path) {
+                continue;
+            }
+            match self.write_file(path, buf) {
+                Ok(()) => {
+                    progress.written.insert(path.clone());
+                    self.path_failures.remove(path);
+                    if self.given_up.remove(path) {
+                        tracing::info!("{}: writable again", path.display());
+                    }
+                }
+                Err(err) if is_path_error(&err) => {
+                    let n = self.path_failures.entry(path.clone()).or_default();
+                    *n += 1;
+                    if *n >= PATH_ATTEMPTS || self.given_up.contains(path) {
+                        if self.given_up.insert(path.clone()) {
+                            tracing::error!(
+                                "{err}: failed {n} times in a row; giving up its lines (reason {UNWRITABLE_PATH}) until it can be written again"
+                            );
+                        }
+                        progress.written.insert(path.clone());
+                        progress.dropped += lines;
+                        progress.dropped_paths.push(path.display().to_string());
+                    } else if first_err.is_none() {
+                        first_err = Some(err);
+                    }
+                }
+                Err(err) => {
+                    if first_err.is_none() {
+                        first_err = Some(err);
+                    }
+                }
             }
         }
-        if result.is_ok() {
-            self.entries_written += entries.len() as u64;
-        }
         // Keep the group buffers' allocations for the next batch unless they grew large.
-        groups.retain(|(_, b)| b.capacity() <= 1 << 20);
+        groups.retain(|(_, b, _)| b.capacity() <= 1 << 20);
         for g in groups.iter_mut() {
             g.1.clear();
+            g.2 = 0;
         }
         groups.clear();
         self.groups = groups;
-        result
+        if let Some(err) = first_err {
+            self.progress = Some(progress);
+            return Err(err);
+        }
+        self.entries_written += (entries.len() - progress.dropped) as u64;
+        if progress.dropped > 0 {
+            return Err(SinkError::PartlyDropped {
+                sink: SINK,
+                lines: progress.dropped,
+                reason: UNWRITABLE_PATH,
+                detail: progress.dropped_paths.join(", "),
+            });
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        for (path, h) in self.files.iter_mut() {
-            if h.dirty {
-                h.file
-                    .sync_data()
-                    .map_err(|source| io_err("fsync", path, source))?;
-                h.dirty = false;
+        let mut paths: Vec<PathBuf> = self
+            .files
+            .iter()
+            .filter(|(_, h)| h.dirty)
+            .map(|(p, _)| p.clone())
+            .collect();
+        paths.extend(self.carry.keys().cloned());
+        let mut first_err = None;
+        for path in paths {
+            if let Err(e) = self.sync_file(&path) {
+                first_err.get_or_insert(e);
             }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
         }
         for dir in std::mem::take(&mut self.dirs_to_sync) {
             let res = File::open(&dir).and_then(|d| d.sync_all());
@@ -450,21 +739,26 @@ impl Sink for LocalFileSink {
 
 impl LocalFileSink {
     fn write_file(&mut self, path: &Path, buf: &[u8]) -> Result<(), SinkError> {
-        let h = self.handle(path)?;
-        match h.file.write_all(buf) {
-            Ok(()) => {
-                h.size += buf.len() as u64;
-                h.dirty = true;
-                self.bytes_written += buf.len() as u64;
-                Ok(())
-            }
-            Err(source) => {
-                // Cut a torn write back so that the retry appends whole lines only.
-                // The handle stays (with its unsynced earlier writes) for the retry and the flush.
-                let _ = h.file.set_len(h.size);
-                Err(io_err("write", path, source))
+        self.handle(path)?;
+        // The handle stays (with its unsynced earlier writes) for the retry and the flush.
+        self.append(path, buf)?;
+        let unsynced: usize = self.files.values().map(|h| h.unsynced.len()).sum();
+        if unsynced > UNSYNCED_MAX {
+            let dirty: Vec<PathBuf> = self
+                .files
+                .iter()
+                .filter(|(_, h)| h.dirty)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in dirty {
+                // The lines are written: failing here would make the retry write them twice.
+                // A failed fsync keeps its bytes for rewriting and fails the next flush.
+                if let Err(e) = self.sync_file(&p) {
+                    tracing::warn!("{e}");
+                }
             }
         }
+        Ok(())
     }
 }
 

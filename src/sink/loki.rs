@@ -15,6 +15,13 @@
 //! Errors: no answer is [`SinkError::Connection`], any non-2xx is [`SinkError::Http`] with the
 //! start of the body; see [`SinkError::is_retryable`]. A permanent rejection is logged with its
 //! reason and counted in [`LokiStats`] here; the caller counts the lines as dropped.
+//!
+//! A 413 (body too large) splits the batch in halves, each pushed on its own (and split again
+//! while Loki still says 413); only a single entry Loki refuses is dropped (`loki_too_large`),
+//! and the rest of the batch still goes. When part of a batch landed and a later part fails
+//! with a retryable error, the retry of the same entries (same slice) starts after the part
+//! that landed: nothing is pushed twice by this sink. Pieces refused for good while others
+//! landed come back as [`SinkError::PartlyDropped`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -220,6 +227,9 @@ pub struct LokiSink {
     authorization: Option<String>,
     default_labels: Vec<(String, String)>,
     stats: Arc<LokiStats>,
+    /// The batch ([`super::batch_key`]) a retry belongs to and how many of its entries,
+    /// from the start, landed already.
+    progress: Option<(u64, usize)>,
 }
 
 impl LokiSink {
@@ -257,6 +267,7 @@ impl LokiSink {
             authorization,
             default_labels,
             stats: Arc::new(LokiStats::default()),
+            progress: None,
         })
     }
 
@@ -410,6 +421,104 @@ impl Sink for LokiSink {
         if entries.is_empty() {
             return Ok(());
         }
+        let key = super::batch_key(entries);
+        let skip = match self.progress.take() {
+            Some((k, landed)) if k == key => landed,
+            _ => 0,
+        };
+        let mut split = Split {
+            landed: skip,
+            dropped: 0,
+            first_drop: None,
+        };
+        let result = self.push_split(&entries[skip..], &mut split);
+        if let Err(err) = result {
+            // Retryable: keep what landed (and what was given up) out of the retry.
+            self.progress = Some((key, split.landed));
+            return Err(err);
+        }
+        match split.first_drop {
+            None => Ok(()),
+            Some(err) if split.dropped == entries.len() => Err(err),
+            Some(err) => Err(SinkError::PartlyDropped {
+                sink: SINK,
+                lines: split.dropped,
+                reason: err.drop_reason().unwrap_or("loki_rejected"),
+                detail: err.to_string(),
+            }),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        // Every batch is pushed (and answered) within write_batch: nothing is buffered here.
+        Ok(())
+    }
+}
+
+/// Where a batch stands while its pieces are pushed: entries from the start that are done
+/// (landed or given up), those given up, and the first refusal.
+struct Split {
+    landed: usize,
+    dropped: usize,
+    first_drop: Option<SinkError>,
+}
+
+impl LokiSink {
+    /// Pushes `entries` in order, halving a piece Loki answers 413 to. `Err` only for a
+    /// retryable error; `split.landed` then counts the entries before the failed piece.
+    fn push_split(&mut self, entries: &[LogEntry], split: &mut Split) -> Result<(), SinkError> {
+        match self.push(entries) {
+            Ok(()) => {
+                split.landed += entries.len();
+                Ok(())
+            }
+            Err(err) if err.status() == Some(413) && entries.len() > 1 => {
+                let mid = entries.len() / 2;
+                tracing::debug!(
+                    "loki answered 413 to {} entries; pushing {} and {}",
+                    entries.len(),
+                    mid,
+                    entries.len() - mid
+                );
+                self.push_split(&entries[..mid], split)?;
+                self.push_split(&entries[mid..], split)
+            }
+            Err(err) if err.is_retryable() => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "loki push of {} entries failed, retryable: {err}",
+                    entries.len()
+                );
+                Err(err)
+            }
+            Err(err) => {
+                let reason = err.drop_reason().unwrap_or("loki_rejected");
+                let s = &self.stats;
+                s.batches_rejected.fetch_add(1, Ordering::Relaxed);
+                s.entries_rejected
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                let detail = match &err {
+                    SinkError::Http { status, body, .. } => format!("{reason}: {status} {body:?}"),
+                    other => format!("{reason}: {other}"),
+                };
+                tracing::warn!(
+                    "loki rejected {} entries for good, not retrying ({detail})",
+                    entries.len()
+                );
+                if let Ok(mut g) = s.last_rejection.lock() {
+                    *g = Some(detail);
+                }
+                split.landed += entries.len();
+                split.dropped += entries.len();
+                split.first_drop.get_or_insert(err);
+                Ok(())
+            }
+        }
+    }
+
+    /// One push of `entries` (gzipped at [`GZIP_MIN_BYTES`]), counted in the stats when it
+    /// lands.
+    fn push(&self, entries: &[LogEntry]) -> Result<(), SinkError> {
         let json = self.push_body(entries);
         let (body, gzip) = if json.len() >= GZIP_MIN_BYTES {
             let mut enc = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::new(6));
@@ -421,48 +530,12 @@ impl Sink for LokiSink {
         } else {
             (json, false)
         };
-        match self.send(&body, gzip) {
-            Ok(()) => {
-                let s = &self.stats;
-                s.batches_sent.fetch_add(1, Ordering::Relaxed);
-                s.entries_sent
-                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                s.bytes_sent.fetch_add(body.len() as u64, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(err) => {
-                if let Some(reason) = err.drop_reason() {
-                    let s = &self.stats;
-                    s.batches_rejected.fetch_add(1, Ordering::Relaxed);
-                    s.entries_rejected
-                        .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                    let detail = match &err {
-                        SinkError::Http { status, body, .. } => {
-                            format!("{reason}: {status} {body:?}")
-                        }
-                        other => format!("{reason}: {other}"),
-                    };
-                    tracing::warn!(
-                        "loki rejected a batch of {} entries for good, not retrying ({detail})",
-                        entries.len()
-                    );
-                    if let Ok(mut g) = s.last_rejection.lock() {
-                        *g = Some(detail);
-                    }
-                } else {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(
-                        "loki push of {} entries failed, retryable: {err}",
-                        entries.len()
-                    );
-                }
-                Err(err)
-            }
-        }
-    }
-
-    fn flush(&mut self) -> Result<(), SinkError> {
-        // Every batch is pushed (and answered) within write_batch: nothing is buffered here.
+        self.send(&body, gzip)?;
+        let s = &self.stats;
+        s.batches_sent.fetch_add(1, Ordering::Relaxed);
+        s.entries_sent
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        s.bytes_sent.fetch_add(body.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -9,7 +9,11 @@
 //! be written more than once (a file sink that wrote part of a batch before failing, a Loki push
 //! whose answer was lost). On a permanent error (a 4xx that Loki will never accept: entry out of
 //! order, too old, ...) the entries are not retried: the sink has logged the reason and counted
-//! them, and the caller counts them as dropped with [`SinkError::drop_reason`].
+//! them, and the caller counts them as dropped with [`SinkError::drop_reason`]; when only part
+//! of the batch is refused for good ([`SinkError::PartlyDropped`]: a file path that cannot be
+//! written, one entry too large for Loki) the rest has landed and only that part is counted.
+//! A sink that lands part of a batch before a retryable error skips that part when the same
+//! entries come again (`local_file`, `loki`): retries do not duplicate.
 //!
 //! - [`local_file::LocalFileSink`]: JSON lines or text in files named by Go patterns.
 //! - [`stdout::StdoutSink`]: JSON lines on stdout (or any writer).
@@ -53,6 +57,19 @@ pub trait Sink: Send {
     fn flush(&mut self) -> Result<(), SinkError>;
 }
 
+/// Identifies a batch across retries: the dispatcher retries with the same slice, so its
+/// address and length, with the first and last entries' timestamps (log and capture) and
+/// messages, tell a retry from a new batch that happens to reuse the freed memory.
+pub(crate) fn batch_key(entries: &[LogEntry]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (entries.as_ptr() as usize, entries.len()).hash(&mut h);
+    for e in [entries.first(), entries.last()].into_iter().flatten() {
+        (e.timestamp_ns, e.processed_at_ns, &e.message[..]).hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Why a sink could not take a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -83,7 +100,8 @@ pub enum SinkError {
     /// An HTTP answer other than 2xx. Retryable for 408, 429, 5xx and the configuration-side
     /// 401/403/404/407 (holding the batch until the operator fixes the endpoint or credentials
     /// loses nothing); permanent for every other 4xx (400 out of order / too old / bad labels,
-    /// 413, 422, ...): Loki will never take those entries.
+    /// 413, 422, ...): Loki will never take those entries (the Loki sink splits a batch on
+    /// 413 first, so only a single entry too large ends here).
     #[error("{sink}: {url} answered {status}: {body:?}")]
     Http {
         sink: &'static str,
@@ -93,6 +111,16 @@ pub enum SinkError {
         body: String,
         /// The `Retry-After` of a 429 or 503, when given in seconds.
         retry_after: Option<Duration>,
+    },
+    /// Part of the batch landed and the rest (`lines` entries) never will, e.g. files whose
+    /// path cannot be written (see `local_file`). Permanent: the batch is not retried, and
+    /// `lines` are counted as dropped with `reason`.
+    #[error("{sink}: {lines} lines given up ({reason}): {detail}")]
+    PartlyDropped {
+        sink: &'static str,
+        lines: usize,
+        reason: &'static str,
+        detail: String,
     },
     /// The sink's options are unusable. Permanent.
     #[error("{sink}: invalid configuration: {reason}")]
@@ -105,8 +133,22 @@ impl SinkError {
         match self {
             SinkError::Io { .. } | SinkError::Write { .. } | SinkError::Connection { .. } => true,
             SinkError::Http { status, .. } => http_status_retryable(*status),
-            SinkError::Config { .. } => false,
+            SinkError::Config { .. } | SinkError::PartlyDropped { .. } => false,
         }
+    }
+
+    /// Lines dropped for good when that is not the whole batch.
+    pub fn dropped_lines(&self) -> Option<usize> {
+        match self {
+            SinkError::PartlyDropped { lines, .. } => Some(*lines),
+            _ => None,
+        }
+    }
+
+    /// Whether only the operator can end it: credentials, tenant or endpoint (HTTP 401, 403,
+    /// 404, 407). Retried (nothing is lost by holding the batch) and shown in `/health`.
+    pub fn is_config_side(&self) -> bool {
+        matches!(self.status(), Some(401 | 403 | 404 | 407))
     }
 
     /// The HTTP status, for [`SinkError::Http`].
@@ -136,6 +178,7 @@ impl SinkError {
         Some(match self {
             SinkError::Http { status, body, .. } => loki_reject_reason(*status, body),
             SinkError::Config { .. } => "config",
+            SinkError::PartlyDropped { reason, .. } => reason,
             _ => "error",
         })
     }
@@ -147,6 +190,7 @@ impl SinkError {
             | SinkError::Write { sink, .. }
             | SinkError::Connection { sink, .. }
             | SinkError::Http { sink, .. }
+            | SinkError::PartlyDropped { sink, .. }
             | SinkError::Config { sink, .. } => sink,
         }
     }
@@ -214,6 +258,9 @@ pub fn drop_labels(sink: &str) -> Vec<String> {
     let mut reasons = vec!["config", "error"];
     if sink == "loki" {
         reasons.extend_from_slice(LOKI_REJECT_REASONS);
+    }
+    if sink == "local_file" {
+        reasons.push(local_file::UNWRITABLE_PATH);
     }
     reasons.into_iter().map(|r| drop_label(sink, r)).collect()
 }

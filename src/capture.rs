@@ -25,6 +25,7 @@ use crate::io::StreamId;
 use crate::pipeline::{Batch, Checkpoint, QueueSender};
 use crate::positions::Resume;
 use crate::reader::{LogReader, ReadError, ReaderEvent, StreamSpec};
+use crate::replay::{ReplayFilter, Verdict};
 use crate::resume::ResumeTracker;
 use rustc_hash::FxHashMap;
 use slab::Slab;
@@ -84,6 +85,11 @@ pub struct CaptureStats {
     /// Times reading was paused because the queue was full.
     pub pauses: AtomicU64,
     pub resume_mismatches: AtomicU64,
+    /// Lines dockerd sent again after its own log rotation, dropped (see [`crate::replay`]).
+    pub lines_replayed: AtomicU64,
+    /// Lines stamped at or before their stream's newest delivered line that the replay window
+    /// does not hold (a clock step, or a replay older than the window): delivered.
+    pub lines_out_of_order: AtomicU64,
 }
 
 /// What to do once a closing stream is reported closed.
@@ -111,6 +117,7 @@ struct Container {
     labels: Arc<Labels>,
     source_id: Arc<str>,
     tracker: ResumeTracker,
+    replay: ReplayFilter,
     stream: Option<StreamId>,
     /// The current stream was asked to close.
     closing: bool,
@@ -335,6 +342,7 @@ impl Capture {
                     running: info.running,
                     info,
                     tracker,
+                    replay: ReplayFilter::new(),
                     stream: None,
                     closing: false,
                     next: Next::Nothing,
@@ -652,6 +660,20 @@ impl Capture {
         // timestamps=1 is always asked for; a line without one can only come from a daemon
         // that ignores it, and is stamped with the capture time.
         let ts = line.last_timestamp_ns.unwrap_or(processed_at_ns);
+        // Before the tracker: a line dockerd replays must not count as one more line of the
+        // file, while the lines a reopened stream repeats must (see `crate::replay`).
+        if c.tracker.skipping() > 0 {
+            c.replay.remember(line.stream, ts, &line.message);
+        } else {
+            match c.replay.check(line.stream, ts, &line.message) {
+                Verdict::New => {}
+                Verdict::Replay => {
+                    stats.lines_replayed.fetch_add(1, Relaxed);
+                    return false;
+                }
+                Verdict::Unknown => _ = stats.lines_out_of_order.fetch_add(1, Relaxed),
+            }
+        }
         let before = c.tracker.mismatches();
         if !c.tracker.admit(ts) {
             stats.lines_skipped.fetch_add(1, Relaxed);

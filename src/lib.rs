@@ -20,5 +20,6 @@ pub mod io;
 pub mod pipeline;
 pub mod positions;
 pub mod reader;
+pub mod replay;
 pub mod resume;
 pub mod sink;

@@ -338,6 +338,17 @@ pub fn render(state: &ApiState) -> String {
     for (reason, n) in &dropped {
         t.sample("lines_dropped_total", &[("reason", reason)], *n as f64);
     }
+    t.family(
+        "lines_discarded_total",
+        "Lines read and not delivered on purpose, by reason (replay: dockerd sent a line again \
+         after its own log rotation)",
+        Kind::Counter,
+    );
+    t.sample(
+        "lines_discarded_total",
+        &[("reason", "replay")],
+        s.capture.lines_replayed.load(Relaxed) as f64,
+    );
     t.single(
         "positions_commit_lag_seconds",
         "How long the oldest position advance not yet committed to disk has waited (0: all committed)",

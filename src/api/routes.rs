@@ -210,6 +210,8 @@ fn stats(state: &ApiState) -> Reply {
             "streams_opened": c.streams_opened.load(Relaxed),
             "pauses": c.pauses.load(Relaxed),
             "resume_mismatches": c.resume_mismatches.load(Relaxed),
+            "lines_replayed": c.lines_replayed.load(Relaxed),
+            "lines_out_of_order": c.lines_out_of_order.load(Relaxed),
         },
         "containers": s.containers.snapshot(),
         "positions": {

@@ -198,6 +198,8 @@ pub struct Capture {
     batch_since: Option<Instant>,
     /// Containers with lines in `batch`, each once.
     touched: Vec<Key>,
+    /// Containers removed since the last batch was queued.
+    removed: Vec<Arc<str>>,
     events: Vec<ReaderEvent>,
 }
 
@@ -228,6 +230,7 @@ impl Capture {
             batch: Vec::new(),
             batch_since: None,
             touched: Vec::new(),
+            removed: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -463,6 +466,10 @@ impl Capture {
                 }
                 self.by_id.remove(&c.id);
                 self.registry.forget(&c.id);
+                // Queued behind its last lines, so its position is retired only once they
+                // are delivered.
+                self.removed.push(c.id);
+                self.batch_since.get_or_insert_with(Instant::now);
             }
             Next::Reopen => self.open_stream(key),
             Next::Nothing | Next::ReopenAt(_) => self.schedule(key),
@@ -711,7 +718,7 @@ impl Capture {
 
     fn flush_batch(&mut self) {
         self.batch_since = None;
-        if self.touched.is_empty() {
+        if self.touched.is_empty() && self.removed.is_empty() {
             return;
         }
         let mut checkpoints = Vec::with_capacity(self.touched.len());
@@ -737,6 +744,7 @@ impl Capture {
         let batch = Batch {
             entries: std::mem::take(&mut self.batch),
             checkpoints,
+            removed: std::mem::take(&mut self.removed),
         };
         if let Err(batch) = self.queue.send(batch) {
             tracing::error!(

@@ -134,7 +134,12 @@ pub fn run(
 ) -> Result<Undelivered, String> {
     let cm = &config.container_monitor;
     let socket: PathBuf = socket_path(&cm.socket_path)?;
-    let positions = PositionStore::load(&config.positions.directory).map_err(|e| e.to_string())?;
+    let positions = if config.positions.enabled {
+        PositionStore::load(&config.positions.directory).map_err(|e| e.to_string())?
+    } else {
+        tracing::info!("positions disabled: every container is read from its first line");
+        PositionStore::in_memory()
+    };
     let committed: HashMap<String, _> = positions
         .iter()
         .filter_map(|(id, p)| p.resume().map(|r| (id.to_string(), r)))
@@ -266,6 +271,8 @@ pub fn run(
             batch_timeout: config.dispatcher.batch_timeout,
             commit_interval: config.positions.flush_interval,
             shutdown_timeout: SHUTDOWN_TIMEOUT,
+            cleanup_interval: config.positions.cleanup_interval,
+            max_position_age: config.positions.max_position_age,
         },
         shared.dispatch.clone(),
         shared.sink_timings.clone(),

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::api::SinkTimings;
-use crate::pipeline::{Batch, Checkpoint, QueueReceiver, Received};
+use crate::pipeline::{Batch, QueueReceiver, Received};
 use crate::positions::PositionStore;
 use crate::sink::{Backoff, Sink, SinkError};
 
@@ -31,6 +31,10 @@ pub struct DispatchOptions {
     pub commit_interval: Duration,
     /// How long after stop failing sinks are still retried.
     pub shutdown_timeout: Duration,
+    /// How often positions of removed containers are looked at for pruning; zero: never.
+    pub cleanup_interval: Duration,
+    /// How long the position of a removed container is kept once its lines are delivered.
+    pub max_position_age: Duration,
 }
 
 /// Counters of the dispatcher, shared with metrics and tests.
@@ -80,6 +84,7 @@ pub struct Dispatcher {
     timings: Arc<SinkTimings>,
     backoff: Backoff,
     last_commit: Instant,
+    last_cleanup: Instant,
     stop: Arc<AtomicBool>,
     stopped_at: Option<Instant>,
 }
@@ -103,6 +108,7 @@ impl Dispatcher {
             timings,
             backoff: Backoff::default(),
             last_commit: Instant::now(),
+            last_cleanup: Instant::now(),
             stop,
             stopped_at: None,
         }
@@ -125,6 +131,7 @@ impl Dispatcher {
                     first_at.get_or_insert_with(Instant::now);
                     pending.entries.extend(batch.entries);
                     pending.checkpoints.extend(batch.checkpoints);
+                    pending.removed.extend(batch.removed);
                 }
                 Received::Timeout => {}
                 Received::Closed => closed = true,
@@ -135,7 +142,8 @@ impl Dispatcher {
             if full
                 || due
                 || closed
-                || (pending.entries.is_empty() && !pending.checkpoints.is_empty())
+                || (pending.entries.is_empty()
+                    && !(pending.checkpoints.is_empty() && pending.removed.is_empty()))
             {
                 let batch = std::mem::take(&mut pending);
                 first_at = None;
@@ -149,6 +157,11 @@ impl Dispatcher {
                     }
                     self.queue.release(lost.entries.len());
                 }
+            }
+            if !self.options.cleanup_interval.is_zero()
+                && self.last_cleanup.elapsed() >= self.options.cleanup_interval
+            {
+                self.cleanup();
             }
             if self.last_commit.elapsed() >= self.options.commit_interval {
                 self.commit();
@@ -214,7 +227,7 @@ impl Dispatcher {
         self.stats.lines_delivered.fetch_add(total as u64, Relaxed);
         self.stats.batches_delivered.fetch_add(1, Relaxed);
         self.queue.release(total);
-        self.advance(&batch.checkpoints);
+        self.advance(&batch);
         Ok(())
     }
 
@@ -236,9 +249,9 @@ impl Dispatcher {
         }
     }
 
-    fn advance(&self, checkpoints: &[Checkpoint]) {
+    fn advance(&self, batch: &Batch) {
         let mut positions = self.positions.lock().unwrap();
-        for c in checkpoints {
+        for c in &batch.checkpoints {
             positions.advance(
                 &c.container_id,
                 &c.container_name,
@@ -247,6 +260,22 @@ impl Dispatcher {
                 c.bytes,
                 c.newest_ns,
             );
+        }
+        for id in &batch.removed {
+            positions.mark_removed(id);
+        }
+    }
+
+    /// Drops the positions of containers removed more than `max_position_age` ago.
+    fn cleanup(&mut self) {
+        self.last_cleanup = Instant::now();
+        let pruned = self
+            .positions
+            .lock()
+            .unwrap()
+            .prune_removed(self.options.max_position_age);
+        if pruned > 0 {
+            tracing::debug!("pruned the positions of {pruned} removed containers");
         }
     }
 

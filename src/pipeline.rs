@@ -31,6 +31,10 @@ pub struct Checkpoint {
 pub struct Batch {
     pub entries: Vec<LogEntry>,
     pub checkpoints: Vec<Checkpoint>,
+    /// Containers removed (destroyed) whose every line is in this batch or an earlier one:
+    /// once it is delivered, their positions are only kept for the grace period
+    /// (`positions.max_position_age`).
+    pub removed: Vec<Arc<str>>,
 }
 
 /// Entries queued or being delivered, against the configured capacity.

@@ -199,6 +199,7 @@ fn entries(n: usize) -> Batch {
             })
             .collect(),
         checkpoints: Vec::new(),
+        removed: Vec::new(),
     }
 }
 

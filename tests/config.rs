@@ -130,6 +130,8 @@ fn reference_config_yaml_loads_with_go_settings() {
     assert!(c.positions.enabled);
     assert_eq!(c.positions.directory, PathBuf::from("/app/data/positions"));
     assert_eq!(c.positions.flush_interval, secs(10));
+    assert_eq!(c.positions.cleanup_interval, secs(60));
+    assert_eq!(c.positions.max_position_age, secs(12 * 3600));
 
     // Unused keys are reported, not fatal; Go keys read differently are noted.
     for key in [

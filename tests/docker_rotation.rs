@@ -13,215 +13,25 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use serde_json::Value;
+use std::time::{Duration, Instant};
 
 mod support;
-use support::{docker, docker_command, remove_containers, socket, IMAGE};
+use support::docker;
+#[path = "support/capturer.rs"]
+mod capturer;
+use capturer::{get_json, Env, POLL};
 
-const BIN: &str = env!("CARGO_BIN_EXE_log_capturer");
-const POLL: Duration = Duration::from_millis(200);
 const LOG_OPTS: [&str; 4] = ["--log-opt", "max-size=1m", "--log-opt", "max-file=3"];
+const POSITIONS: &str =
+    "  enabled: true\n  directory: \"{dir}/positions\"\n  flush_interval: \"1s\"";
 
-/// A temporary directory, the containers and child processes of one test, removed however
-/// the test ends (kept, with the capturer's log printed, when it fails).
-struct Env {
-    dir: PathBuf,
-    prefix: String,
-    containers: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Env {
-    fn new(test: &str) -> Env {
-        socket();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let prefix = format!("lcr{}{:x}-{test}-", std::process::id(), nanos % 0xfff);
-        let dir = std::env::temp_dir()
-            .join("logcap-rotation-tests")
-            .join(prefix.trim_end_matches('-'));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Env {
-            dir,
-            prefix,
-            containers: Vec::new(),
-            children: Vec::new(),
-        }
-    }
-
-    /// Starts the capturer with the file sink and the HTTP API on an ephemeral port; returns
-    /// the API address once it listens.
-    fn start_capturer(&mut self) -> String {
-        let dir = self.dir.display();
-        let yaml = format!(
-            r#"app:
-  log_level: "info"
-  log_format: "text"
-server:
-  enabled: true
-  host: "127.0.0.1"
-  port: 0
-metrics:
-  enabled: false
-container_monitor:
-  enabled: true
-  socket_path: "unix://{sock}"
-  include_names: ["{prefix}"]
-  stream_rotation_interval: "30s"
-file_monitor_service:
-  enabled: false
-dispatcher:
-  queue_size: 50000
-  batch_size: 1000
-  batch_timeout: "200ms"
-positions:
-  enabled: true
-  directory: "{dir}/positions"
-  flush_interval: "1s"
-sinks:
-  local_file:
-    enabled: true
-    directory: "{dir}/out"
-    filename_pattern: "{{nomedocontainer}}.log"
-    output_format: "json"
-  loki:
-    enabled: false
-"#,
-            sock = socket().display(),
-            prefix = self.prefix,
-        );
-        let config = self.dir.join("config.yaml");
-        fs::write(&config, yaml).unwrap();
-        let log = self.dir.join("capturer.log");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config").arg(&config);
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if k.starts_with("SSW_") || k == "DOCKER_HOST" || k == "RUST_LOG" {
-                cmd.env_remove(&key);
-            }
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start the capturer");
-        self.children.push(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            if let Some(addr) = text
-                .lines()
-                .find_map(|l| l.split("HTTP API listening on ").nth(1))
-            {
-                return addr.trim().to_string();
-            }
-            assert!(Instant::now() < deadline, "no API address in:\n{text}");
-            thread::sleep(POLL);
-        }
-    }
-
-    /// `docker create` (with the rotation options) a busybox `sh -c script`; returns its name.
-    fn create(&mut self, suffix: &str, script: &str) -> String {
-        let name = format!("{}{suffix}", self.prefix);
-        let mut args = vec!["create", "--name", &name, "--network", "none"];
-        args.extend(LOG_OPTS);
-        args.extend([IMAGE, "sh", "-c", script]);
-        docker(&args);
-        self.containers.push(name.clone());
-        name
-    }
-
-    /// `docker logs -f -t NAME` into a file, running until the container stops.
-    fn follow_with_docker_logs(&mut self, name: &str) -> PathBuf {
-        let path = self.dir.join("docker-logs.txt");
-        let child = docker_command()
-            .args(["logs", "-f", "-t", name])
-            .stdout(fs::File::create(&path).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker logs -f");
-        self.children.push(child);
-        path
-    }
-
-    fn wait_exited(&self, name: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while docker(&["inspect", "-f", "{{.State.Status}}", name]) != "exited" {
-            assert!(Instant::now() < deadline, "{name} still running");
-            thread::sleep(POLL);
-        }
-    }
-
-    /// The messages the file sink wrote for a container, in order.
-    fn captured(&self, name: &str) -> Vec<String> {
-        let text = fs::read_to_string(self.dir.join("out").join(format!("{name}.log")))
-            .unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|v| v["message"].as_str().unwrap_or_default().to_string())
-            .collect()
-    }
-
-    /// Stops the capturer (SIGTERM, exit 0 expected).
-    fn stop_capturer(&mut self) {
-        let child = &mut self.children[0];
-        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "capturer exit: {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "capturer did not exit");
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        remove_containers(&self.containers);
-        if thread::panicking() {
-            let log = fs::read_to_string(self.dir.join("capturer.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("---- capturer log (last lines, newest first) ----");
-            for l in tail {
-                eprintln!("{l}");
-            }
-            eprintln!("---- test files kept in {} ----", self.dir.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// GET `path` from the API, its JSON body.
-fn get_json(addr: &str, path: &str) -> Value {
-    let mut s = TcpStream::connect(addr).expect("connect to the API");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let body = text.split("\r\n\r\n").nth(1).expect("an HTTP body");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+/// Starts the capturer; returns its API address.
+fn start_capturer(env: &mut Env) -> String {
+    let positions = POSITIONS.replace("{dir}", &env.dir.display().to_string());
+    let config = env.config("config.yaml", &positions);
+    let i = env.spawn(&config, &[]);
+    env.api_addr(i)
 }
 
 fn capture_stat(addr: &str, key: &str) -> u64 {
@@ -291,10 +101,11 @@ fn wait_settled(env: &Env, addr: &str, name: &str, want: usize) {
 fn paced_writer_under_dockerd_rotation_every_line_exactly_once() {
     const N: usize = 100_000;
     let mut env = Env::new("paced");
-    let addr = env.start_capturer();
+    let addr = start_capturer(&mut env);
     // 100 lines, then 5 ms: about 15,000 lines/s here, a 1 MB file every ~1 s.
     let name = env.create(
         "w",
+        &LOG_OPTS,
         "sleep 1; b=0; while [ $b -lt 1000 ]; do seq $((b*100+1)) $((b*100+100)); \
          usleep 5000; b=$((b+1)); done",
     );
@@ -302,7 +113,7 @@ fn paced_writer_under_dockerd_rotation_every_line_exactly_once() {
     env.wait_exited(&name, Duration::from_secs(120));
     wait_settled(&env, &addr, &name, N);
     let replayed = capture_stat(&addr, "lines_replayed");
-    env.stop_capturer();
+    env.terminate(0);
 
     let got = env.captured(&name);
     let t = tally(&got, N);
@@ -321,28 +132,27 @@ fn paced_writer_under_dockerd_rotation_every_line_exactly_once() {
     );
     // dockerd replayed at some of its rotations (6 of 7 in the run measured): the filter was
     // exercised, not just idle.
-    assert!(replayed > 0, "no replay seen: the test did not exercise the filter");
+    assert!(
+        replayed > 0,
+        "no replay seen: the test did not exercise the filter"
+    );
 }
 
 #[test]
 fn burst_under_dockerd_rotation_never_duplicates() {
     const N: usize = 300_000;
     let mut env = Env::new("burst");
-    let addr = env.start_capturer();
-    let name = env.create("b", "sleep 2; seq 1 300000");
+    let addr = start_capturer(&mut env);
+    let name = env.create("b", &LOG_OPTS, "sleep 2; seq 1 300000");
     // docker logs -f attaches to the created container the same way the capturer does once
     // discovery reports it running.
     docker(&["start", &name]);
-    let docker_out = env.follow_with_docker_logs(&name);
+    let (follower, docker_out) = env.follow_with_docker_logs(&name);
     env.wait_exited(&name, Duration::from_secs(120));
     wait_settled(&env, &addr, &name, N);
     let replayed = capture_stat(&addr, "lines_replayed");
-    env.stop_capturer();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while env.children[1].try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "docker logs -f did not end");
-        thread::sleep(POLL);
-    }
+    env.terminate(0);
+    env.wait_success(follower, Duration::from_secs(30));
 
     let ours = tally(&env.captured(&name), N);
     let docker_lines: Vec<String> = fs::read_to_string(&docker_out)

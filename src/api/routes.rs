@@ -382,6 +382,7 @@ fn ingest(state: &ApiState, rq: &mut Incoming<'_>) -> Reply {
         .send(Batch {
             entries: vec![entry],
             checkpoints: Vec::new(),
+            removed: Vec::new(),
         })
         .is_err()
     {

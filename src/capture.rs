@@ -567,7 +567,15 @@ impl Capture {
                 // In follow mode a clean end means the container stopped; a restart
                 // is a new `Running` event.
                 c.running = false;
-                c.next = Next::Nothing;
+                // dockerd's follow reader ends at a stop without the rotated files it had
+                // fallen behind on (a replay shows the log rotated under it): read once more
+                // from the resume point, which returns what is still on disk.
+                c.next = if self.options.follow && c.replay.take_rotation_seen() {
+                    tracing::debug!("{}: reading the rotated log once more", c.info.name);
+                    Next::Reopen
+                } else {
+                    Next::Nothing
+                };
                 self.registry.unmonitored(&c.info.id);
             }
             Err(e) => {
@@ -682,15 +690,17 @@ impl Capture {
             }
         }
         let before = c.tracker.mismatches();
-        if !c.tracker.admit(ts) {
+        let admitted = c.tracker.admit(ts);
+        if c.tracker.mismatches() != before {
+            stats.resume_mismatches.fetch_add(1, Relaxed);
+            tracing::warn!(
+                "{}: a reopened stream does not repeat the lines read before as they were \
+                 read (reordered, or deleted by dockerd's log rotation)",
+                c.info.name
+            );
+        }
+        if !admitted {
             stats.lines_skipped.fetch_add(1, Relaxed);
-            if c.tracker.mismatches() != before {
-                stats.resume_mismatches.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    "{}: a repeated line differs from the one read before",
-                    c.info.name
-                );
-            }
             return false;
         }
         let wanted = match line.stream {

@@ -15,6 +15,12 @@
 //! stepped back) is delivered; it is not remembered, so the window stays sorted by timestamp
 //! and a lookup is a binary search. The only cost a new line pays is hashing its text.
 //!
+//! dockerd's follow reader also skips what it had not read of a file that rotates under it, and
+//! ends at a container's stop without reading the files it had fallen behind on. A replay shows
+//! that the log rotated under the stream ([`ReplayFilter::take_rotation_seen`]): the capture
+//! then reads a stopped container's log once more from its resume point, which returns what is
+//! still on disk (see `crate::capture`).
+//!
 //! The window is bounded per stream by count ([`WINDOW_LINES`]) and by age behind the stream's
 //! newest line ([`WINDOW_AGE_NS`]): at most 256 KiB per stream. A replay reaching further back
 //! than the window is delivered again; [`ReplayFilter::check`] says so ([`Verdict::Unknown`]),
@@ -82,6 +88,8 @@ impl Window {
 #[derive(Clone, Debug, Default)]
 pub struct ReplayFilter {
     streams: [Window; 2],
+    /// A replay was seen since [`ReplayFilter::take_rotation_seen`] was last called.
+    rotation_seen: bool,
 }
 
 fn hash(text: &[u8]) -> u64 {
@@ -109,6 +117,7 @@ impl ReplayFilter {
         match w.newest() {
             Some(newest) if ts <= newest => {
                 if w.contains(ts, hash) {
+                    self.rotation_seen = true;
                     Verdict::Replay
                 } else {
                     Verdict::Unknown
@@ -129,6 +138,12 @@ impl ReplayFilter {
         if w.newest().is_none_or(|newest| ts > newest) {
             w.push(ts, hash(text));
         }
+    }
+
+    /// True when a replay was seen since the last call: dockerd's log rotated under the
+    /// stream, and its follow reader may have skipped lines it had not reached yet.
+    pub fn take_rotation_seen(&mut self) -> bool {
+        std::mem::take(&mut self.rotation_seen)
     }
 
     /// Lines remembered, both streams.
@@ -168,6 +183,8 @@ mod tests {
             let (ts, text) = line(n);
             assert_eq!(f.check(Stdout, ts, &text), Verdict::New, "line {n}");
         }
+        assert!(f.take_rotation_seen());
+        assert!(!f.take_rotation_seen());
         // A second replay, across the first one.
         for n in 90..110 {
             let (ts, text) = line(n);

@@ -87,6 +87,17 @@ impl ResumeTracker {
     /// A line of the current stream, stamped `ts`: true if it is new and must be emitted,
     /// false if it was emitted before (the overlap of a reopened stream).
     pub fn admit(&mut self, ts: i64) -> bool {
+        if self.skipped < self.to_skip
+            && self.unknown == 0
+            && self.newest_ns.is_some_and(|newest| ts > newest)
+        {
+            // Stamped after every line emitted, so not a repeat: the lines still expected
+            // are gone from the log (dockerd deleted the rotated files holding them, which
+            // its follow reader had skipped). No stream can repeat them any more.
+            self.mismatches += 1;
+            self.recent.truncate(self.skipped);
+            self.to_skip = self.skipped;
+        }
         if self.skipped < self.to_skip {
             let j = self.skipped;
             if j < self.unknown {
@@ -222,6 +233,31 @@ mod tests {
         assert!(resume.since_ns >= 100_000 - 1 - 200, "{resume:?}");
         assert!(tracker.recent.len() <= 201);
         assert_eq!(resume.skip as i64, 100_000 - resume.since_ns);
+    }
+
+    #[test]
+    fn lines_gone_from_the_log_end_the_skip_at_the_first_newer_line() {
+        let mut tracker = ResumeTracker::new(1000);
+        tracker.reopen();
+        for ts in [10, 20, 30, 40] {
+            assert!(tracker.admit(ts));
+        }
+        // dockerd deleted the file holding 30 and 40: the reopened stream repeats 10 and 20,
+        // then goes on with lines never emitted.
+        tracker.reopen();
+        assert!(!tracker.admit(10));
+        assert!(!tracker.admit(20));
+        assert!(tracker.admit(50));
+        assert!(tracker.admit(60));
+        assert_eq!(tracker.mismatches(), 1);
+        // The next reopen expects exactly the lines that can still come again.
+        assert_eq!(tracker.resume().unwrap().skip, 4);
+        tracker.reopen();
+        for ts in [10, 20, 50, 60] {
+            assert!(!tracker.admit(ts));
+        }
+        assert!(tracker.admit(70));
+        assert_eq!(tracker.mismatches(), 1);
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //! timestamp is not after the newest one its stream delivered and the window holds a line with
 //! the same timestamp and the same text. A line stamped earlier with new text (the host's clock
 //! stepped back) is delivered; it is not remembered, so the window stays sorted by timestamp
-//! and a lookup is a binary search. The only cost a new line pays is hashing its text.
+//! and a lookup is a binary search. Lines under the newest timestamp with new text (pieces of
+//! an over-long line) are new and remembered. The only cost a new line pays is hashing its text.
+//! Until a stepped-back clock passes the newest timestamp again, its lines are not remembered:
+//! a replay of them (a dockerd rotation in that window) would be delivered again.
 //!
 //! dockerd's follow reader also skips what it had not read of a file that rotates under it, and
 //! ends at a container's stop without reading the files it had fallen behind on. A replay shows
@@ -119,6 +122,11 @@ impl ReplayFilter {
                 if w.contains(ts, hash) {
                     self.rotation_seen = true;
                     Verdict::Replay
+                } else if ts == newest {
+                    // Another line under the same timestamp (the pieces of an over-long
+                    // line): new, and the window stays sorted.
+                    w.push(ts, hash);
+                    Verdict::New
                 } else {
                     Verdict::Unknown
                 }
@@ -204,10 +212,12 @@ mod tests {
         assert_eq!(f.check(Stdout, ts, b"after the step"), Verdict::Unknown);
         // A timestamp between two remembered ones.
         assert_eq!(f.check(Stdout, ts + 1, b"line 5"), Verdict::Unknown);
-        // The same text under the newest timestamp is a replay; other text is not.
+        // The same text under the newest timestamp is a replay.
         let (ts9, text9) = line(9);
         assert_eq!(f.check(Stdout, ts9, &text9), Verdict::Replay);
-        assert_eq!(f.check(Stdout, ts9, b"line 9 again"), Verdict::Unknown);
+        // Other text under the newest timestamp is new, and remembered.
+        assert_eq!(f.check(Stdout, ts9, b"line 9, part 2"), Verdict::New);
+        assert_eq!(f.check(Stdout, ts9, b"line 9, part 2"), Verdict::Replay);
         // The window was not disturbed: the replay of line 3 is still recognised.
         let (ts3, text3) = line(3);
         assert_eq!(f.check(Stdout, ts3, &text3), Verdict::Replay);

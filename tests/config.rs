@@ -352,6 +352,8 @@ const KEYS_READ: &[&str] = &[
     "positions.enabled",
     "positions.directory",
     "positions.flush_interval",
+    "positions.cleanup_interval",
+    "positions.max_position_age",
 ];
 
 #[test]

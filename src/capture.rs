@@ -3,8 +3,13 @@
 //!
 //! - A stream is reopened from its container's [`ResumeTracker`] after every rotation, idle
 //!   timeout or error; the lines a reopened stream repeats are dropped there.
+//! - The lines dockerd sends again after its own log rotation are dropped before the tracker
+//!   counts them ([`crate::replay`]); a container whose log rotated under its stream is read
+//!   once more from its resume point when it stops.
 //! - A container that stops ends its stream by itself (EOF); its position stays, and the next
 //!   `Running` event (a restart) opens a new stream from it.
+//! - A removed container is reported in the batch after its last lines, so that its position
+//!   is retired only once they are delivered.
 //! - When the queue holds its capacity, every stream is paused (no receive armed) until the
 //!   dispatcher has delivered half of it: memory stays bounded and nothing is dropped.
 //! - On stop, every stream is closed (reads cancelled and reaped) and what was read is queued.

@@ -7,6 +7,10 @@
 //! the reader pauses: nothing is dropped. A permanent refusal (a 4xx Loki will never accept)
 //! counts the lines as dropped with the reason and lets the batch go.
 //!
+//! Records of removed containers (reported by the reader behind their last lines) are marked
+//! `removed` once delivered and pruned `max_position_age` later, looked at every
+//! `cleanup_interval`.
+//!
 //! On shutdown the dispatcher drains the queue until the reader has closed it, retrying
 //! failing sinks until `shutdown_deadline`; what it could not deliver by then is named in the
 //! log and left unacknowledged, so the next start reads it again.

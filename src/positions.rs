@@ -72,6 +72,13 @@
 //! line and column), never treated as empty: replaying every container's whole history silently
 //! would be worse than refusing to start. The file is left untouched for the operator.
 //!
+//! # Pruning, and positions disabled
+//!
+//! [`PositionStore::mark_removed`] marks the record of a removed container (stamping
+//! `last_read`) and [`PositionStore::prune_removed`] drops such records once old enough; the
+//! record of a container that exists is never pruned. [`PositionStore::in_memory`] is the store
+//! of `positions.enabled: false`: it never reads or writes a file.
+//!
 //! `file_positions.json` (Go's file monitor) is out of scope: never read, written or removed.
 
 use std::collections::BTreeMap;

@@ -189,7 +189,18 @@ pub fn run(
     // too. Following, the containers that exited while the capturer was down: they still owe
     // the lines logged after the last commit, and discovery offers running containers only.
     let own = OwnContainer::detect();
-    for info in client.containers(true).map_err(|e| e.to_string())? {
+    let all = client.containers(true).map_err(|e| e.to_string())?;
+    let gone = positions
+        .lock()
+        .unwrap()
+        .mark_missing_removed(all.iter().map(|i| i.id.as_str()));
+    if gone > 0 {
+        tracing::info!(
+            "{gone} positions belong to containers removed while the capturer was down: \
+             pruned after positions.max_position_age"
+        );
+    }
+    for info in all {
         let owed = !info.running && committed.contains_key(&info.id[..info.id.len().min(12)]);
         if (options.once || owed) && filter(&info.name, &info.labels) && !own.is_own(&info.id) {
             let _ = events_tx.send(ContainerEvent::Running(info));

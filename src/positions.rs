@@ -458,6 +458,30 @@ impl PositionStore {
         }
     }
 
+    /// At start: marks removed (as [`mark_removed`](Self::mark_removed)) the records of
+    /// containers that are not among `existing` (short or full ids of every container, stopped
+    /// ones included): they were removed while the capturer was down. Returns how many.
+    pub fn mark_missing_removed<'a>(
+        &mut self,
+        existing: impl IntoIterator<Item = &'a str>,
+    ) -> usize {
+        let existing: std::collections::HashSet<&str> =
+            existing.into_iter().map(short_id).collect();
+        let now = now_ns();
+        let mut marked = 0;
+        for (key, p) in self.positions.iter_mut() {
+            if !existing.contains(key.as_str()) && p.status != STATUS_REMOVED {
+                p.status = STATUS_REMOVED.to_owned();
+                p.last_read = Some(now);
+                marked += 1;
+            }
+        }
+        if marked > 0 {
+            self.dirty = true;
+        }
+        marked
+    }
+
     /// Drops the records marked `removed` more than `max_age` ago (by their `last_read`);
     /// returns how many. Records of containers that exist are never pruned, however old: a
     /// quiet container would otherwise be read again from its first line.

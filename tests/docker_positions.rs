@@ -165,3 +165,44 @@ fn removed_containers_are_pruned_after_40_create_remove_cycles() {
         "only the existing container's record is left"
     );
 }
+
+#[test]
+fn records_of_containers_removed_while_down_are_pruned() {
+    let mut env = Env::new("gone");
+    let positions = env.dir.join("positions");
+    fs::create_dir_all(&positions).unwrap();
+    // A record Go (or an earlier run) left for a container that no longer exists.
+    fs::write(
+        positions.join("container_positions.json"),
+        r#"{
+  "0badc0ffee00": {
+    "container_id": "0badc0ffee00",
+    "since": "2026-11-29T10:00:00Z",
+    "last_read": "2026-11-29T10:00:01Z",
+    "last_log_time": "2026-11-29T10:00:01Z",
+    "log_count": 3,
+    "bytes_read": 30,
+    "status": "active",
+    "restart_count": 0
+  }
+}"#,
+    )
+    .unwrap();
+    let config = env.config(
+        "config.yaml",
+        &format!(
+            "  enabled: true\n  directory: \"{}\"\n  flush_interval: \"1s\"\n  \
+             cleanup_interval: \"1s\"\n  max_position_age: \"1s\"",
+            positions.display()
+        ),
+    );
+    let capturer = env.spawn(&config, &[]);
+    env.api_addr(capturer);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while records(&positions).contains_key("0badc0ffee00") {
+        assert!(Instant::now() < deadline, "the record is still there");
+        thread::sleep(POLL);
+    }
+    env.terminate(capturer);
+    assert!(records(&positions).is_empty());
+}

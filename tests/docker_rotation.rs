@@ -22,6 +22,10 @@ use support::docker;
 mod capturer;
 use capturer::{get_json, Env, POLL};
 
+/// The two writers load dockerd enough that, run together, its follow reader falls a whole
+/// file behind the paced one: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 const LOG_OPTS: [&str; 4] = ["--log-opt", "max-size=1m", "--log-opt", "max-file=3"];
 const POSITIONS: &str =
     "  enabled: true\n  directory: \"{dir}/positions\"\n  flush_interval: \"1s\"";
@@ -100,6 +104,7 @@ fn wait_settled(env: &Env, addr: &str, name: &str, want: usize) {
 #[test]
 fn paced_writer_under_dockerd_rotation_every_line_exactly_once() {
     const N: usize = 100_000;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut env = Env::new("paced");
     let addr = start_capturer(&mut env);
     // 100 lines, then 5 ms: about 15,000 lines/s here, a 1 MB file every ~1 s.
@@ -141,6 +146,7 @@ fn paced_writer_under_dockerd_rotation_every_line_exactly_once() {
 #[test]
 fn burst_under_dockerd_rotation_never_duplicates() {
     const N: usize = 300_000;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut env = Env::new("burst");
     let addr = start_capturer(&mut env);
     let name = env.create("b", &LOG_OPTS, "sleep 2; seq 1 300000");

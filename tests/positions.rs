@@ -532,3 +532,25 @@ fn in_memory_store_writes_nothing() {
     assert!(!store.dirty());
     assert_eq!(store.commits(), 0, "nothing written");
 }
+
+#[test]
+fn records_of_containers_gone_while_down_are_marked_removed() {
+    use log_capturer::positions::STATUS_REMOVED;
+
+    let mut store = PositionStore::in_memory();
+    let resume = Resume {
+        since_ns: ts("2026-11-29T10:00:00Z"),
+        skip: 0,
+    };
+    store.advance(FULL_ID, "here", resume, 1, 1, resume.since_ns);
+    store.advance("0badc0ffee00", "gone", resume, 1, 1, resume.since_ns);
+    store.commit().unwrap();
+    assert_eq!(store.mark_missing_removed([FULL_ID, "ffffffffffff"]), 1);
+    assert!(store.dirty());
+    assert_eq!(store.get("0badc0ffee00").unwrap().status, STATUS_REMOVED);
+    assert_eq!(store.get(FULL_ID).unwrap().status, STATUS_ACTIVE);
+    // Already marked: nothing changes.
+    store.commit().unwrap();
+    assert_eq!(store.mark_missing_removed([FULL_ID]), 0);
+    assert!(!store.dirty());
+}

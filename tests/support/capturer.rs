@@ -55,7 +55,7 @@ impl Env {
         self.dir.join("out")
     }
 
-    /// Writes a config: the file sink into `out/`, the HTTP API on an ephemeral port, and
+    /// Writes a config: the file sink into `out/`, the HTTP API on a free port, and
     /// `positions` as given (the YAML lines under `positions:`, indented by two spaces).
     pub fn config(&self, name: &str, positions: &str) -> PathBuf {
         let yaml = format!(
@@ -65,7 +65,7 @@ impl Env {
 server:
   enabled: true
   host: "127.0.0.1"
-  port: 0
+  port: {port}
 metrics:
   enabled: false
 container_monitor:
@@ -93,6 +93,7 @@ sinks:
             sock = socket().display(),
             prefix = self.prefix,
             out = self.out_dir().display(),
+            port = free_port(),
         );
         let path = self.dir.join(name);
         fs::write(&path, yaml).unwrap();
@@ -245,4 +246,12 @@ pub fn get_json(addr: &str, path: &str) -> Value {
     s.read_to_string(&mut text).unwrap();
     let body = text.split("\r\n\r\n").nth(1).expect("an HTTP body");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// A TCP port free right now on 127.0.0.1 (`server.port: 0` means the default, 8401).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }

@@ -58,6 +58,9 @@ const ROTATION_SPREAD: f64 = 0.2;
 const ONCE_ATTEMPTS: u32 = 3;
 /// Entries per queued batch at most.
 const MAX_BATCH: usize = 4096;
+/// A stream is reopened at a replay of dockerd's (see `on_lines`) only once it is this old, so
+/// that a replay the reopened stream itself sees cannot make the reopens spin.
+const REPLAY_REOPEN_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
@@ -95,6 +98,11 @@ pub struct CaptureStats {
     /// Lines stamped at or before their stream's newest delivered line that the replay window
     /// does not hold (a clock step, or a replay older than the window): delivered.
     pub lines_out_of_order: AtomicU64,
+    /// Streams reopened because dockerd replayed lines (its log rotated under the stream).
+    pub replay_reopens: AtomicU64,
+    /// Lines dockerd's follow reader had skipped, read by a reopened stream and delivered
+    /// (after lines stamped later).
+    pub lines_recovered: AtomicU64,
 }
 
 /// What to do once a closing stream is reported closed.
@@ -573,9 +581,11 @@ impl Capture {
                 // is a new `Running` event.
                 c.running = false;
                 // dockerd's follow reader ends at a stop without the rotated files it had
-                // fallen behind on (a replay shows the log rotated under it): read once more
-                // from the resume point, which returns what is still on disk.
-                c.next = if self.options.follow && c.replay.take_rotation_seen() {
+                // fallen behind on: where the log rotates (max-size; a replay also shows it),
+                // read once more from the resume point, which returns what is still on disk.
+                // The cost is bounded: max-size x max-file of log.
+                let rotated = c.replay.take_rotation_seen();
+                c.next = if self.options.follow && (rotated || c.info.log_rotates) {
                     tracing::debug!("{}: reading the rotated log once more", c.info.name);
                     Next::Reopen
                 } else {
@@ -657,6 +667,10 @@ impl Capture {
                 }
                 line = more;
             }
+            // dockerd's follow reader replays a file that rotated under it, and can skip to
+            // the current file: a reopen from the resume point reads the rotated files still
+            // on disk (what it skipped is recovered, see `on_line`).
+            let reopen = c.replay.take_replay_seen() && now - c.opened_at >= REPLAY_REOPEN_AFTER;
             if admitted && !c.touched {
                 c.touched = true;
                 self.touched.push(key);
@@ -664,6 +678,10 @@ impl Capture {
             }
             if self.batch.len() >= MAX_BATCH {
                 self.flush_batch();
+            }
+            if reopen {
+                self.stats.replay_reopens.fetch_add(1, Relaxed);
+                self.close_stream(key, Next::Reopen);
             }
         }
     }
@@ -681,9 +699,16 @@ impl Capture {
         // that ignores it, and is stamped with the capture time.
         let ts = line.last_timestamp_ns.unwrap_or(processed_at_ns);
         // Before the tracker: a line dockerd replays must not count as one more line of the
-        // file, while the lines a reopened stream repeats must (see `crate::replay`).
+        // file, while the lines a reopened stream repeats must (see `crate::replay`). Among
+        // those, a line dockerd's follow reader had skipped is delivered now.
+        let mut recovered = false;
         if c.tracker.skipping() > 0 {
-            c.replay.remember(line.stream, ts, &line.message);
+            if c.replay.recover(line.stream, ts, &line.message) && c.tracker.admit_unseen(ts) {
+                stats.lines_recovered.fetch_add(1, Relaxed);
+                recovered = true;
+            } else {
+                c.replay.remember(line.stream, ts, &line.message);
+            }
         } else {
             match c.replay.check(line.stream, ts, &line.message) {
                 Verdict::New => {}
@@ -695,7 +720,7 @@ impl Capture {
             }
         }
         let before = c.tracker.mismatches();
-        let admitted = c.tracker.admit(ts);
+        let admitted = recovered || c.tracker.admit(ts);
         if c.tracker.mismatches() != before {
             stats.resume_mismatches.fetch_add(1, Relaxed);
             tracing::warn!(

@@ -78,6 +78,15 @@ impl Window {
         self.recent.push_back((ts, hash));
     }
 
+    /// Remembers a line older than the newest one, in its place.
+    fn insert(&mut self, ts: i64, hash: u64) {
+        let at = self.recent.partition_point(|&(t, _)| t <= ts);
+        self.recent.insert(at, (ts, hash));
+        if self.recent.len() > WINDOW_LINES {
+            self.recent.pop_front();
+        }
+    }
+
     fn contains(&self, ts: i64, hash: u64) -> bool {
         let first = self.recent.partition_point(|&(t, _)| t < ts);
         self.recent
@@ -93,6 +102,8 @@ pub struct ReplayFilter {
     streams: [Window; 2],
     /// A replay was seen since [`ReplayFilter::take_rotation_seen`] was last called.
     rotation_seen: bool,
+    /// The same, for [`ReplayFilter::take_replay_seen`].
+    replay_seen: bool,
 }
 
 fn hash(text: &[u8]) -> u64 {
@@ -121,6 +132,7 @@ impl ReplayFilter {
             Some(newest) if ts <= newest => {
                 if w.contains(ts, hash) {
                     self.rotation_seen = true;
+                    self.replay_seen = true;
                     Verdict::Replay
                 } else if ts == newest {
                     // Another line under the same timestamp (the pieces of an over-long
@@ -138,6 +150,24 @@ impl ReplayFilter {
         }
     }
 
+    /// A line of the part a reopened stream repeats (see [`crate::resume`]): true when the
+    /// window spans its timestamp and does not hold it, so it was never delivered (dockerd's
+    /// follow reader had skipped it); it is remembered then. False: delivered before, or not
+    /// known (older than the window, or newer than its stream's newest line).
+    pub fn recover(&mut self, stream: StreamKind, ts: i64, text: &[u8]) -> bool {
+        let w = &mut self.streams[index(stream)];
+        let spans = match (w.recent.front(), w.recent.back()) {
+            (Some(&(oldest, _)), Some(&(newest, _))) => oldest <= ts && ts <= newest,
+            _ => false,
+        };
+        let hash = hash(text);
+        if !spans || w.contains(ts, hash) {
+            return false;
+        }
+        w.insert(ts, hash);
+        true
+    }
+
     /// A line delivered before that a reopened stream repeats (see [`crate::resume`]): it is
     /// not checked, only remembered if the window does not have it yet, so that a replay of
     /// it after a restart of the capturer is recognised.
@@ -152,6 +182,12 @@ impl ReplayFilter {
     /// stream, and its follow reader may have skipped lines it had not reached yet.
     pub fn take_rotation_seen(&mut self) -> bool {
         std::mem::take(&mut self.rotation_seen)
+    }
+
+    /// The same as [`take_rotation_seen`](Self::take_rotation_seen), kept apart: the capture
+    /// reopens a stream at a replay and reads a stopped container once more, each on its own.
+    pub fn take_replay_seen(&mut self) -> bool {
+        std::mem::take(&mut self.replay_seen)
     }
 
     /// Lines remembered, both streams.
@@ -234,6 +270,31 @@ mod tests {
         assert_eq!(f.check(Stderr, ts0, &t0), Verdict::Replay);
         // The same line on the other stream was never delivered there.
         assert_eq!(f.check(Stdout, ts0, &t0), Verdict::Unknown);
+    }
+
+    #[test]
+    fn a_line_skipped_by_dockerd_is_recovered_once() {
+        let mut f = ReplayFilter::new();
+        for n in [0, 1, 2, 5, 6] {
+            let (ts, text) = line(n);
+            assert_eq!(f.check(Stdout, ts, &text), Verdict::New);
+        }
+        // A reopened stream repeats 0..=6 in file order: 3 and 4 were never delivered.
+        let got: Vec<bool> = (0..=6)
+            .map(|n| {
+                let (ts, text) = line(n);
+                f.recover(Stdout, ts, &text)
+            })
+            .collect();
+        assert_eq!(got, [false, false, false, true, true, false, false]);
+        // Remembered now: a replay of them is recognised, and they are not recovered twice.
+        let (ts, text) = line(3);
+        assert!(!f.recover(Stdout, ts, &text));
+        assert_eq!(f.check(Stdout, ts, &text), Verdict::Replay);
+        // Outside the window's span: not known.
+        let (ts, text) = line(7);
+        assert!(!f.recover(Stdout, ts, &text));
+        assert!(!f.recover(Stderr, ts, &text));
     }
 
     #[test]

@@ -118,22 +118,28 @@ fn paced_writer_under_dockerd_rotation_every_line_exactly_once() {
     env.wait_exited(&name, Duration::from_secs(120));
     wait_settled(&env, &addr, &name, N);
     let replayed = capture_stat(&addr, "lines_replayed");
+    let recovered = capture_stat(&addr, "lines_recovered");
     env.terminate(0);
 
     let got = env.captured(&name);
     let t = tally(&got, N);
     eprintln!(
-        "paced writer: {N} lines, captured {} distinct, {} missing, {} duplicated; \
-         {replayed} replayed lines dropped (about 7 dockerd rotations)",
-        t.distinct, t.missing, t.duplicated
+        "paced writer: {N} lines, captured {} distinct, {} missing, {} duplicated, {} out of \
+         order; {replayed} replayed lines dropped (about 7 dockerd rotations), {recovered} \
+         lines dockerd's follow reader skipped recovered",
+        t.distinct, t.missing, t.duplicated, t.out_of_order
     );
+    // In order, except the lines recovered after dockerd's follow reader skipped them: they
+    // come after lines stamped later.
+    assert!(t.out_of_order as u64 <= recovered, "{t:?}");
     assert_eq!(
         t,
         Tally {
             distinct: N,
+            out_of_order: t.out_of_order,
             ..Tally::default()
         },
-        "every line exactly once, in order"
+        "every line exactly once"
     );
     // dockerd replayed at some of its rotations (6 of 7 in the run measured): the filter was
     // exercised, not just idle.
@@ -157,6 +163,8 @@ fn burst_under_dockerd_rotation_never_duplicates() {
     env.wait_exited(&name, Duration::from_secs(120));
     wait_settled(&env, &addr, &name, N);
     let replayed = capture_stat(&addr, "lines_replayed");
+    let reopens = capture_stat(&addr, "replay_reopens");
+    let recovered = capture_stat(&addr, "lines_recovered");
     env.terminate(0);
     env.wait_success(follower, Duration::from_secs(30));
 
@@ -169,11 +177,12 @@ fn burst_under_dockerd_rotation_never_duplicates() {
     let theirs = tally(&docker_lines, N);
     eprintln!(
         "burst of {N}: capturer lost {} upstream, duplicated {} ({replayed} replayed lines \
-         dropped); docker logs -f lost {}, duplicated {}",
+         dropped, {reopens} reopens at a replay, {recovered} skipped lines recovered); \
+         docker logs -f lost {}, duplicated {}",
         ours.missing, ours.duplicated, theirs.missing, theirs.duplicated
     );
     assert_eq!(ours.duplicated, 0, "{ours:?}");
-    assert_eq!(ours.out_of_order, 0, "{ours:?}");
+    assert!(ours.out_of_order as u64 <= recovered, "{ours:?}");
     assert_eq!(ours.foreign, 0, "{ours:?}");
     assert!(ours.distinct > 0, "{ours:?}");
 }

@@ -212,6 +212,8 @@ fn stats(state: &ApiState) -> Reply {
             "resume_mismatches": c.resume_mismatches.load(Relaxed),
             "lines_replayed": c.lines_replayed.load(Relaxed),
             "lines_out_of_order": c.lines_out_of_order.load(Relaxed),
+            "replay_reopens": c.replay_reopens.load(Relaxed),
+            "lines_recovered": c.lines_recovered.load(Relaxed),
         },
         "containers": s.containers.snapshot(),
         "positions": {

@@ -67,6 +67,9 @@ pub struct ContainerInfo {
     /// Creation time (inspect's `Created`), nanoseconds since the Unix epoch; `None` when the
     /// daemon's text does not parse.
     pub created: Option<i64>,
+    /// dockerd rotates the container's log file (`--log-opt max-size`, or the daemon's
+    /// default): lines can be deleted before a reader got them (see `crate::replay`).
+    pub log_rotates: bool,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +82,22 @@ struct Inspect {
     created: String,
     config: InspectConfig,
     state: InspectState,
+    #[serde(default)]
+    host_config: InspectHostConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct InspectHostConfig {
+    #[serde(default)]
+    log_config: InspectLogConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct InspectLogConfig {
+    #[serde(default)]
+    config: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +168,11 @@ impl Client {
             tty: raw.config.tty,
             running: raw.state.running,
             created: crate::decode::timestamp::parse_rfc3339_nanos(raw.created.as_bytes()).ok(),
+            log_rotates: raw
+                .host_config
+                .log_config
+                .config
+                .is_some_and(|c| c.get("max-size").is_some_and(|s| !s.is_empty())),
         })
     }
 

@@ -4,8 +4,9 @@
 //! - A stream is reopened from its container's [`ResumeTracker`] after every rotation, idle
 //!   timeout or error; the lines a reopened stream repeats are dropped there.
 //! - The lines dockerd sends again after its own log rotation are dropped before the tracker
-//!   counts them ([`crate::replay`]); a container whose log rotated under its stream is read
-//!   once more from its resume point when it stops.
+//!   counts them ([`crate::replay`]). At such a replay the stream is reopened, and the lines
+//!   dockerd's follow reader skipped are delivered from the reopened stream; a container whose
+//!   log rotates is read once more from its resume point when it stops.
 //! - A container that stops ends its stream by itself (EOF); its position stays, and the next
 //!   `Running` event (a restart) opens a new stream from it.
 //! - A removed container is reported in the batch after its last lines, so that its position

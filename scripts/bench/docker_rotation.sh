@@ -6,7 +6,8 @@
 #   - paced: 100,000 lines at about 15,000 lines/s (100 lines, then usleep 5000);
 #   - burst: 300,000 lines at once (`seq`), far faster than dockerd's follow reader.
 # Per run and reader: lines lost (deleted by dockerd before a reader got them, or skipped by
-# its follow reader), lines duplicated, and the capturer's count of replayed lines dropped.
+# its follow reader), lines duplicated, the capturer's count of replayed lines dropped and of
+# lines dockerd's follow reader skipped that a reopened stream recovered.
 # Verdicts: the capturer never delivers a line twice; it loses no more than docker logs -f.
 #
 #   bash scripts/bench/docker_rotation.sh            # ROT_RUNS=2 runs of each writer
@@ -90,17 +91,18 @@ YAML
         last=$now
         sleep 0.2
     done
-    local replayed
+    local replayed recovered
     replayed=$(stat_field capture lines_replayed)
+    recovered=$(stat_field capture lines_recovered)
     kill -TERM "$CAP_PID"
     wait "$CAP_PID" || true
     CAP_PID=""
     wait "$FOLLOW_PID" || true
     FOLLOW_PID=""
     dk rm -f "$name" >/dev/null
-    python3 - "$kind" "$n" "$replayed" "$WORK/out/out.log" "$WORK/docker.txt" <<'PY'
+    python3 - "$kind" "$n" "$replayed" "$recovered" "$WORK/out/out.log" "$WORK/docker.txt" <<'PY'
 import json, sys
-kind, n, replayed, ours, theirs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+kind, n, replayed, recovered, ours, theirs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 def tally(msgs):
     seen = {}
     for m in msgs:
@@ -114,7 +116,7 @@ except FileNotFoundError:
 theirs_msgs = [l.rstrip("\n").split(" ", 1)[-1] for l in open(theirs)]
 lost, dup = tally(ours_msgs)
 dlost, ddup = tally(theirs_msgs)
-print(f"{kind} {n} {lost} {dup} {replayed} {dlost} {ddup}")
+print(f"{kind} {n} {lost} {dup} {replayed} {recovered} {dlost} {ddup}")
 PY
 }
 
@@ -131,10 +133,10 @@ python3 - "$RES" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 print("\ndockerd's own rotation (max-size=1m, max-file=3), capturer and docker logs -f -t in the same run")
-print(f"{'writer':<8}{'lines':>9}{'capturer lost':>15}{'dup':>6}{'replays dropped':>17}{'docker logs lost':>18}{'dup':>8}")
+print(f"{'writer':<8}{'lines':>9}{'capturer lost':>15}{'dup':>6}{'replays dropped':>17}{'recovered':>11}{'docker logs lost':>18}{'dup':>8}")
 ok_dup = ok_lost = True
-for kind, n, lost, dup, rep, dlost, ddup in rows:
-    print(f"{kind:<8}{int(n):>9,}{int(lost):>15,}{int(dup):>6,}{int(rep):>17,}{int(dlost):>18,}{int(ddup):>8,}")
+for kind, n, lost, dup, rep, rec, dlost, ddup in rows:
+    print(f"{kind:<8}{int(n):>9,}{int(lost):>15,}{int(dup):>6,}{int(rep):>17,}{int(rec):>11,}{int(dlost):>18,}{int(ddup):>8,}")
     ok_dup &= int(dup) == 0
     ok_lost &= int(lost) <= int(dlost)
 print(f"verdict: no line delivered twice: {'PASS' if ok_dup else 'FAIL'}; "

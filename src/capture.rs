@@ -146,8 +146,6 @@ struct Container {
     batch_bytes: u64,
     /// In [`Capture::touched`].
     touched: bool,
-    /// The next stream starts as far back as the replay window reaches (see `on_lines`).
-    wide_reopen: bool,
     /// Its `logs_processed_total` in the registry.
     lines_total: Arc<AtomicU64>,
 }
@@ -372,7 +370,6 @@ impl Capture {
                     batch_lines: 0,
                     batch_bytes: 0,
                     touched: false,
-                    wide_reopen: false,
                     lines_total: Arc::default(),
                 });
                 self.by_id.insert(id, key);
@@ -413,18 +410,12 @@ impl Capture {
     fn open_stream(&mut self, key: Key) {
         let c = &mut self.containers[key];
         let resume = c.tracker.reopen();
-        let mut since_ns = resume.map(|r| r.since_ns);
-        if std::mem::take(&mut c.wide_reopen) {
-            // The lines before the tracker's `since` are told apart by the replay window
-            // (see `on_line`): what dockerd's follow reader skipped there is recovered too.
-            since_ns = since_ns.map(|s| c.replay.oldest().map_or(s, |o| o.min(s)));
-        }
         let spec = StreamSpec {
             container_id: c.info.id.clone(),
             tty: c.info.tty,
             query: LogsQuery {
                 follow: self.options.follow,
-                since_ns,
+                since_ns: resume.map(|r| r.since_ns),
             },
         };
         match self.reader.open(&spec) {
@@ -691,7 +682,6 @@ impl Capture {
             }
             if reopen {
                 self.stats.replay_reopens.fetch_add(1, Relaxed);
-                self.containers[key].wide_reopen = true;
                 self.close_stream(key, Next::Reopen);
             }
         }
@@ -713,16 +703,7 @@ impl Capture {
         // file, while the lines a reopened stream repeats must (see `crate::replay`). Among
         // those, a line dockerd's follow reader had skipped is delivered now.
         let mut recovered = false;
-        if c.tracker.skipping() > 0 && c.tracker.since_ns().is_some_and(|since| ts < since) {
-            // Before the tracker's lines, at the start of a stream reopened wide at a replay:
-            // either delivered before, or skipped by dockerd's follow reader.
-            if !c.replay.recover(line.stream, ts, &line.message) {
-                stats.lines_skipped.fetch_add(1, Relaxed);
-                return false;
-            }
-            stats.lines_recovered.fetch_add(1, Relaxed);
-            recovered = true;
-        } else if c.tracker.skipping() > 0 {
+        if c.tracker.skipping() > 0 {
             if c.replay.recover(line.stream, ts, &line.message) && c.tracker.admit_unseen(ts) {
                 stats.lines_recovered.fetch_add(1, Relaxed);
                 recovered = true;

@@ -172,15 +172,6 @@ impl ReplayFilter {
         true
     }
 
-    /// The oldest timestamp remembered, over both streams: how far back a reopened stream can
-    /// tell the lines it repeats from the lines never delivered.
-    pub fn oldest(&self) -> Option<i64> {
-        self.streams
-            .iter()
-            .filter_map(|w| w.recent.front().map(|&(ts, _)| ts))
-            .min()
-    }
-
     /// A line delivered before that a reopened stream repeats (see [`crate::resume`]): it is
     /// not checked, only remembered if the window does not have it yet, so that a replay of
     /// it after a restart of the capturer is recognised.

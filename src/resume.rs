@@ -162,11 +162,6 @@ impl ResumeTracker {
         })
     }
 
-    /// Where the current stream starts: lines stamped before it are none of the tracker's.
-    pub fn since_ns(&self) -> Option<i64> {
-        self.since_ns
-    }
-
     /// The newest timestamp seen.
     pub fn newest_ns(&self) -> Option<i64> {
         self.newest_ns

@@ -12,11 +12,11 @@
 //! [`crate::resume`]), so each stream has its own window. A line is a replay when its
 //! timestamp is not after the newest one its stream delivered and the window holds a line with
 //! the same timestamp and the same text. A line stamped earlier with new text (the host's clock
-//! stepped back) is delivered; it is not remembered, so the window stays sorted by timestamp
-//! and a lookup is a binary search. Lines under the newest timestamp with new text (pieces of
+//! stepped back) is delivered and remembered in its place, so the window stays sorted by
+//! timestamp and a lookup is a binary search. Lines under the newest timestamp with new text (pieces of
 //! an over-long line) are new and remembered. The only cost a new line pays is hashing its text.
-//! Until a stepped-back clock passes the newest timestamp again, its lines are not remembered:
-//! a replay of them (a dockerd rotation in that window) would be delivered again.
+//! Until a stepped-back clock passes the newest timestamp again, each of its lines is inserted
+//! into the middle of the window (a shift of up to half of it).
 //!
 //! dockerd's follow reader can also skip a whole file that rotates under it (seen here at
 //! 15,000 lines/s on a loaded machine), and ends at a container's stop without reading the
@@ -144,6 +144,9 @@ impl ReplayFilter {
                     w.push(ts, hash);
                     Verdict::New
                 } else {
+                    // Remembered too, in its place: a reopened stream repeating it must not
+                    // take it for a line dockerd's follow reader skipped (`recover`).
+                    w.insert(ts, hash);
                     Verdict::Unknown
                 }
             }
@@ -250,6 +253,9 @@ mod tests {
         // The clock stepped back 5 ms: same timestamp as line 5, other text.
         let (ts, _) = line(5);
         assert_eq!(f.check(Stdout, ts, b"after the step"), Verdict::Unknown);
+        // Remembered: sent again, it is a replay, and a reopened stream does not recover it.
+        assert_eq!(f.check(Stdout, ts, b"after the step"), Verdict::Replay);
+        assert!(!f.recover(Stdout, ts, b"after the step"));
         // A timestamp between two remembered ones.
         assert_eq!(f.check(Stdout, ts + 1, b"line 5"), Verdict::Unknown);
         // The same text under the newest timestamp is a replay.

@@ -3,8 +3,14 @@
 //!
 //! - A stream is reopened from its container's [`ResumeTracker`] after every rotation, idle
 //!   timeout or error; the lines a reopened stream repeats are dropped there.
+//! - The lines dockerd sends again after its own log rotation are dropped before the tracker
+//!   counts them ([`crate::replay`]). At such a replay the stream is reopened, and the lines
+//!   dockerd's follow reader skipped are delivered from the reopened stream; a container whose
+//!   log rotates is read once more from its resume point when it stops.
 //! - A container that stops ends its stream by itself (EOF); its position stays, and the next
 //!   `Running` event (a restart) opens a new stream from it.
+//! - A removed container is reported in the batch after its last lines, so that its position
+//!   is retired only once they are delivered.
 //! - When the queue holds its capacity, every stream is paused (no receive armed) until the
 //!   dispatcher has delivered half of it: memory stays bounded and nothing is dropped.
 //! - On stop, every stream is closed (reads cancelled and reaped) and what was read is queued.
@@ -38,6 +44,7 @@ use crate::io::StreamId;
 use crate::pipeline::{Batch, Checkpoint, QueueSender};
 use crate::positions::Resume;
 use crate::reader::{LogReader, ReadError, ReaderEvent, StreamSpec};
+use crate::replay::{ReplayFilter, Verdict};
 use crate::resume::ResumeTracker;
 use crate::safety_net::{AttachLine, SafetyNet};
 use rustc_hash::FxHashMap;
@@ -79,6 +86,9 @@ pub const ATTACH_LABEL: (&str, &str) = ("capture_source", "attach");
 const FIRST_BYTE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// A stream is reopened at a replay of dockerd's (see `on_lines`) only once it is this old, so
+/// that a replay the reopened stream itself sees cannot make the reopens spin.
+const REPLAY_REOPEN_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
@@ -120,6 +130,16 @@ pub struct CaptureStats {
     pub lines_from_attach: AtomicU64,
     /// Time from a container's start (while the capturer runs) to its log stream's answer.
     pub first_byte: FirstByteLatency,
+    /// Lines dockerd sent again after its own log rotation, dropped (see [`crate::replay`]).
+    pub lines_replayed: AtomicU64,
+    /// Lines stamped at or before their stream's newest delivered line that the replay window
+    /// does not hold (a clock step, or a replay older than the window): delivered.
+    pub lines_out_of_order: AtomicU64,
+    /// Streams reopened because dockerd replayed lines (its log rotated under the stream).
+    pub replay_reopens: AtomicU64,
+    /// Lines dockerd's follow reader had skipped, read by a reopened stream and delivered
+    /// (after lines stamped later).
+    pub lines_recovered: AtomicU64,
 }
 
 /// Why a line received was not queued. New reasons go at the end of [`Discard::ALL`].
@@ -137,15 +157,19 @@ pub enum Discard {
     /// Lines of a stream already being closed (rotation, shutdown), received in the same
     /// poll as the close: the reopened stream reads them again.
     Closing,
+    /// Lines dockerd sent again after its own log rotation (`lines_replayed`, see
+    /// [`crate::replay`]).
+    Replay,
 }
 
 impl Discard {
-    pub const ALL: [Discard; 5] = [
+    pub const ALL: [Discard; 6] = [
         Discard::Repeat,
         Discard::Filtered,
         Discard::AttachDuplicate,
         Discard::AttachReleased,
         Discard::Closing,
+        Discard::Replay,
     ];
 
     /// The `reason` label of `lines_discarded_total`.
@@ -156,6 +180,7 @@ impl Discard {
             Discard::AttachDuplicate => "attach_duplicate",
             Discard::AttachReleased => "attach_released",
             Discard::Closing => "closing",
+            Discard::Replay => "replay",
         }
     }
 }
@@ -165,6 +190,7 @@ impl CaptureStats {
         match reason {
             Discard::Repeat => self.lines_skipped.fetch_add(lines, Relaxed),
             Discard::Filtered => self.lines_filtered.fetch_add(lines, Relaxed),
+            Discard::Replay => self.lines_replayed.fetch_add(lines, Relaxed),
             _ => self.discards[reason as usize].fetch_add(lines, Relaxed),
         };
     }
@@ -173,6 +199,7 @@ impl CaptureStats {
         match reason {
             Discard::Repeat => self.lines_skipped.load(Relaxed),
             Discard::Filtered => self.lines_filtered.load(Relaxed),
+            Discard::Replay => self.lines_replayed.load(Relaxed),
             _ => self.discards[reason as usize].load(Relaxed),
         }
     }
@@ -213,6 +240,10 @@ struct Container {
     labels: Arc<Labels>,
     source_id: Arc<str>,
     tracker: ResumeTracker,
+    replay: ReplayFilter,
+    /// The log was read once more after its stream ended at a stop (see `on_ended`); reset
+    /// when the container runs again.
+    reread: bool,
     stream: Option<StreamId>,
     /// The current stream was asked to close.
     closing: bool,
@@ -310,6 +341,8 @@ pub struct Capture {
     batch_since: Option<Instant>,
     /// Containers with lines in `batch`, each once.
     touched: Vec<Key>,
+    /// Containers removed since the last batch was queued.
+    removed: Vec<Arc<str>>,
     events: Vec<ReaderEvent>,
     /// Attach streams (safety nets), by stream.
     by_attach: FxHashMap<StreamId, Key>,
@@ -344,6 +377,7 @@ impl Capture {
             batch: Vec::new(),
             batch_since: None,
             touched: Vec::new(),
+            removed: Vec::new(),
             events: Vec::new(),
             by_attach: FxHashMap::default(),
             started_ns: now_ns(),
@@ -468,6 +502,7 @@ impl Capture {
                     let was_running = c.running;
                     if !was_running {
                         c.started_ns = started;
+                        c.reread = false;
                     }
                     c.running = true;
                     if c.info != info {
@@ -540,6 +575,8 @@ impl Capture {
             running: info.running,
             info,
             tracker,
+            replay: ReplayFilter::new(),
+            reread: false,
             stream: None,
             closing: false,
             next: Next::Nothing,
@@ -784,6 +821,10 @@ impl Capture {
         }
         self.by_id.remove(&c.id);
         self.registry.forget(&c.id);
+        // Queued behind its last lines, so its position is retired only once they are
+        // delivered.
+        self.removed.push(c.id);
+        self.batch_since.get_or_insert_with(Instant::now);
     }
 
     /// Puts the container's next deadline, if it has one, on the timer heap.
@@ -886,6 +927,7 @@ impl Capture {
                 tracing::debug!("{}: stream ended", c.info.name);
                 c.failures = 0;
                 c.log_complete = true;
+                let rotated = c.replay.take_rotation_seen();
                 if c.removed_at.is_some() {
                     c.next = Next::Forget;
                 } else if std::mem::take(&mut c.restarted) && self.options.follow {
@@ -894,7 +936,19 @@ impl Capture {
                     // In follow mode a clean end means the container stopped; a restart
                     // is a new `Running` event.
                     c.running = false;
-                    c.next = Next::Nothing;
+                    // dockerd's follow reader ends at a stop without the rotated files it had
+                    // fallen behind on: where the log rotates (max-size; a replay also shows
+                    // it), read once more from the resume point, which returns what is still
+                    // on disk. Once per run: that read ends at EOF too. The cost is bounded:
+                    // max-size x max-file of log.
+                    let again = self.options.follow && !c.reread && (rotated || c.info.log_rotates);
+                    c.reread = again;
+                    c.next = if again {
+                        tracing::debug!("{}: reading the rotated log once more", c.info.name);
+                        Next::Reopen
+                    } else {
+                        Next::Nothing
+                    };
                     self.registry.unmonitored(&c.info.id);
                 }
             }
@@ -1023,6 +1077,10 @@ impl Capture {
                 line = more;
             }
             let has_net = c.net.is_some();
+            // dockerd's follow reader replays a file that rotated under it, and can skip to
+            // the current file: a reopen from the resume point reads the rotated files still
+            // on disk (what it skipped is recovered, see `on_line`).
+            let reopen = c.replay.take_replay_seen() && now - c.opened_at >= REPLAY_REOPEN_AFTER;
             if admitted && !c.touched {
                 c.touched = true;
                 self.touched.push(key);
@@ -1033,6 +1091,10 @@ impl Capture {
             }
             if self.batch.len() >= MAX_BATCH {
                 self.flush_batch();
+            }
+            if reopen {
+                self.stats.replay_reopens.fetch_add(1, Relaxed);
+                self.close_stream(key, Next::Reopen);
             }
         }
     }
@@ -1049,16 +1111,39 @@ impl Capture {
         // timestamps=1 is always asked for; a line without one can only come from a daemon
         // that ignores it, and is stamped with the capture time.
         let ts = line.last_timestamp_ns.unwrap_or(processed_at_ns);
-        let before = c.tracker.mismatches();
-        if !c.tracker.admit(ts) {
-            stats.lines_skipped.fetch_add(1, Relaxed);
-            if c.tracker.mismatches() != before {
-                stats.resume_mismatches.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    "{}: a repeated line differs from the one read before",
-                    c.info.name
-                );
+        // Before the tracker: a line dockerd replays must not count as one more line of the
+        // file, while the lines a reopened stream repeats must (see `crate::replay`). Among
+        // those, a line dockerd's follow reader had skipped is delivered now.
+        let mut recovered = false;
+        if c.tracker.skipping() > 0 {
+            if c.replay.recover(line.stream, ts, &line.message) && c.tracker.admit_unseen(ts) {
+                stats.lines_recovered.fetch_add(1, Relaxed);
+                recovered = true;
+            } else {
+                c.replay.remember(line.stream, ts, &line.message);
             }
+        } else {
+            match c.replay.check(line.stream, ts, &line.message) {
+                Verdict::New => {}
+                Verdict::Replay => {
+                    stats.lines_replayed.fetch_add(1, Relaxed);
+                    return false;
+                }
+                Verdict::Unknown => _ = stats.lines_out_of_order.fetch_add(1, Relaxed),
+            }
+        }
+        let before = c.tracker.mismatches();
+        let admitted = recovered || c.tracker.admit(ts);
+        if c.tracker.mismatches() != before {
+            stats.resume_mismatches.fetch_add(1, Relaxed);
+            tracing::warn!(
+                "{}: a reopened stream does not repeat the lines read before as they were \
+                 read (reordered, or deleted by dockerd's log rotation)",
+                c.info.name
+            );
+        }
+        if !admitted {
+            stats.lines_skipped.fetch_add(1, Relaxed);
             return false;
         }
         if let Some(net) = c.net.as_mut() {
@@ -1090,8 +1175,8 @@ impl Capture {
     fn flush_batch(&mut self) {
         self.batch_since = None;
         // Entries without a checkpoint (a container forgotten meanwhile, lines from an
-        // attach) are queued all the same.
-        if self.touched.is_empty() && self.batch.is_empty() {
+        // attach) are queued all the same, and so are removals.
+        if self.touched.is_empty() && self.batch.is_empty() && self.removed.is_empty() {
             return;
         }
         let mut checkpoints = Vec::with_capacity(self.touched.len());
@@ -1117,6 +1202,7 @@ impl Capture {
         let batch = Batch {
             entries: std::mem::take(&mut self.batch),
             checkpoints,
+            removed: std::mem::take(&mut self.removed),
         };
         if let Err(batch) = self.queue.send(batch) {
             tracing::error!(

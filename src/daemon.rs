@@ -204,7 +204,12 @@ pub fn run(
     if let Some(pinned) = docker.pinned() {
         tracing::info!("docker API version {pinned}, pinned by DOCKER_API_VERSION");
     }
-    let positions = PositionStore::load(&config.positions.directory).map_err(|e| e.to_string())?;
+    let positions = if config.positions.enabled {
+        PositionStore::load(&config.positions.directory).map_err(|e| e.to_string())?
+    } else {
+        tracing::info!("positions disabled: every container is read from its first line");
+        PositionStore::in_memory()
+    };
     let committed: HashMap<String, _> = positions
         .iter()
         .filter_map(|(id, p)| p.resume().map(|r| (id.to_string(), r)))
@@ -261,6 +266,7 @@ pub fn run(
         committed: committed.keys().cloned().collect(),
         filter: discovery::filter_from_config(cm),
         own: OwnContainer::detect(),
+        positions: positions.clone(),
     };
     // Following, the capture thread runs until stop whether or not anything sends it events.
     let discovery = if options.once || !cm.enabled {
@@ -363,6 +369,8 @@ pub fn run(
             batch_timeout: config.dispatcher.batch_timeout,
             commit_interval: config.positions.flush_interval,
             shutdown_timeout: SHUTDOWN_TIMEOUT,
+            cleanup_interval: config.positions.cleanup_interval,
+            max_position_age: config.positions.max_position_age,
         },
         shared.dispatch.clone(),
         shared.sink_timings.clone(),
@@ -392,10 +400,24 @@ struct Owed {
     committed: std::collections::HashSet<String>,
     filter: discovery::Filter,
     own: OwnContainer,
+    positions: Arc<Mutex<PositionStore>>,
 }
 
 impl Owed {
+    /// Offers the containers the start-up list shows owing lines (or all, with `--once`), and
+    /// marks the positions of containers removed while the capturer was down.
     fn offer(&self, list: Vec<ContainerInfo>, tx: &mpsc::Sender<ContainerEvent>) {
+        let gone = self
+            .positions
+            .lock()
+            .unwrap()
+            .mark_missing_removed(list.iter().map(|i| i.id.as_str()));
+        if gone > 0 {
+            tracing::info!(
+                "{gone} positions belong to containers removed while the capturer was down: \
+                 pruned after positions.max_position_age"
+            );
+        }
         for info in list {
             let owed = !info.running && self.committed.contains(&info.id[..info.id.len().min(12)]);
             if (self.once || owed)

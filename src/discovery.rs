@@ -541,6 +541,8 @@ fn created_info(event: DockerEvent) -> ContainerInfo {
         running: false,
         created: Some(event.time_nano),
         started: None,
+        // Known from the inspect at `start`.
+        log_rotates: false,
     }
 }
 

@@ -14,6 +14,10 @@
 //! operator can fix (Loki 401/403/404/407) are also kept in [`DispatchStats::config_errors`]
 //! for `/health` until the sink takes a batch again.
 //!
+//! Records of removed containers (reported by the reader behind their last lines) are marked
+//! `removed` once delivered and pruned `max_position_age` later, looked at every
+//! `cleanup_interval`.
+//!
 //! On shutdown the dispatcher drains the queue until the reader has closed it, retrying
 //! failing sinks until `shutdown_deadline`; what it could not deliver by then is named in the
 //! log and left unacknowledged, so the next start reads it again. From then on the positions
@@ -26,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::api::SinkTimings;
-use crate::pipeline::{Batch, Checkpoint, QueueReceiver, Received};
+use crate::pipeline::{Batch, QueueReceiver, Received};
 use crate::positions::PositionStore;
 use crate::sink::{Backoff, Sink, SinkError};
 
@@ -40,6 +44,10 @@ pub struct DispatchOptions {
     pub commit_interval: Duration,
     /// How long after stop failing sinks are still retried.
     pub shutdown_timeout: Duration,
+    /// How often positions of removed containers are looked at for pruning; zero: never.
+    pub cleanup_interval: Duration,
+    /// How long the position of a removed container is kept once its lines are delivered.
+    pub max_position_age: Duration,
 }
 
 /// Counters of the dispatcher, shared with metrics and tests.
@@ -95,6 +103,7 @@ pub struct Dispatcher {
     timings: Arc<SinkTimings>,
     backoff: Backoff,
     last_commit: Instant,
+    last_cleanup: Instant,
     stop: Arc<AtomicBool>,
     stopped_at: Option<Instant>,
     /// Containers (12-character ids) with lines in a batch given up at shutdown: their
@@ -134,6 +143,7 @@ impl Dispatcher {
             timings,
             backoff: Backoff::default(),
             last_commit: Instant::now(),
+            last_cleanup: Instant::now(),
             stop,
             stopped_at: None,
             frozen: HashSet::new(),
@@ -158,6 +168,7 @@ impl Dispatcher {
                     first_at.get_or_insert_with(Instant::now);
                     pending.entries.extend(batch.entries);
                     pending.checkpoints.extend(batch.checkpoints);
+                    pending.removed.extend(batch.removed);
                 }
                 Received::Timeout => {}
                 Received::Closed => closed = true,
@@ -168,7 +179,8 @@ impl Dispatcher {
             if full
                 || due
                 || closed
-                || (pending.entries.is_empty() && !pending.checkpoints.is_empty())
+                || (pending.entries.is_empty()
+                    && !(pending.checkpoints.is_empty() && pending.removed.is_empty()))
             {
                 let batch = std::mem::take(&mut pending);
                 first_at = None;
@@ -188,6 +200,11 @@ impl Dispatcher {
                     }
                     self.queue.release(&lost.entries);
                 }
+            }
+            if !self.options.cleanup_interval.is_zero()
+                && self.last_cleanup.elapsed() >= self.options.cleanup_interval
+            {
+                self.cleanup();
             }
             if self.last_commit.elapsed() >= self.options.commit_interval {
                 self.commit();
@@ -280,7 +297,7 @@ impl Dispatcher {
         self.stats.lines_refused.fetch_add(refused_lines, Relaxed);
         self.stats.batches_delivered.fetch_add(1, Relaxed);
         self.queue.release(&batch.entries);
-        self.advance(&batch.checkpoints);
+        self.advance(&batch);
         Ok(())
     }
 
@@ -302,9 +319,9 @@ impl Dispatcher {
         }
     }
 
-    fn advance(&self, checkpoints: &[Checkpoint]) {
+    fn advance(&self, batch: &Batch) {
         let mut positions = self.positions.lock().unwrap();
-        for c in checkpoints {
+        for c in &batch.checkpoints {
             if self.frozen.contains(short_id(&c.container_id)) {
                 continue;
             }
@@ -316,6 +333,22 @@ impl Dispatcher {
                 c.bytes,
                 c.newest_ns,
             );
+        }
+        for id in &batch.removed {
+            positions.mark_removed(id);
+        }
+    }
+
+    /// Drops the positions of containers removed more than `max_position_age` ago.
+    fn cleanup(&mut self) {
+        self.last_cleanup = Instant::now();
+        let pruned = self
+            .positions
+            .lock()
+            .unwrap()
+            .prune_removed(self.options.max_position_age);
+        if pruned > 0 {
+            tracing::debug!("pruned the positions of {pruned} removed containers");
         }
     }
 

@@ -20,6 +20,7 @@ pub mod io;
 pub mod pipeline;
 pub mod positions;
 pub mod reader;
+pub mod replay;
 pub mod resume;
 pub mod safety_net;
 pub mod sink;

@@ -33,6 +33,10 @@ pub struct Checkpoint {
 pub struct Batch {
     pub entries: Vec<LogEntry>,
     pub checkpoints: Vec<Checkpoint>,
+    /// Containers removed (destroyed) whose every line is in this batch or an earlier one:
+    /// once it is delivered, their positions are only kept for the grace period
+    /// (`positions.max_position_age`).
+    pub removed: Vec<Arc<str>>,
 }
 
 /// Default `dispatcher.max_queue_bytes`: 64 MiB.
@@ -204,7 +208,7 @@ mod tests {
             assert!(sent < 100, "no pause after {sent} MiB queued");
             tx.send(Batch {
                 entries: vec![entry(1 << 20)],
-                checkpoints: vec![],
+                ..Batch::default()
             })
             .unwrap();
             sent += 1;
@@ -236,7 +240,7 @@ mod tests {
             assert!(!tx.gauge().should_pause(false));
             tx.send(Batch {
                 entries: vec![entry(10)],
-                checkpoints: vec![],
+                ..Batch::default()
             })
             .unwrap();
         }

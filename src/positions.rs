@@ -78,13 +78,20 @@
 //! interval come again), else by starting over. A `skip` over [`MAX_SKIP`] is corrupt: it
 //! could only skip lines that were never delivered.
 //!
+//! # Pruning, and positions disabled
+//!
+//! [`PositionStore::mark_removed`] marks the record of a removed container (stamping
+//! `last_read`) and [`PositionStore::prune_removed`] drops such records once old enough; the
+//! record of a container that exists is never pruned. [`PositionStore::in_memory`] is the store
+//! of `positions.enabled: false`: it never reads or writes a file.
+//!
 //! `file_positions.json` (Go's file monitor) is out of scope: never read, written or removed.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -314,6 +321,8 @@ pub struct PositionStore {
     positions: FxHashMap<String, ContainerPosition>,
     dirty: bool,
     commits: u64,
+    /// False with `positions.enabled: false`: nothing is read from or written to disk.
+    persist: bool,
 }
 
 impl PositionStore {
@@ -336,7 +345,26 @@ impl PositionStore {
             positions,
             dirty: false,
             commits: 0,
+            persist: true,
         })
+    }
+
+    /// A store that lives in memory only (`positions.enabled: false`): it is never loaded
+    /// from a file and [`commit`](Self::commit) writes nothing, so every start reads each
+    /// container as new.
+    pub fn in_memory() -> PositionStore {
+        PositionStore {
+            dir: PathBuf::new(),
+            positions: FxHashMap::default(),
+            dirty: false,
+            commits: 0,
+            persist: false,
+        }
+    }
+
+    /// False for an [`in_memory`](Self::in_memory) store.
+    pub fn persists(&self) -> bool {
+        self.persist
     }
 
     /// The positions directory.
@@ -449,6 +477,59 @@ impl PositionStore {
         });
     }
 
+    /// The container was removed and every line it logged is delivered: its record is marked
+    /// `removed` (Go's status) and stamped, for [`prune_removed`](Self::prune_removed). No
+    /// record is created for a container that had none.
+    pub fn mark_removed(&mut self, container_id: &str) {
+        if let Some(p) = self.positions.get_mut(short_id(container_id)) {
+            if p.status != STATUS_REMOVED {
+                p.status = STATUS_REMOVED.to_owned();
+                p.last_read = Some(now_ns());
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// At start: marks removed (as [`mark_removed`](Self::mark_removed)) the records of
+    /// containers that are not among `existing` (short or full ids of every container, stopped
+    /// ones included): they were removed while the capturer was down. Returns how many.
+    pub fn mark_missing_removed<'a>(
+        &mut self,
+        existing: impl IntoIterator<Item = &'a str>,
+    ) -> usize {
+        let existing: std::collections::HashSet<&str> =
+            existing.into_iter().map(short_id).collect();
+        let now = now_ns();
+        let mut marked = 0;
+        for (key, p) in self.positions.iter_mut() {
+            if !existing.contains(key.as_str()) && p.status != STATUS_REMOVED {
+                p.status = STATUS_REMOVED.to_owned();
+                p.last_read = Some(now);
+                marked += 1;
+            }
+        }
+        if marked > 0 {
+            self.dirty = true;
+        }
+        marked
+    }
+
+    /// Drops the records marked `removed` more than `max_age` ago (by their `last_read`);
+    /// returns how many. Records of containers that exist are never pruned, however old: a
+    /// quiet container would otherwise be read again from its first line.
+    pub fn prune_removed(&mut self, max_age: Duration) -> usize {
+        let max_age = i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff = now_ns().saturating_sub(max_age);
+        let before = self.positions.len();
+        self.positions
+            .retain(|_, p| p.status != STATUS_REMOVED || p.last_read.is_some_and(|t| t > cutoff));
+        let pruned = before - self.positions.len();
+        if pruned > 0 {
+            self.dirty = true;
+        }
+        pruned
+    }
+
     /// Removes a container's record.
     pub fn remove(&mut self, container_id: &str) -> Option<ContainerPosition> {
         let removed = self.positions.remove(short_id(container_id));
@@ -472,6 +553,10 @@ impl PositionStore {
     /// (created if missing). On error the previous file is intact and the store stays dirty.
     pub fn commit(&mut self) -> Result<(), PositionsError> {
         if !self.dirty {
+            return Ok(());
+        }
+        if !self.persist {
+            self.dirty = false;
             return Ok(());
         }
         let ordered: BTreeMap<&str, &ContainerPosition> = self

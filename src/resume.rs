@@ -96,6 +96,17 @@ impl ResumeTracker {
     /// A line of the current stream, stamped `ts`: true if it is new and must be emitted,
     /// false if it was emitted before (the overlap of a reopened stream).
     pub fn admit(&mut self, ts: i64) -> bool {
+        if self.skipped < self.to_skip
+            && self.unknown == 0
+            && self.newest_ns.is_some_and(|newest| ts > newest)
+        {
+            // Stamped after every line emitted, so not a repeat: the lines still expected
+            // are gone from the log (dockerd deleted the rotated files holding them, which
+            // its follow reader had skipped). No stream can repeat them any more.
+            self.mismatches += 1;
+            self.recent.truncate(self.skipped);
+            self.to_skip = self.skipped;
+        }
         if self.skipped < self.to_skip {
             let j = self.skipped;
             if j < self.unknown {
@@ -112,6 +123,24 @@ impl ResumeTracker {
             return false;
         }
         self.record(ts);
+        true
+    }
+
+    /// A line of the current stream's repeated part that the caller knows was never emitted
+    /// (by its text: dockerd's follow reader had skipped it): it is emitted now, in its place
+    /// in the file order, without using up a line of the skip. False (nothing done) when the
+    /// stream is not in its repeated part, or the repeated lines are not all known yet (after
+    /// a restart): then [`admit`](Self::admit) decides.
+    pub fn admit_unseen(&mut self, ts: i64) -> bool {
+        if self.skipped >= self.to_skip || self.unknown > 0 {
+            return false;
+        }
+        if self.since_ns.is_some_and(|since| ts >= since) {
+            self.recent.insert(self.skipped, ts);
+            self.skipped += 1;
+            self.to_skip += 1;
+        }
+        self.newest_ns = Some(self.newest_ns.map_or(ts, |n| n.max(ts)));
         true
     }
 
@@ -237,6 +266,57 @@ mod tests {
         assert!(resume.since_ns >= 100_000 - 1 - 200, "{resume:?}");
         assert!(tracker.recent.len() <= 201);
         assert_eq!(resume.skip as i64, 100_000 - resume.since_ns);
+    }
+
+    #[test]
+    fn lines_gone_from_the_log_end_the_skip_at_the_first_newer_line() {
+        let mut tracker = ResumeTracker::new(1000);
+        tracker.reopen();
+        for ts in [10, 20, 30, 40] {
+            assert!(tracker.admit(ts));
+        }
+        // dockerd deleted the file holding 30 and 40: the reopened stream repeats 10 and 20,
+        // then goes on with lines never emitted.
+        tracker.reopen();
+        assert!(!tracker.admit(10));
+        assert!(!tracker.admit(20));
+        assert!(tracker.admit(50));
+        assert!(tracker.admit(60));
+        assert_eq!(tracker.mismatches(), 1);
+        // The next reopen expects exactly the lines that can still come again.
+        assert_eq!(tracker.resume().unwrap().skip, 4);
+        tracker.reopen();
+        for ts in [10, 20, 50, 60] {
+            assert!(!tracker.admit(ts));
+        }
+        assert!(tracker.admit(70));
+        assert_eq!(tracker.mismatches(), 1);
+    }
+
+    #[test]
+    fn a_line_never_emitted_in_the_repeated_part_is_emitted_in_its_place() {
+        let mut tracker = ResumeTracker::new(1000);
+        tracker.reopen();
+        // dockerd's follow reader skipped 30 and 40 (in a file that rotated under it).
+        for ts in [10, 20, 50] {
+            assert!(tracker.admit(ts));
+        }
+        tracker.reopen();
+        assert!(!tracker.admit(10));
+        assert!(!tracker.admit(20));
+        assert!(tracker.admit_unseen(30));
+        assert!(tracker.admit_unseen(40));
+        assert!(!tracker.admit(50));
+        assert!(tracker.admit(60));
+        assert!(!tracker.admit_unseen(70), "not in the repeated part");
+        assert_eq!(tracker.mismatches(), 0);
+        // The next reopen repeats the file in order, every line known.
+        tracker.reopen();
+        for ts in [10, 20, 30, 40, 50, 60] {
+            assert!(!tracker.admit(ts));
+        }
+        assert!(tracker.admit(80));
+        assert_eq!(tracker.mismatches(), 0);
     }
 
     #[test]

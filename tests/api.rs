@@ -200,6 +200,7 @@ fn entries(n: usize) -> Batch {
             })
             .collect(),
         checkpoints: Vec::new(),
+        removed: Vec::new(),
     }
 }
 
@@ -579,6 +580,7 @@ const EXPECTED: &[&str] = &[
     "log_stream_first_byte_seconds_count 0",
     "# TYPE positions_commit_lag_seconds gauge",
     "positions_commit_lag_seconds 0",
+    "lines_discarded_total{reason=\"replay\"} 9",
 ];
 
 #[test]
@@ -587,6 +589,7 @@ fn metrics_have_every_name_and_label_on_both_ports() {
     let s = &f.shared;
     s.capture.stream_errors.store(3, Relaxed);
     s.capture.rotations.store(6, Relaxed);
+    s.capture.lines_replayed.store(9, Relaxed);
     s.dispatch.lines_delivered.store(42, Relaxed);
     s.dispatch
         .dropped

@@ -257,6 +257,8 @@ fn check_go_config_yaml(path: &Path) {
     assert!(c.positions.enabled);
     assert_eq!(c.positions.directory, PathBuf::from("/app/data/positions"));
     assert_eq!(c.positions.flush_interval, secs(10));
+    assert_eq!(c.positions.cleanup_interval, secs(60));
+    assert_eq!(c.positions.max_position_age, secs(12 * 3600));
 
     // Unused keys are reported, not fatal; Go keys read differently are noted.
     // Go's server limits are read (issue 12).
@@ -477,6 +479,8 @@ const KEYS_READ: &[&str] = &[
     "positions.enabled",
     "positions.directory",
     "positions.flush_interval",
+    "positions.cleanup_interval",
+    "positions.max_position_age",
 ];
 
 #[test]

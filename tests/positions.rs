@@ -561,3 +561,87 @@ fn a_skip_over_the_bound_is_corrupt_not_an_allocation() {
     assert_eq!(store.resume("3f2a9c1b7d4e").unwrap().skip, MAX_SKIP);
     let _ = fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 9, section 4: removed containers pruned after a grace period; an in-memory store.
+
+#[test]
+fn removed_containers_are_pruned_after_the_grace_period_only() {
+    use log_capturer::positions::STATUS_REMOVED;
+    use std::time::Duration;
+
+    let dir = tempdir("prune");
+    let mut store = PositionStore::load(&dir).unwrap();
+    let resume = Resume {
+        since_ns: ts("2026-11-29T10:00:00Z"),
+        skip: 1,
+    };
+    let ids: Vec<String> = (0..40).map(|i| format!("{i:012x}")).collect();
+    for id in &ids {
+        store.advance(id, "c", resume, 1, 10, resume.since_ns);
+    }
+    store.advance("keptkeptkept", "quiet", resume, 1, 10, resume.since_ns);
+    store.commit().unwrap();
+
+    // A removal of a container without a record creates none.
+    store.mark_removed("nonexistent0");
+    assert!(store.get("nonexistent0").is_none());
+    assert!(!store.dirty());
+
+    for id in &ids {
+        store.mark_removed(id);
+    }
+    assert!(store.dirty());
+    assert_eq!(store.get(&ids[0]).unwrap().status, STATUS_REMOVED);
+    store.commit().unwrap();
+
+    // Within the grace period nothing goes, and nothing is rewritten.
+    assert_eq!(store.prune_removed(Duration::from_secs(3600)), 0);
+    assert!(!store.dirty());
+    // Past it, the 40 removed records go; the record of a container that exists stays,
+    // however old.
+    assert_eq!(store.prune_removed(Duration::ZERO), 40);
+    assert!(store.dirty());
+    store.commit().unwrap();
+    let reloaded = PositionStore::load(&dir).unwrap();
+    assert_eq!(reloaded.len(), 1);
+    assert!(reloaded.get("keptkeptkept").is_some());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn in_memory_store_writes_nothing() {
+    let mut store = PositionStore::in_memory();
+    assert!(!store.persists());
+    let resume = Resume {
+        since_ns: ts("2026-11-29T10:00:00Z"),
+        skip: 0,
+    };
+    store.advance(FULL_ID, "web", resume, 3, 30, resume.since_ns);
+    assert_eq!(store.resume(FULL_ID), Some(resume));
+    store.commit().unwrap();
+    assert!(!store.dirty());
+    assert_eq!(store.commits(), 0, "nothing written");
+}
+
+#[test]
+fn records_of_containers_gone_while_down_are_marked_removed() {
+    use log_capturer::positions::STATUS_REMOVED;
+
+    let mut store = PositionStore::in_memory();
+    let resume = Resume {
+        since_ns: ts("2026-11-29T10:00:00Z"),
+        skip: 0,
+    };
+    store.advance(FULL_ID, "here", resume, 1, 1, resume.since_ns);
+    store.advance("0badc0ffee00", "gone", resume, 1, 1, resume.since_ns);
+    store.commit().unwrap();
+    assert_eq!(store.mark_missing_removed([FULL_ID, "ffffffffffff"]), 1);
+    assert!(store.dirty());
+    assert_eq!(store.get("0badc0ffee00").unwrap().status, STATUS_REMOVED);
+    assert_eq!(store.get(FULL_ID).unwrap().status, STATUS_ACTIVE);
+    // Already marked: nothing changes.
+    store.commit().unwrap();
+    assert_eq!(store.mark_missing_removed([FULL_ID]), 0);
+    assert!(!store.dirty());
+}

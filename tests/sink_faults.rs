@@ -730,6 +730,8 @@ fn options(commit_interval: Duration) -> DispatchOptions {
         batch_timeout: Duration::from_millis(1),
         commit_interval,
         shutdown_timeout: Duration::from_secs(30),
+        cleanup_interval: Duration::from_secs(60),
+        max_position_age: Duration::from_secs(12 * 3600),
     }
 }
 
@@ -748,5 +750,6 @@ fn batch(entries: Vec<LogEntry>, checkpoints: &[(&str, &str, i64, u64)]) -> Batc
                 bytes: lines,
             })
             .collect(),
+        removed: vec![],
     }
 }

@@ -78,6 +78,8 @@ fn failing_sink_is_logged_when_it_starts_and_when_it_recovers() {
             batch_timeout: Duration::from_millis(1),
             commit_interval: Duration::from_millis(10),
             shutdown_timeout: Duration::from_secs(30),
+            cleanup_interval: Duration::from_secs(60),
+            max_position_age: Duration::from_secs(12 * 3600),
         },
         stats.clone(),
         Arc::new(SinkTimings::default()),
@@ -108,6 +110,7 @@ fn failing_sink_is_logged_when_it_starts_and_when_it_recovers() {
     tx.send(Batch {
         entries,
         checkpoints: vec![checkpoint],
+        removed: vec![],
     })
     .unwrap();
     drop(tx);

@@ -247,6 +247,10 @@ fn stats(state: &ApiState) -> Reply {
             "streams_opened": c.streams_opened.load(Relaxed),
             "pauses": c.pauses.load(Relaxed),
             "resume_mismatches": c.resume_mismatches.load(Relaxed),
+            "lines_replayed": c.lines_replayed.load(Relaxed),
+            "lines_out_of_order": c.lines_out_of_order.load(Relaxed),
+            "replay_reopens": c.replay_reopens.load(Relaxed),
+            "lines_recovered": c.lines_recovered.load(Relaxed),
         },
         "containers": s.containers.snapshot(),
         "positions": {
@@ -417,6 +421,7 @@ fn ingest(state: &ApiState, rq: &mut Incoming<'_>) -> Reply {
         .send(Batch {
             entries: vec![entry],
             checkpoints: Vec::new(),
+            removed: Vec::new(),
         })
         .is_err()
     {

@@ -417,6 +417,14 @@ pub struct PositionsConfig {
     /// `positions.flush_interval`: how often acknowledged positions are committed to disk.
     #[serde(serialize_with = "ser_duration")]
     pub flush_interval: Duration,
+    /// `positions.cleanup_interval`: how often positions of removed containers are pruned;
+    /// zero: never.
+    #[serde(serialize_with = "ser_duration")]
+    pub cleanup_interval: Duration,
+    /// `positions.max_position_age`: how long the position of a removed container is kept
+    /// once its lines are delivered.
+    #[serde(serialize_with = "ser_duration")]
+    pub max_position_age: Duration,
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -932,6 +932,14 @@ fn read_positions(ctx: &Ctx<'_>, root: &Node<'_>) -> Result<PositionsConfig, Con
             "ignored: positions are always committed at shutdown",
         );
     }
+    let max_position_age = duration(ctx, &s, "max_position_age")?;
+    if max_position_age.is_some() {
+        ctx.note(
+            s.key_path("max_position_age"),
+            "prunes only the records of removed containers, once their lines are delivered; \
+             the record of an existing container is kept however old",
+        );
+    }
     Ok(PositionsConfig {
         enabled: ctx.go_flag(s.key_path("enabled"), boolean(ctx, &s, "enabled")?),
         directory: PathBuf::from(
@@ -941,6 +949,11 @@ fn read_positions(ctx: &Ctx<'_>, root: &Node<'_>) -> Result<PositionsConfig, Con
             duration(ctx, &s, "flush_interval")?,
             Duration::from_secs(30),
         ),
+        cleanup_interval: ctx.go(
+            duration(ctx, &s, "cleanup_interval")?,
+            Duration::from_secs(60),
+        ),
+        max_position_age: ctx.go(max_position_age, Duration::from_secs(12 * 3600)),
     })
 }
 

@@ -92,6 +92,9 @@ pub struct ContainerInfo {
     /// Last start time (inspect's `State.StartedAt`), nanoseconds since the Unix epoch; `None`
     /// for a container never started, or when the text does not parse.
     pub started: Option<i64>,
+    /// dockerd rotates the container's log file (`--log-opt max-size`, or the daemon's
+    /// default): lines can be deleted before a reader got them (see `crate::replay`).
+    pub log_rotates: bool,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +107,22 @@ struct Inspect {
     created: String,
     config: InspectConfig,
     state: InspectState,
+    #[serde(default)]
+    host_config: InspectHostConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct InspectHostConfig {
+    #[serde(default)]
+    log_config: InspectLogConfig,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct InspectLogConfig {
+    #[serde(default)]
+    config: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +322,11 @@ impl Client {
             started: crate::decode::timestamp::parse_rfc3339_nanos(raw.state.started_at.as_bytes())
                 .ok()
                 .filter(|&ns| ns > 0),
+            log_rotates: raw
+                .host_config
+                .log_config
+                .config
+                .is_some_and(|c| c.get("max-size").is_some_and(|s| !s.is_empty())),
         })
     }
 

@@ -955,7 +955,9 @@ impl Capture {
             Err(e) => {
                 self.stats.stream_errors.fetch_add(1, Relaxed);
                 c.failures += 1;
-                tracing::warn!("{}: log stream failed, reopening: {e}", c.info.name);
+                // Failures in a row since dockerd last answered a stream (`on_opened` resets
+                // the count): a daemon refusing backs off up to 30 s, a stream that broke
+                // after working is reopened after the first step.
                 let backoff = REOPEN_BACKOFF * c.failures.min(30);
                 c.next = if c.removed_at.is_some() {
                     Next::Forget
@@ -968,6 +970,13 @@ impl Capture {
                 } else {
                     Next::ReopenAt(Instant::now() + backoff)
                 };
+                match c.next {
+                    Next::ReopenAt(_) => tracing::warn!(
+                        "{}: log stream failed, reopening in {backoff:?}: {e}",
+                        c.info.name
+                    ),
+                    _ => tracing::warn!("{}: log stream failed: {e}", c.info.name),
+                }
             }
         }
     }

@@ -58,6 +58,17 @@ fn disabled_positions_are_neither_read_nor_written() {
 
     // Disabled, same directory: the committed position is not read (every line again) and
     // the file is not touched.
+    let listing = |dir: &std::path::Path| {
+        let mut files: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        files.sort();
+        files
+    };
+    // The enabled run left its file and its lock (`log_capturer.lock`, see state_lock).
+    let before = listing(&positions);
+    assert!(before.iter().any(|f| f == "container_positions.json"));
     let off = env.config("off.yaml", &pos(false, &positions));
     let i = env.spawn(&off, &["--once"]);
     env.wait_success(i, Duration::from_secs(60));
@@ -68,12 +79,7 @@ fn disabled_positions_are_neither_read_nor_written() {
         committed,
         "the positions file was rewritten"
     );
-    let mut files: Vec<_> = fs::read_dir(&positions)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    files.sort();
-    assert_eq!(files, ["container_positions.json"]);
+    assert_eq!(listing(&positions), before, "files added or removed");
 
     // Disabled, a directory that does not exist: it is not created.
     let absent = env.dir.join("never");

@@ -10,8 +10,8 @@
 //!   closes at once; the bookkeeping and counters are the same.
 //!
 //! The contract both keep:
-//! - every [`Engine::open`] (or [`Engine::adopt`]) is answered by exactly one [`Event::Closed`], and only after
-//!   [`Engine::close`] was called for that stream;
+//! - every [`Engine::open`] (or [`Engine::adopt`]) is answered by exactly one
+//!   [`Event::Closed`], and only after [`Engine::close`] was called for that stream;
 //! - after `close`, no `Data`, `Eof` or `Error` event is delivered for the stream;
 //! - `Closed` means the fd is closed and no operation of the stream is left anywhere;
 //! - [`IoStats`] counts ops in flight per kind, live streams, and cancellations at all times.
@@ -108,7 +108,9 @@ pub trait Engine {
     /// Waits up to `timeout` (`None`: until something happens) for events, appends them to
     /// `events` and returns. Returns at once when events are already pending. Once the first
     /// completion is in, it may wait up to the coalescing window (see
-    /// [`Engine::set_coalesce`]) for more.
+    /// [`Engine::set_coalesce`]) for more. An error means the engine cannot go on; a
+    /// refusal the kernel calls transient (io_uring_enter's EAGAIN, ENOMEM) is retried inside
+    /// with a backoff, for up to a minute, first.
     fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()>;
 
     /// How long a [`Engine::poll`] that found something ready may wait for more before it

@@ -535,7 +535,7 @@ impl UringEngine {
             debug_assert!(stream.in_flight.is_empty());
             if stream.cancel_owed {
                 // Its ops completed before the cancel could be queued: nothing is left to
-                // cancel, and the id may soon name another stream.
+                // cancel, and a retry would look up a stream that is gone.
                 self.owed.retain(|&owed| owed != id);
             }
             drop(stream.fd);

@@ -409,8 +409,15 @@ fn of(lines: &[(String, String, BTreeMap<String, String>)], stream: &str) -> Vec
 
 /// `docker run --rm [-t] --name NAME IMAGE sh -c SCRIPT` in the foreground, as a CI job.
 fn run_job(name: &str, tty: bool, script: &str) {
+    rm_job("run", name, tty, script);
+}
+
+/// `docker VERB --rm [-t] --name NAME IMAGE sh -c SCRIPT`, which must succeed: `run` runs the
+/// job in the foreground; `create` makes one that runs once started, and that dockerd removes
+/// when it exits.
+fn rm_job(verb: &str, name: &str, tty: bool, script: &str) {
     let mut cmd = docker_command();
-    cmd.args(["run", "--rm", "--network", "none", "--name", name]);
+    cmd.args([verb, "--rm", "--network", "none", "--name", name]);
     if tty {
         cmd.arg("-t");
     }
@@ -421,9 +428,19 @@ fn run_job(name: &str, tty: bool, script: &str) {
         .unwrap();
     assert!(
         out.status.success(),
-        "docker run {name}: {}",
+        "docker {verb} {name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The jobs of the jobs tests: 20 `seq 1 2000`, 5 mixed stdout/stderr, 5 with a TTY.
+fn thirty_jobs(prefix: &str) -> Vec<(String, Job)> {
+    let mut jobs: Vec<(String, Job)> = (0..20)
+        .map(|i| (format!("{prefix}seq{i}"), Job::Seq))
+        .collect();
+    jobs.extend((0..5).map(|i| (format!("{prefix}mixed{i}"), Job::Mixed)));
+    jobs.extend((0..5).map(|i| (format!("{prefix}tty{i}"), Job::Tty)));
+    jobs
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -466,16 +483,12 @@ fn rm_jobs_that_print_and_exit_deliver_every_line_exactly_once() {
     let _turn = heavy();
     let prefix = unique("rmjobs");
     let daemon = Daemon::start(&prefix);
-    let mut jobs: Vec<(String, Job)> = (0..20)
-        .map(|i| (format!("{prefix}seq{i}"), Job::Seq))
-        .collect();
-    jobs.extend((0..5).map(|i| (format!("{prefix}mixed{i}"), Job::Mixed)));
-    jobs.extend((0..5).map(|i| (format!("{prefix}tty{i}"), Job::Tty)));
+    let jobs = thirty_jobs(&prefix);
     let _cleanup = Cleanup(jobs.iter().map(|(n, _)| n.clone()).collect());
     for batch in jobs.chunks(5) {
         let answered = metric(&daemon.metrics(), "attach_streams_answered_total");
         for (name, job) in batch {
-            create_job(name, matches!(job, Job::Tty), job.script());
+            rm_job("create", name, matches!(job, Job::Tty), job.script());
         }
         let want = answered + batch.len() as u64;
         wait_until(
@@ -554,25 +567,6 @@ fn metric(page: &str, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-/// `docker create --rm` a job: it runs once started, and dockerd removes it when it exits.
-fn create_job(name: &str, tty: bool, script: &str) {
-    let mut cmd = docker_command();
-    cmd.args(["create", "--rm", "--network", "none", "--name", name]);
-    if tty {
-        cmd.arg("-t");
-    }
-    let out = cmd
-        .args([IMAGE, "sh", "-c", script])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker create {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `docker run --rm` jobs, 5 at a time: the attach races `docker run`'s own start, which
 /// the CLI sends about a millisecond after its own attach. On a quiet machine every job is
 /// whole; on one whose cores are saturated 1-3 of 30 can be lost (BENCHMARKS.md). A race, so
@@ -583,11 +577,7 @@ fn docker_run_rm_jobs_race_measurement() {
     let _turn = heavy();
     let prefix = unique("rmjobs");
     let daemon = Daemon::start(&prefix);
-    let mut jobs: Vec<(String, Job)> = (0..20)
-        .map(|i| (format!("{prefix}seq{i}"), Job::Seq))
-        .collect();
-    jobs.extend((0..5).map(|i| (format!("{prefix}mixed{i}"), Job::Mixed)));
-    jobs.extend((0..5).map(|i| (format!("{prefix}tty{i}"), Job::Tty)));
+    let jobs = thirty_jobs(&prefix);
     let _cleanup = Cleanup(jobs.iter().map(|(n, _)| n.clone()).collect());
     // 5 at a time: 5 workers, each running its share one after the other.
     let workers: Vec<_> = (0..5)

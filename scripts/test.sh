@@ -94,7 +94,8 @@ cleanup() {
         fi
     fi
     phase "test.sh done: exit $rc before the summary"
-    if ! summarize "${CARGO_RC:-0}" && [[ $rc == 0 ]]; then rc=1; fi
+    # No CARGO_RC with an output file: cargo was interrupted, not finished.
+    if ! summarize "${CARGO_RC:-130}" && [[ $rc == 0 ]]; then rc=1; fi
     [[ -z "$OUT" ]] || rm -f "$OUT"
     exit "$rc"
 }

@@ -9,10 +9,14 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::Scratch;
 
 use log_capturer::api::{self, ApiOptions, ApiServers};
 use log_capturer::config::Config;
@@ -24,54 +28,6 @@ use log_capturer::state_lock::LOCK_FILE;
 
 const BIN: &str = env!("CARGO_BIN_EXE_log_capturer");
 const POLL: Duration = Duration::from_millis(20);
-
-/// A fresh folder for one test, removed when it ends (kept and named when it fails).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "logcap-faults-{}-{}-{test}",
-            std::process::id(),
-            N.fetch_add(1, SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn positions(&self) -> PathBuf {
-        self.0.join("positions")
-    }
-
-    /// No Docker, no ports, a local_file sink here.
-    fn config(&self) -> PathBuf {
-        let dir = self.0.display();
-        let yaml = format!(
-            "app:\n  log_level: info\n\
-             server:\n  enabled: false\n\
-             metrics:\n  enabled: false\n\
-             container_monitor:\n  enabled: false\n\
-             positions:\n  directory: {dir}/positions\n\
-             sinks:\n  loki:\n    enabled: false\n  local_file:\n    enabled: true\n    \
-             directory: {dir}/out\n"
-        );
-        let path = self.0.join("config.yaml");
-        fs::write(&path, yaml).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("test files kept in {}", self.0.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 fn command(config: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);
@@ -118,8 +74,8 @@ fn sigterm(child: &Child) {
 
 #[test]
 fn a_second_instance_on_the_same_positions_exits_2_naming_the_first() {
-    let s = Scratch::new("second");
-    let config = s.config();
+    let s = Scratch::new("faults", "second");
+    let config = s.config("", "");
     let first = command(&config).spawn().expect("spawn the first capturer");
     let lock = s.positions().join(LOCK_FILE);
     let want = format!("{}\n", first.id());
@@ -150,8 +106,8 @@ fn a_second_instance_on_the_same_positions_exits_2_naming_the_first() {
 
 #[test]
 fn a_corrupt_positions_file_stops_the_start_naming_the_backup() {
-    let s = Scratch::new("corrupt");
-    let config = s.config();
+    let s = Scratch::new("faults", "corrupt");
+    let config = s.config("", "");
     fs::create_dir_all(s.positions()).unwrap();
     let good = "{\n  \"0123456789ab\": {\n    \"container_id\": \"0123456789ab\",\n    \
                 \"since_ns\": 1700000000000000000,\n    \"skip\": 1\n  }\n}";
@@ -336,7 +292,7 @@ fn the_bearer_token_guards_post_logs_and_config_only() {
 
 #[test]
 fn the_token_comes_from_the_file_or_ssw_server_auth_token() {
-    let s = Scratch::new("token-env");
+    let s = Scratch::new("faults", "token-env");
     let path = s.0.join("c.yaml");
     fs::write(&path, "server:\n  auth_token: from-file\n").unwrap();
     let load = |env: &[(&str, &str)]| {

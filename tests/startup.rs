@@ -6,13 +6,15 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "support/scratch.rs"]
+mod scratch;
 mod support;
+use scratch::Scratch;
 use support::{docker, remove_containers, socket, IMAGE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_log_capturer");
@@ -20,64 +22,6 @@ const GO_NAME_BIN: &str = env!("CARGO_BIN_EXE_ssw-logs-capture");
 /// Bound on a run that loads its config and stops (or fails) at once.
 const QUICK: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
-
-/// A fresh folder for one test, removed when it ends (kept and named when it fails).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "logcap-startup-{}-{}-{test}",
-            std::process::id(),
-            N.fetch_add(1, SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    /// A config with no Docker, no ports, and a local_file sink in this folder: `app` lines go
-    /// in the `app:` section (log_level info unless they set it), `extra` YAML is appended at
-    /// the top level (sections given there must not repeat these).
-    fn config(&self, app: &str, extra: &str) -> PathBuf {
-        let dir = self.0.display();
-        let level = if app.contains("log_level:") {
-            ""
-        } else {
-            "  log_level: info\n"
-        };
-        let yaml = format!(
-            "app:\n{level}{app}\
-             server:\n  enabled: false\n\
-             metrics:\n  enabled: false\n\
-             container_monitor:\n  enabled: false\n\
-             positions:\n  directory: {dir}/positions\n\
-             {extra}"
-        );
-        let yaml = if extra.contains("sinks:") {
-            yaml
-        } else {
-            format!(
-                "{yaml}sinks:\n  loki:\n    enabled: false\n  local_file:\n    enabled: true\n    \
-                 directory: {dir}/out\n"
-            )
-        };
-        let path = self.0.join("config.yaml");
-        fs::write(&path, yaml).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("test files kept in {}", self.0.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 /// What a finished run gave.
 struct Run {
@@ -151,7 +95,7 @@ fn sigterm(child: &Child) {
 
 #[test]
 fn go_single_dash_config_and_the_go_binary_name_are_accepted() {
-    let s = Scratch::new("cli-forms");
+    let s = Scratch::new("startup", "cli-forms");
     let cfg = s.config("", "");
     let path = cfg.to_str().unwrap();
     let with_eq = format!("-config={path}");
@@ -182,7 +126,7 @@ fn go_single_dash_config_and_the_go_binary_name_are_accepted() {
 
 #[test]
 fn a_missing_config_file_names_the_flag_and_the_variable() {
-    let s = Scratch::new("no-config");
+    let s = Scratch::new("startup", "no-config");
     let missing = s.0.join("absent.yaml");
     let r = run(BIN, &["--config", missing.to_str().unwrap()], &[]);
     assert_eq!(r.code(), Some(2), "{}", r.stderr);
@@ -193,7 +137,7 @@ fn a_missing_config_file_names_the_flag_and_the_variable() {
 
 #[test]
 fn docker_host_over_tcp_exits_2_naming_the_variable() {
-    let s = Scratch::new("tcp-host");
+    let s = Scratch::new("startup", "tcp-host");
     let cfg = s.config("", "");
     let yaml = fs::read_to_string(&cfg)
         .unwrap()
@@ -226,7 +170,7 @@ fn docker_host_over_tcp_exits_2_naming_the_variable() {
 
 #[test]
 fn a_missing_docker_socket_names_every_way_to_set_it() {
-    let s = Scratch::new("no-socket");
+    let s = Scratch::new("startup", "no-socket");
     let cfg = s.config("", "");
     let yaml = fs::read_to_string(&cfg)
         .unwrap()
@@ -277,7 +221,7 @@ fn a_missing_docker_socket_names_every_way_to_set_it() {
 
 #[test]
 fn a_misspelt_key_is_a_warning_naming_the_closest_key() {
-    let s = Scratch::new("typo");
+    let s = Scratch::new("startup", "typo");
     let cfg = s.config("", "dispatcher:\n  queue_sise: 100\n  batch_timout: 1s\n");
     let r = run(BIN, &["--config", cfg.to_str().unwrap(), "--once"], &[]);
     assert_eq!(r.code(), Some(0), "{}", r.stderr);
@@ -297,7 +241,7 @@ fn a_misspelt_key_is_a_warning_naming_the_closest_key() {
 
 #[test]
 fn an_enabled_sink_that_does_not_exist_here_stops_the_start() {
-    let s = Scratch::new("kafka");
+    let s = Scratch::new("startup", "kafka");
     let dir = s.0.display().to_string();
     let cfg = s.config(
         "",
@@ -327,7 +271,7 @@ fn log_of(s: &Scratch, log_level: &str, log_format: &str, env: &[(&str, &str)]) 
 
 #[test]
 fn log_format_json_or_text_and_rust_log_over_log_level() {
-    let s = Scratch::new("log-format");
+    let s = Scratch::new("startup", "log-format");
     let json = log_of(&s, "info", "json", &[]);
     assert!(!json.is_empty());
     for line in &json {
@@ -413,7 +357,7 @@ fn files_containing(dir: &Path, needle: &str) -> usize {
 
 #[test]
 fn container_monitor_disabled_runs_the_api_and_sinks_without_docker() {
-    let s = Scratch::new("no-docker");
+    let s = Scratch::new("startup", "no-docker");
     let port = free_port();
     let cfg = s.config("  log_format: text\n", "");
     let yaml = fs::read_to_string(&cfg).unwrap().replace(
@@ -491,7 +435,7 @@ fn metrics(addr: SocketAddr) -> String {
 #[test]
 fn containers_monitored_drops_the_series_of_a_removed_container() {
     let sock = socket();
-    let s = Scratch::new("monitored");
+    let s = Scratch::new("startup", "monitored");
     let name = format!("lcstartup{}-gone", std::process::id());
     remove_containers(&[name.as_str()]);
     struct Cleanup(String);

@@ -407,6 +407,23 @@ fn of(lines: &[(String, String, BTreeMap<String, String>)], stream: &str) -> Vec
         .collect()
 }
 
+/// `docker run -d [OPTIONS] --name NAME --network none IMAGE sh -c SCRIPT`.
+fn run_detached(name: &str, script: &str, options: &[&str]) {
+    let mut args = vec!["run", "-d"];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&[
+        "--name",
+        name,
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    docker(&args);
+}
+
 /// `docker run --rm [-t] --name NAME IMAGE sh -c SCRIPT` in the foreground, as a CI job.
 fn run_job(name: &str, tty: bool, script: &str) {
     rm_job("run", name, tty, script);
@@ -606,18 +623,11 @@ fn rm_f_after_a_burst_delivers_everything_dockerd_had_logged() {
     // A burst dockerd logs faster than it streams it back: when the last line is in the log
     // file, the follow stream is still behind, and `rm -f` must not cut it.
     let n = 200_000;
-    docker(&[
-        "run",
-        "-d",
-        "--name",
+    run_detached(
         &name,
-        "--network",
-        "none",
-        IMAGE,
-        "sh",
-        "-c",
         &format!("awk 'BEGIN {{ for (i = 1; i <= {n}; i++) print \"line \" i }}'; sleep 1000"),
-    ]);
+        &[],
+    );
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while last != format!("line {n}") {
@@ -656,20 +666,7 @@ fn a_container_restarting_within_100ms_is_read_at_every_run() {
     // later (dockerd's first restart delay), then 200 ms, 400 ms...
     let script = "r=$(cat /runs 2>/dev/null || echo 0); r=$((r+1)); echo $r > /runs; \
                   i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo \"r$r $i\"; done; exit 1";
-    docker(&[
-        "run",
-        "-d",
-        "--restart",
-        "always",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        IMAGE,
-        "sh",
-        "-c",
-        script,
-    ]);
+    run_detached(&name, script, &["--restart", "always"]);
     let runs = 4;
     wait_until("4 runs", Duration::from_secs(30), || {
         docker(&["inspect", "-f", "{{.RestartCount}}", &name])
@@ -705,18 +702,11 @@ fn a_long_running_container_keeps_one_stream_once_its_log_has_caught_up() {
     let mut daemon = Daemon::start(&prefix);
     let name = format!("{prefix}server");
     let _cleanup = Cleanup(vec![name.clone()]);
-    docker(&[
-        "run",
-        "-d",
-        "--name",
+    run_detached(
         &name,
-        "--network",
-        "none",
-        IMAGE,
-        "sh",
-        "-c",
         "i=0; while true; do i=$((i+1)); echo \"tick $i\"; usleep 100000; done",
-    ]);
+        &[],
+    );
     let sample = |metrics: &str, name: &str| -> f64 {
         metrics
             .lines()
@@ -820,18 +810,7 @@ fn a_restart_handled_before_the_old_stream_ends_is_read() {
     let _cleanup = Cleanup(vec![name.clone()]);
     let script = "r=$(cat /runs 2>/dev/null || echo 0); r=$((r+1)); echo $r > /runs; \
                   seq 1 20000 | sed \"s/^/r$r /\"; sleep 3; echo \"r$r late\"; sleep 1000";
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        "none",
-        IMAGE,
-        "sh",
-        "-c",
-        script,
-    ]);
+    run_detached(&name, script, &[]);
     wait_until(
         "reading paused on a full queue",
         Duration::from_secs(20),

@@ -86,6 +86,17 @@ pub const ATTACH_LABEL: (&str, &str) = ("capture_source", "attach");
 const FIRST_BYTE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// A stream whose close has not completed this long after it was asked is stuck (a cancel
+/// the kernel never completes, a broken ring): it is left to the engine, counted in
+/// `streams_stuck_closing`, and its container goes on with a new stream. Reaping a cancel
+/// takes milliseconds; this is far beyond any healthy close.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+/// At stop, how long the streams still closing are waited for before the capture ends
+/// without them (logged, counted in `streams_stuck_closing`).
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// The HTTP status dockerd answers for a container whose logging driver cannot be read
+/// (`--log-driver none`, or a remote driver without dual logging).
+const NOT_READABLE: u16 = 501;
 /// A stream is reopened at a replay of dockerd's (see `on_lines`) only once it is this old, so
 /// that a replay the reopened stream itself sees cannot make the reopens spin.
 const REPLAY_REOPEN_AFTER: Duration = Duration::from_secs(1);
@@ -140,6 +151,13 @@ pub struct CaptureStats {
     /// Lines dockerd's follow reader had skipped, read by a reopened stream and delivered
     /// (after lines stamped later).
     pub lines_recovered: AtomicU64,
+    /// Streams asked to close whose close has not completed after [`CLOSE_DEADLINE`] (or,
+    /// at stop, [`DRAIN_DEADLINE`]): left to the engine. A gauge: one that completes after
+    /// all leaves it.
+    pub streams_stuck_closing: AtomicU64,
+    /// Containers whose logging driver cannot be read (dockerd answered 501): full id to
+    /// name. Not read again until removed (a recreated container has a new id).
+    pub unreadable: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 /// Why a line received was not queued. New reasons go at the end of [`Discard::ALL`].
@@ -247,6 +265,10 @@ struct Container {
     stream: Option<StreamId>,
     /// The current stream was asked to close.
     closing: bool,
+    /// Since when `closing` (see [`CLOSE_DEADLINE`]).
+    closing_since: Instant,
+    /// dockerd answered 501 (its logging driver cannot be read): never reopened.
+    unreadable: bool,
     next: Next,
     opened_at: Instant,
     /// When the current stream is due for rotation (see [`ROTATION_SPREAD`]).
@@ -279,6 +301,16 @@ struct Container {
 impl Container {
     /// When the timers must look at this container next, if ever in its present state.
     fn due(&self, options: &CaptureOptions, paused: bool) -> Option<Instant> {
+        let stuck =
+            (self.stream.is_some() && self.closing).then(|| self.closing_since + CLOSE_DEADLINE);
+        let other = self.due_other(options, paused);
+        match (stuck, other) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn due_other(&self, options: &CaptureOptions, paused: bool) -> Option<Instant> {
         if let Some(at) = self.removed_at {
             return (self.stream.is_some() || self.attach.is_some()).then_some(at + REMOVED_GRACE);
         }
@@ -348,6 +380,9 @@ pub struct Capture {
     by_attach: FxHashMap<StreamId, Key>,
     /// When the capture started (ns): only starts after it are timed to their first byte.
     started_ns: i64,
+    /// Streams given up on after [`CLOSE_DEADLINE`]: what their container was called, for
+    /// the log if their `Closed` comes after all.
+    stuck: FxHashMap<StreamId, Arc<str>>,
 }
 
 impl Capture {
@@ -381,6 +416,7 @@ impl Capture {
             events: Vec::new(),
             by_attach: FxHashMap::default(),
             started_ns: now_ns(),
+            stuck: FxHashMap::default(),
         }
     }
 
@@ -393,9 +429,12 @@ impl Capture {
     /// queued before the call). Returns when every stream is closed and every line queued.
     pub fn run(&mut self, control: &Receiver<ContainerEvent>, stop: &AtomicBool) {
         let mut stopping = false;
+        let mut drain_until = None;
         loop {
             if !stopping && stop.load(Relaxed) {
                 stopping = true;
+                drain_until = Some(Instant::now() + DRAIN_DEADLINE);
+                crate::failure::test_hang_point("capture");
                 tracing::info!("stopping: closing {} streams", self.reader.live_streams());
                 let keys: Vec<Key> = self.containers.iter().map(|(k, _)| k).collect();
                 for key in keys {
@@ -422,6 +461,10 @@ impl Capture {
             {
                 break;
             }
+            if drain_until.is_some_and(|at| Instant::now() >= at) {
+                self.give_up_draining();
+                break;
+            }
             let now = Instant::now();
             let mut wait = TICK;
             if let Some(Reverse((at, _, _))) = self.timers.peek() {
@@ -430,10 +473,14 @@ impl Capture {
             if let Some(since) = self.batch_since {
                 wait = wait.min((since + QUEUE_AFTER).saturating_duration_since(now));
             }
+            crate::failure::test_panic_point("capture");
             if let Err(e) = self.reader.poll(&mut self.events, Some(wait)) {
-                // The ring or epoll instance itself failed: nothing can be read any more.
-                tracing::error!("io engine failed: {e}");
-                stop.store(true, Relaxed);
+                // The ring or epoll instance itself failed (transient errors are retried
+                // inside): nothing can be read any more, and polling again would spin. The
+                // process is failed (exit 70); the engine's drop reaps what it still can and
+                // leaks the buffers of ops it cannot.
+                crate::failure::global().fail("capture", format!("io engine failed: {e}"));
+                break;
             }
             let mut events = std::mem::take(&mut self.events);
             // One clock read per poll, not per line: the lines of one poll were received
@@ -511,6 +558,7 @@ impl Capture {
                         c.info = info;
                     }
                     match (c.stream, c.closing, c.next) {
+                        _ if c.unreadable => {}
                         (None, _, Next::Nothing) => self.open_stream(key),
                         // A restart seen before the old stream is closed.
                         (Some(_), true, Next::Nothing) => c.next = Next::Reopen,
@@ -579,6 +627,8 @@ impl Capture {
             reread: false,
             stream: None,
             closing: false,
+            closing_since: now,
+            unreadable: false,
             next: Next::Nothing,
             opened_at: now,
             rotate_at: None,
@@ -696,8 +746,10 @@ impl Capture {
             Some(stream) => {
                 if !c.closing {
                     c.closing = true;
+                    c.closing_since = Instant::now();
                     self.reader.close(stream);
                 }
+                self.schedule(key);
             }
             None => self.after_close(key),
         }
@@ -821,6 +873,9 @@ impl Capture {
         }
         self.by_id.remove(&c.id);
         self.registry.forget(&c.id);
+        if c.unreadable {
+            self.stats.unreadable.lock().unwrap().remove(&*c.id);
+        }
         // Queued behind its last lines, so its position is retired only once they are
         // delivered.
         self.removed.push(c.id);
@@ -852,6 +907,10 @@ impl Capture {
                 _ => continue,
             }
             let c = &self.containers[key];
+            if c.stream.is_some() && c.closing && now >= c.closing_since + CLOSE_DEADLINE {
+                self.stuck_closing(key);
+                continue;
+            }
             if let Some(removed_at) = c.removed_at {
                 if now >= removed_at + REMOVED_GRACE {
                     tracing::warn!(
@@ -892,6 +951,48 @@ impl Capture {
         }
     }
 
+    /// The container's stream has not closed within [`CLOSE_DEADLINE`]: the engine keeps it
+    /// (and the buffers it lent the kernel: freeing memory the kernel may still write is never
+    /// safe, so they stay until the stream's last completion comes or the engine is
+    /// dropped), and the container goes on as if it had closed, on a new stream.
+    fn stuck_closing(&mut self, key: Key) {
+        let c = &mut self.containers[key];
+        let Some(stream) = c.stream.take() else {
+            return;
+        };
+        self.by_stream.remove(&stream);
+        self.stuck.insert(stream, c.name.clone());
+        self.stats.streams_stuck_closing.fetch_add(1, Relaxed);
+        tracing::error!(
+            "{}: {stream} not closed {CLOSE_DEADLINE:?} after its close; left to the io \
+             engine (its buffers stay lent to the kernel), the container goes on with a new \
+             stream",
+            c.info.name
+        );
+        c.closing = false;
+        self.after_close(key);
+    }
+
+    /// At stop, [`DRAIN_DEADLINE`] has passed with streams still closing: the capture ends
+    /// without them; the engine's drop reaps what it can and leaks the rest.
+    fn give_up_draining(&mut self) {
+        let stuck: Vec<&str> = self
+            .by_stream
+            .values()
+            .filter_map(|&k| self.containers.get(k).map(|c| c.info.name.as_str()))
+            .collect();
+        let attach = self.by_attach.len();
+        let live = self.reader.live_streams();
+        self.stats
+            .streams_stuck_closing
+            .fetch_add((live.saturating_sub(self.stuck.len())) as u64, Relaxed);
+        tracing::error!(
+            "stopping: {live} streams not closed {DRAIN_DEADLINE:?} after the stop (log \
+             streams of: {}; {attach} attach streams); ending without them",
+            stuck.join(", ")
+        );
+    }
+
     fn backpressure(&mut self) {
         let gauge = self.queue.gauge();
         let queued = gauge.queued();
@@ -922,6 +1023,7 @@ impl Capture {
         };
         let c = &mut self.containers[key];
         c.closing = true;
+        c.closing_since = Instant::now();
         match result {
             Ok(()) => {
                 tracing::debug!("{}: stream ended", c.info.name);
@@ -952,6 +1054,27 @@ impl Capture {
                     self.registry.unmonitored(&c.info.id);
                 }
             }
+            Err(ReadError::Decode(e)) if e.status() == Some(NOT_READABLE) => {
+                // Permanent for this container: its logging driver is chosen at create.
+                self.stats.stream_errors.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    "{} ({}): its logging driver cannot be read ({e}); not read again until \
+                     it is recreated",
+                    c.info.name,
+                    &c.info.id[..c.info.id.len().min(12)]
+                );
+                c.unreadable = true;
+                c.next = if c.removed_at.is_some() {
+                    Next::Forget
+                } else {
+                    Next::Nothing
+                };
+                self.stats
+                    .unreadable
+                    .lock()
+                    .unwrap()
+                    .insert(c.info.id.clone(), c.info.name.clone());
+            }
             Err(e) => {
                 self.stats.stream_errors.fetch_add(1, Relaxed);
                 c.failures += 1;
@@ -979,11 +1102,16 @@ impl Capture {
                 }
             }
         }
+        self.schedule(key);
     }
 
     /// Everything of the stream is released: reopen, forget or leave the container.
     fn on_closed(&mut self, stream: StreamId) {
         let Some(key) = self.by_stream.remove(&stream) else {
+            if let Some(name) = self.stuck.remove(&stream) {
+                self.stats.streams_stuck_closing.fetch_sub(1, Relaxed);
+                tracing::info!("{name}: {stream}, stuck closing, is closed after all");
+            }
             return;
         };
         let c = &mut self.containers[key];

@@ -37,6 +37,21 @@ use crate::sink::{self, BlackholeSink, LocalFileSink, LokiSink, Sink, StdoutSink
 pub const RESUME_OVERLAP: Duration = Duration::from_secs(1);
 /// How long failing sinks are retried after a stop before the rest is left for next time.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// What the shutdown may take beyond the dispatcher's [`SHUTDOWN_TIMEOUT`] and one sink
+/// request: the capture's drain deadline, the io engine's own reaping at drop, the API's
+/// connections. Past it the watchdog exits non-zero (see [`crate::failure`]).
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(20);
+
+/// How long after a stop the process may take to exit before the watchdog ends it.
+pub fn shutdown_deadline(config: &Config) -> Duration {
+    let sink = if config.sinks.loki.enabled {
+        config.sinks.loki.timeout
+    } else {
+        Duration::ZERO
+    };
+    SHUTDOWN_TIMEOUT + sink + SHUTDOWN_MARGIN
+}
+
 /// Longest wait between two attempts to reach a Docker engine that did not answer at start
 /// (the first waits 100 ms, then twice as long each time).
 pub const STARTUP_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -299,6 +314,8 @@ pub fn run(
             thread::Builder::new()
                 .name("discovery".into())
                 .spawn(move || {
+                    let _running = crate::failure::global().running("discovery");
+                    crate::failure::test_panic_wait("discovery", &discovery_stop);
                     let Some(list) = retry_list(&client, first, &discovery_stop) else {
                         return;
                     };
@@ -317,6 +334,7 @@ pub fn run(
     let capture = thread::Builder::new()
         .name("capture".into())
         .spawn(move || {
+            let _running = crate::failure::global().running("capture");
             let (engine, selection) = match select_engine(choice) {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -376,11 +394,18 @@ pub fn run(
         shared.sink_timings.clone(),
         stop.clone(),
     );
-    let undelivered = dispatcher.run();
+    let undelivered = {
+        let _running = crate::failure::global().running("dispatcher");
+        dispatcher.run()
+    };
+    // A thread that panicked was reported by the panic hook (`crate::failure`).
     let _ = capture.join();
     stop.store(true, Relaxed);
     let api_state = api.state.clone();
-    api.join();
+    {
+        let _running = crate::failure::global().running("api");
+        api.join();
+    }
     if let Some(discovery) = discovery {
         let _ = discovery.join();
     }

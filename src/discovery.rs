@@ -568,6 +568,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Best effort: after an error it reconnects from the newest `create` seen, and a `create`
 /// it misses is attached by the worker (later).
 fn attach_on_create(client: Client, own: OwnContainer, sent: SentMap, stop: Arc<AtomicBool>) {
+    let _running = crate::failure::global().running("attacher");
     let mut since_ns = now_ns();
     let mut backoff = Backoff::new(Duration::from_secs(2));
     // A connection made ahead (once containers are being created): at a `create` only the

@@ -159,6 +159,7 @@ impl Dispatcher {
         let mut closed = false;
         let mut undelivered = Undelivered::default();
         while !closed {
+            crate::failure::test_panic_point("dispatcher");
             let wait = match first_at {
                 Some(t) => self.options.batch_timeout.saturating_sub(t.elapsed()),
                 None => self.options.commit_interval.min(Duration::from_millis(500)),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use clap::Parser;
 use log_capturer::config::{Config, ConfigError, LogFormat, EXPECT_DOCKER_SOCKET};
 use log_capturer::daemon::{self, RunOptions};
+use log_capturer::failure::{self, EXIT_SOFTWARE, FAILURE_HEALTH_GRACE};
 use log_capturer::io::EngineChoice;
 use log_capturer::state_lock::StateLock;
 
@@ -81,6 +82,7 @@ fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 const CONFIG_HINT: &str = "name the file with --config PATH (or -config PATH) or SSW_CONFIG_FILE";
 
 pub fn main() -> ExitCode {
+    failure::process_start();
     let args = Args::parse_from(normalize_args(std::env::args_os()));
     if let Some(url) = &args.healthcheck {
         return healthcheck(url);
@@ -135,14 +137,41 @@ pub fn main() -> ExitCode {
         once: args.once,
         io_engine: args.io_engine,
     };
-    match daemon::run(&config, &options, stop) {
+    // A panicking thread or a failed engine: /health says so, the rest shuts down, exit 70.
+    failure::install_panic_hook();
+    let deadline = daemon::shutdown_deadline(&config);
+    if let Err(e) = failure::Watchdog::spawn(stop.clone(), deadline) {
+        tracing::error!("cannot start the watchdog thread: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        daemon::run(&config, &options, stop)
+    }));
+    let failures = failure::global();
+    if let Some(at) = failures.failed_at() {
+        // The dispatcher's own panic unwinds to here at once: the API threads still answer
+        // 503 until the grace is over.
+        std::thread::sleep(
+            (at + FAILURE_HEALTH_GRACE).saturating_duration_since(std::time::Instant::now()),
+        );
+        let names: Vec<String> = failures
+            .failures()
+            .into_iter()
+            .map(|f| f.component)
+            .collect();
+        tracing::error!("exiting {EXIT_SOFTWARE}: {} failed", names.join(", "));
+        return ExitCode::from(EXIT_SOFTWARE);
+    }
+    match result {
         // Lines a failing sink could not take by the shutdown deadline are named in the log;
         // the positions do not cover them, so the next start delivers them: nothing is lost.
-        Ok(_undelivered) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(Ok(_undelivered)) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
+        // The hook marked it failed; unreachable unless the hook itself could not.
+        Err(_) => ExitCode::from(EXIT_SOFTWARE),
     }
 }
 

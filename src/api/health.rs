@@ -16,7 +16,11 @@
 //!   did with its goroutine tracker (`services.goroutine_tracker`);
 //! - the last call to the Docker engine did not reach it, or the engine refused every API
 //!   version this program speaks (`checks.docker`, with the reason, and
-//!   `services.container_monitor`). Not yet having called it is not degraded.
+//!   `services.container_monitor`). Not yet having called it is not degraded;
+//! - (a note only, not degraded: `checks.containers_unreadable` names the containers whose
+//!   logging driver cannot be read;)
+//! - a thread panicked or the io engine failed (`checks.components`, naming each failed
+//!   component and why; see [`crate::failure`]): the process is about to exit non-zero.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -43,6 +47,26 @@ pub(super) fn docker_object(docker: &DockerStatus) -> Value {
         "api_version_pinned": docker.pinned().is_some(),
         "engine_api_version": engine.map(|e| e.max.to_string()),
         "engine_min_api_version": engine.and_then(|e| e.min).map(|v| v.to_string()),
+    })
+}
+
+/// A note, not a degradation: containers whose logging driver cannot be read (by name, with
+/// their short id), which the capturer does not read until they are recreated.
+fn unreadable_check(capture: &crate::capture::CaptureStats) -> Value {
+    let unreadable = capture.unreadable.lock().unwrap();
+    let containers: Map<String, Value> = unreadable
+        .iter()
+        .map(|(id, name)| (name.clone(), json!(&id[..id.len().min(12)])))
+        .collect();
+    json!({
+        "status": "healthy",
+        "count": unreadable.len(),
+        "containers": containers,
+        "note": if unreadable.is_empty() {
+            Value::Null
+        } else {
+            json!("logging driver cannot be read (dockerd answered 501): not captured until recreated with a readable driver (json-file, local, journald) or dual logging")
+        },
     })
 }
 
@@ -160,9 +184,19 @@ pub fn health(state: &ApiState) -> HealthReport {
         Reachability::Unknown | Reachability::Up => true,
     };
 
+    // Failed threads and engines.
+    let failures = crate::failure::global().failures();
+    let mut failed = Map::new();
+    for f in &failures {
+        issues.push(format!("{} failed: {}", f.component, f.reason));
+        failed.insert(f.component.clone(), json!(f.reason));
+    }
+    let components_ok = failures.is_empty();
+
     let memory = procinfo::memory();
     let d = &shared.dispatch;
-    let healthy = queue_ok && sinks_ok && fds_ok && io_ok && tracker_ok && docker_ok;
+    let healthy =
+        queue_ok && sinks_ok && fds_ok && io_ok && tracker_ok && docker_ok && components_ok;
     let uptime = state.started.elapsed();
     let body = json!({
         "status": status(healthy),
@@ -232,6 +266,11 @@ pub fn health(state: &ApiState) -> HealthReport {
                 "limit": ops_limit,
             },
             "docker": docker_object(&shared.docker),
+            "containers_unreadable": unreadable_check(&shared.capture),
+            "components": {
+                "status": if components_ok { "healthy" } else { "failed" },
+                "failed": failed,
+            },
         },
         "issues": issues,
     });

@@ -294,6 +294,19 @@ pub fn render(state: &ApiState) -> String {
         streams_live as f64,
     );
     t.single(
+        "streams_stuck_closing",
+        "Streams whose close has not completed long after it was asked (left to the io engine; \
+         their containers read on new streams)",
+        Kind::Gauge,
+        s.capture.streams_stuck_closing.load(Relaxed) as f64,
+    );
+    t.single(
+        "containers_unreadable",
+        "Containers whose logging driver cannot be read (dockerd answered 501), until removed",
+        Kind::Gauge,
+        s.capture.unreadable.lock().unwrap().len() as f64,
+    );
+    t.single(
         "stream_rotations_total",
         "Log streams closed and reopened on schedule (stream_rotation_interval)",
         Kind::Counter,

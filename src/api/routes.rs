@@ -251,6 +251,8 @@ fn stats(state: &ApiState) -> Reply {
             "lines_out_of_order": c.lines_out_of_order.load(Relaxed),
             "replay_reopens": c.replay_reopens.load(Relaxed),
             "lines_recovered": c.lines_recovered.load(Relaxed),
+            "streams_stuck_closing": c.streams_stuck_closing.load(Relaxed),
+            "containers_unreadable": c.unreadable.lock().unwrap().len(),
         },
         "containers": s.containers.snapshot(),
         "positions": {

@@ -380,6 +380,9 @@ pub struct Capture {
     by_attach: FxHashMap<StreamId, Key>,
     /// When the capture started (ns): only starts after it are timed to their first byte.
     started_ns: i64,
+    /// The saved `last_log_time_ns` of committed positions, per short id (see
+    /// [`ResumeTracker::with_newest`]).
+    committed_newest: HashMap<String, i64>,
     /// Streams given up on after [`CLOSE_DEADLINE`]: what their container was called, for
     /// the log if their `Closed` comes after all.
     stuck: FxHashMap<StreamId, Arc<str>>,
@@ -417,7 +420,16 @@ impl Capture {
             by_attach: FxHashMap::default(),
             started_ns: now_ns(),
             stuck: FxHashMap::default(),
+            committed_newest: HashMap::new(),
         }
+    }
+
+    /// The timestamp of the newest line delivered before this start, per short id (the
+    /// positions' `last_log_time_ns`): a resumed stream's lines stamped after it are never
+    /// taken for repeats.
+    pub fn with_committed_newest(mut self, newest: HashMap<String, i64>) -> Self {
+        self.committed_newest = newest;
+        self
     }
 
     pub fn reader(&self) -> &LogReader {
@@ -683,8 +695,10 @@ impl Capture {
 
     fn tracker_for(&self, info: &ContainerInfo) -> ResumeTracker {
         let overlap = self.options.overlap.as_nanos() as i64;
-        match self.committed.get(&info.id[..info.id.len().min(12)]) {
-            Some(&resume) => ResumeTracker::resuming(overlap, resume),
+        let short = &info.id[..info.id.len().min(12)];
+        match self.committed.get(short) {
+            Some(&resume) => ResumeTracker::resuming(overlap, resume)
+                .with_newest(self.committed_newest.get(short).copied()),
             None if self.options.new_from_now => ResumeTracker::starting_at(overlap, now_ns()),
             None => ResumeTracker::new(overlap),
         }
@@ -1270,8 +1284,19 @@ impl Capture {
             }
         }
         let before = c.tracker.mismatches();
+        let gone = c.tracker.gone();
         let admitted = recovered || c.tracker.admit(ts);
-        if c.tracker.mismatches() != before {
+        if c.tracker.gone() != gone {
+            stats.resume_mismatches.fetch_add(1, Relaxed);
+            tracing::warn!(
+                "{}: the saved position was rotated away while the capturer was down \
+                 ({} lines delivered before are no longer in the log); reading from the \
+                 oldest line left. Lines logged after the stop and deleted by dockerd's \
+                 max-file before this start are lost upstream (their number is unknown here)",
+                c.info.name,
+                c.tracker.gone() - gone
+            );
+        } else if c.tracker.mismatches() != before {
             stats.resume_mismatches.fetch_add(1, Relaxed);
             tracing::warn!(
                 "{}: a reopened stream does not repeat the lines read before as they were \

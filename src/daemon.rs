@@ -229,6 +229,11 @@ pub fn run(
         .iter()
         .filter_map(|(id, p)| p.resume().map(|r| (id.to_string(), r)))
         .collect();
+    let committed_newest: HashMap<String, i64> = positions
+        .iter()
+        .filter(|(_, p)| p.resume().is_some())
+        .filter_map(|(id, p)| p.last_log_time_ns.map(|n| (id.to_string(), n)))
+        .collect();
     let positions = Arc::new(Mutex::new(positions));
     let sinks = build_sinks(config)?;
     let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
@@ -353,7 +358,8 @@ pub fn run(
                 committed,
                 capture_shared.capture,
                 capture_shared.containers,
-            );
+            )
+            .with_committed_newest(committed_newest);
             capture.run(&events_rx, &capture_stop);
         })
         .map_err(|e| format!("capture thread: {e}"))?;

@@ -21,6 +21,9 @@
 //! are placeholders, filled in as the reopened stream skips them, and `since` does not move
 //! until all are known. A placeholder is only a count until its line arrives, so a corrupt or
 //! hostile `skip` costs no memory (the positions file refuses one over `MAX_SKIP` anyway).
+//! With the saved timestamp of the newest line delivered ([`ResumeTracker::with_newest`]), a
+//! returned line stamped after it ends the skip at once: it cannot be a repeat, so the
+//! placeholders not seen yet were deleted by dockerd's `max-file` while the capturer was down.
 
 use std::collections::VecDeque;
 
@@ -43,6 +46,10 @@ pub struct ResumeTracker {
     /// Skipped lines whose timestamp differed from the one recorded: the file order changed
     /// under us, or the skew exceeded the overlap. Reported, never silently absorbed.
     mismatches: u64,
+    /// The newest line delivered before a restart (`with_newest`).
+    saved_newest: Option<i64>,
+    /// Lines of a committed skip found deleted (see `with_newest`).
+    gone: u64,
 }
 
 impl ResumeTracker {
@@ -58,6 +65,8 @@ impl ResumeTracker {
             to_skip: 0,
             skipped: 0,
             mismatches: 0,
+            saved_newest: None,
+            gone: 0,
         }
     }
 
@@ -81,6 +90,23 @@ impl ResumeTracker {
         }
     }
 
+    /// After a restart, the saved timestamp of the newest line delivered (`last_log_time_ns`):
+    /// every line of the committed skip is stamped at or before it, so a returned line stamped
+    /// after it is new even while the skip is not used up (its lines were rotated away).
+    pub fn with_newest(mut self, newest_ns: Option<i64>) -> Self {
+        if self.unknown > 0 {
+            self.saved_newest = newest_ns;
+            self.newest_ns = newest_ns;
+        }
+        self
+    }
+
+    /// Lines of a committed skip that the reopened stream no longer had (deleted by dockerd's
+    /// rotation while the capturer was down).
+    pub fn gone(&self) -> u64 {
+        self.gone
+    }
+
     /// A new stream is being opened: where it must start. `None`: from the first line.
     pub fn reopen(&mut self) -> Option<Resume> {
         if self.unknown > 0 {
@@ -96,14 +122,24 @@ impl ResumeTracker {
     /// A line of the current stream, stamped `ts`: true if it is new and must be emitted,
     /// false if it was emitted before (the overlap of a reopened stream).
     pub fn admit(&mut self, ts: i64) -> bool {
-        if self.skipped < self.to_skip
-            && self.unknown == 0
-            && self.newest_ns.is_some_and(|newest| ts > newest)
-        {
+        // Placeholders are compared with the saved newest only: the newest of those seen so
+        // far says nothing about the next one.
+        let newest = if self.unknown == 0 {
+            self.newest_ns
+        } else {
+            self.saved_newest
+        };
+        if self.skipped < self.to_skip && newest.is_some_and(|newest| ts > newest) {
             // Stamped after every line emitted, so not a repeat: the lines still expected
             // are gone from the log (dockerd deleted the rotated files holding them, which
-            // its follow reader had skipped). No stream can repeat them any more.
+            // its follow reader had skipped, or which rotated away while the capturer was
+            // down). No stream can repeat them any more.
             self.mismatches += 1;
+            if self.unknown > 0 {
+                self.gone += (self.unknown - self.skipped) as u64;
+                self.unknown = 0;
+                self.pending = 0;
+            }
             self.recent.truncate(self.skipped);
             self.to_skip = self.skipped;
         }
@@ -291,6 +327,36 @@ mod tests {
         }
         assert!(tracker.admit(70));
         assert_eq!(tracker.mismatches(), 1);
+    }
+
+    #[test]
+    fn lines_after_the_saved_newest_end_a_committed_skip_rotated_away_while_down() {
+        let resume = Resume {
+            since_ns: 80,
+            skip: 3,
+        };
+        // Two of the three lines delivered before the stop are still in the log.
+        let mut tracker = ResumeTracker::resuming(1000, resume).with_newest(Some(100));
+        tracker.reopen();
+        assert!(!tracker.admit(90));
+        assert!(!tracker.admit(95));
+        assert!(tracker.admit(200), "stamped after the saved newest: new");
+        assert!(tracker.admit(210));
+        assert_eq!(tracker.gone(), 1);
+        // None of them left: every returned line is new.
+        let mut tracker = ResumeTracker::resuming(1000, resume).with_newest(Some(100));
+        tracker.reopen();
+        for ts in [300, 310, 320, 330] {
+            assert!(tracker.admit(ts));
+        }
+        assert_eq!(tracker.gone(), 3);
+        // A later reopen repeats only what this run emitted.
+        let again = tracker.reopen().unwrap();
+        assert_eq!(again.skip, 4);
+        // Without the saved newest (an older positions file) the skip is obeyed, as before.
+        let mut tracker = ResumeTracker::resuming(1000, resume);
+        tracker.reopen();
+        assert!(!tracker.admit(300));
     }
 
     #[test]

@@ -300,9 +300,14 @@ struct Container {
 
 impl Container {
     /// When the timers must look at this container next, if ever in its present state.
-    fn due(&self, options: &CaptureOptions, paused: bool) -> Option<Instant> {
+    fn due(
+        &self,
+        options: &CaptureOptions,
+        paused: bool,
+        close_deadline: Duration,
+    ) -> Option<Instant> {
         let stuck =
-            (self.stream.is_some() && self.closing).then(|| self.closing_since + CLOSE_DEADLINE);
+            (self.stream.is_some() && self.closing).then(|| self.closing_since + close_deadline);
         let other = self.due_other(options, paused);
         match (stuck, other) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -380,6 +385,8 @@ pub struct Capture {
     by_attach: FxHashMap<StreamId, Key>,
     /// When the capture started (ns): only starts after it are timed to their first byte.
     started_ns: i64,
+    /// See [`CLOSE_DEADLINE`] (tests shorten it).
+    close_deadline: Duration,
     /// The saved `last_log_time_ns` of committed positions, per short id (see
     /// [`ResumeTracker::with_newest`]).
     committed_newest: HashMap<String, i64>,
@@ -421,7 +428,14 @@ impl Capture {
             started_ns: now_ns(),
             stuck: FxHashMap::default(),
             committed_newest: HashMap::new(),
+            close_deadline: CLOSE_DEADLINE,
         }
+    }
+
+    /// Replaces [`CLOSE_DEADLINE`].
+    pub fn with_close_deadline(mut self, deadline: Duration) -> Self {
+        self.close_deadline = deadline;
+        self
     }
 
     /// The timestamp of the newest line delivered before this start, per short id (the
@@ -899,7 +913,7 @@ impl Capture {
     /// Puts the container's next deadline, if it has one, on the timer heap.
     fn schedule(&mut self, key: Key) {
         let c = &mut self.containers[key];
-        let due = c.due(&self.options, self.paused);
+        let due = c.due(&self.options, self.paused, self.close_deadline);
         if due != c.deadline {
             c.deadline = due;
             if let Some(at) = due {
@@ -921,7 +935,7 @@ impl Capture {
                 _ => continue,
             }
             let c = &self.containers[key];
-            if c.stream.is_some() && c.closing && now >= c.closing_since + CLOSE_DEADLINE {
+            if c.stream.is_some() && c.closing && now >= c.closing_since + self.close_deadline {
                 self.stuck_closing(key);
                 continue;
             }
@@ -978,10 +992,11 @@ impl Capture {
         self.stuck.insert(stream, c.name.clone());
         self.stats.streams_stuck_closing.fetch_add(1, Relaxed);
         tracing::error!(
-            "{}: {stream} not closed {CLOSE_DEADLINE:?} after its close; left to the io \
+            "{}: {stream} not closed {:?} after its close; left to the io \
              engine (its buffers stay lent to the kernel), the container goes on with a new \
              stream",
-            c.info.name
+            c.info.name,
+            self.close_deadline
         );
         c.closing = false;
         self.after_close(key);

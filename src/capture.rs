@@ -25,6 +25,14 @@
 //!   the container is gone), [`REMOVED_GRACE`] at most.
 //! - A start handled while the old stream is still open (a quick restart) reopens the stream
 //!   as soon as the old one ends.
+//! - A close that does not complete within [`CLOSE_DEADLINE`] leaves its stream to the engine
+//!   (`streams_stuck_closing`) and the container goes on with a new stream; at stop, the
+//!   streams still closing after [`DRAIN_DEADLINE`] are left the same way. The engine keeps
+//!   the memory of such a stream's ops until their completions come or it is dropped.
+//! - A container whose logging driver cannot be read (dockerd answers 501) is not asked again
+//!   until it is removed (`CaptureStats::unreadable`); the same id can only have that driver.
+//! - An io engine whose poll fails ends the capture and fails the process
+//!   ([`crate::failure`]).
 //! - Every line the reader hands over is either queued (`lines_read`) or discarded on purpose
 //!   and counted by [`Discard`] reason.
 

@@ -8,6 +8,9 @@
 //! every stream and closes the queue; the dispatcher delivers what is left, flushes and
 //! commits.
 //!
+//! A thread that panics or an io engine that fails sets `stop` too, a second after
+//! `/health` turned 503 (see [`crate::failure`]); `main` then exits 70.
+//!
 //! Docker at start: `--once` fails at once when the engine cannot be listed. Following, an
 //! engine that does not answer is retried with backoff (up to [`STARTUP_RETRY_MAX`]) on the
 //! discovery thread, which then goes on as usual; meanwhile everything else runs and

@@ -101,6 +101,8 @@ struct Seen {
     healthy_first: bool,
     /// The first 503 body of `/health`, if any came before the exit.
     failed_health: Option<serde_json::Value>,
+    /// From the first 503 to the exit.
+    failed_for: Duration,
     status: ExitStatus,
 }
 
@@ -110,11 +112,14 @@ fn watch(child: &mut Child, addr: SocketAddr, within: Duration) -> Seen {
     let mut seen = Seen {
         healthy_first: false,
         failed_health: None,
+        failed_for: Duration::ZERO,
         status: ExitStatus::default(),
     };
+    let mut failed_at = None;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             seen.status = status;
+            seen.failed_for = failed_at.map_or(Duration::ZERO, |t: Instant| t.elapsed());
             return seen;
         }
         if Instant::now() > deadline {
@@ -125,7 +130,10 @@ fn watch(child: &mut Child, addr: SocketAddr, within: Duration) -> Seen {
         if seen.failed_health.is_none() {
             match get(addr, "/health") {
                 Some((200, _)) => seen.healthy_first = true,
-                Some((503, body)) => seen.failed_health = serde_json::from_str(&body).ok(),
+                Some((503, body)) => {
+                    failed_at = Some(Instant::now());
+                    seen.failed_health = serde_json::from_str(&body).ok();
+                }
                 _ => {}
             }
         }
@@ -173,6 +181,11 @@ fn panicking_thread_fails_the_process(component: &str, docker: bool) {
     assert!(
         text.contains(&format!("exiting {EXIT_SOFTWARE}: {component} failed")),
         "{text}"
+    );
+    println!(
+        "{component}: /health 503 first seen {:?} before the exit (status {:?})",
+        seen.failed_for,
+        seen.status.code()
     );
 }
 

@@ -17,10 +17,11 @@
 //! - the last call to the Docker engine did not reach it, or the engine refused every API
 //!   version this program speaks (`checks.docker`, with the reason, and
 //!   `services.container_monitor`). Not yet having called it is not degraded;
-//! - (a note only, not degraded: `checks.containers_unreadable` names the containers whose
-//!   logging driver cannot be read;)
 //! - a thread panicked or the io engine failed (`checks.components`, naming each failed
 //!   component and why; see [`crate::failure`]): the process is about to exit non-zero.
+//!
+//! `checks.containers_unreadable` is a note, never a degradation: the containers whose logging
+//! driver cannot be read (dockerd answered 501).
 
 use std::sync::atomic::Ordering::Relaxed;
 

@@ -101,6 +101,20 @@ pub fn metrics_route(state: &ApiState, rq: &mut Incoming<'_>) -> (&'static str, 
         return ("metrics:/metrics", metrics_reply(state));
     }
     if rq.path == "/health" {
+        // A failed process (a thread panicked, the io engine failed) is about to exit: the
+        // HEALTHCHECK says so too.
+        let failed = crate::failure::global().failures();
+        if !failed.is_empty() {
+            let names: Vec<String> = failed.into_iter().map(|f| f.component).collect();
+            return (
+                "metrics:/health",
+                Reply::text(
+                    503,
+                    "text/plain; charset=utf-8",
+                    format!("FAILED: {}\n", names.join(", ")),
+                ),
+            );
+        }
         return (
             "metrics:/health",
             Reply::text(200, "text/plain; charset=utf-8", "OK"),

@@ -1101,6 +1101,7 @@ impl Capture {
                     &c.info.id[..c.info.id.len().min(12)]
                 );
                 c.unreadable = true;
+                self.registry.unmonitored(&c.info.id);
                 c.next = if c.removed_at.is_some() {
                     Next::Forget
                 } else {

@@ -508,7 +508,11 @@ impl Capture {
                 wait = wait.min((since + QUEUE_AFTER).saturating_duration_since(now));
             }
             crate::failure::test_panic_point("capture");
-            if let Err(e) = self.reader.poll(&mut self.events, Some(wait)) {
+            let polled = self
+                .reader
+                .poll(&mut self.events, Some(wait))
+                .and_then(|()| crate::failure::test_engine_error());
+            if let Err(e) = polled {
                 // The ring or epoll instance itself failed (transient errors are retried
                 // inside): nothing can be read any more, and polling again would spin. The
                 // process is failed (exit 70); the engine's drop reaps what it still can and

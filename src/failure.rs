@@ -13,8 +13,9 @@
 //! - `LOGCAP_TEST_PANIC=COMPONENT` (read once, at the first [`test_panic_point`]) makes that
 //!   component's thread panic `LOGCAP_TEST_PANIC_AFTER_MS` (default 1000) after the process
 //!   started: the tests' way to panic a real thread. `LOGCAP_TEST_HANG=capture` makes the
-//!   capture thread hang once stop is set, to show the shutdown deadline. Unset (always,
-//!   outside tests) they do nothing.
+//!   capture thread hang once stop is set, to show the shutdown deadline;
+//!   `LOGCAP_TEST_PANIC=engine` makes the capture thread's io engine poll fail instead (after
+//!   the same delay), as a broken ring would. Unset (always, outside tests) they do nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -206,6 +207,21 @@ fn watch(failures: &Failures, stop: &AtomicBool, deadline: Duration) {
 
 /// The test hook: panics when `LOGCAP_TEST_PANIC` names `component` and its delay has passed.
 pub fn test_panic_point(component: &str) {
+    if test_hook_due(component) {
+        panic!("LOGCAP_TEST_PANIC={component}");
+    }
+}
+
+/// The test hook of a failing io engine (`LOGCAP_TEST_PANIC=engine`): an error in place of
+/// the poll's result once its delay has passed.
+pub fn test_engine_error() -> std::io::Result<()> {
+    if test_hook_due("engine") {
+        return Err(std::io::Error::other("LOGCAP_TEST_PANIC=engine"));
+    }
+    Ok(())
+}
+
+fn test_hook_due(component: &str) -> bool {
     static HOOK: OnceLock<Option<(String, Instant)>> = OnceLock::new();
     let hook = HOOK.get_or_init(|| {
         let name = std::env::var("LOGCAP_TEST_PANIC").ok()?;
@@ -215,11 +231,8 @@ pub fn test_panic_point(component: &str) {
             .unwrap_or(1000);
         Some((name, process_start() + Duration::from_millis(after)))
     });
-    if let Some((name, at)) = hook {
-        if name == component && Instant::now() >= *at {
-            panic!("LOGCAP_TEST_PANIC={component}");
-        }
-    }
+    hook.as_ref()
+        .is_some_and(|(name, at)| name == component && Instant::now() >= *at)
 }
 
 /// As [`test_panic_point`], for a thread that would otherwise block: waits for the delay

@@ -1,7 +1,8 @@
 //! A thread that panics, and a shutdown that does not finish (issue 12): `/health` turns 503
 //! naming the failed component before the process exits 70 (`EX_SOFTWARE`), and a shutdown
 //! past its deadline exits 70 naming what did not finish. The panics are real ones, made by
-//! the daemon's test hook (`LOGCAP_TEST_PANIC=COMPONENT`, see `src/failure.rs`). The
+//! the daemon's test hook (`LOGCAP_TEST_PANIC=COMPONENT`, see `src/failure.rs`); so is the io
+//! engine failure (`LOGCAP_TEST_PANIC=engine`: the capture thread's poll returns an error). The
 //! discovery test needs the real dockerd (`LOGCAP_DOCKER_SOCK`); the others run without
 //! Docker.
 
@@ -202,6 +203,42 @@ fn a_dispatcher_panic_turns_health_503_and_exits_70() {
 #[test]
 fn a_discovery_thread_panic_turns_health_503_and_exits_70() {
     panicking_thread_fails_the_process("discovery", true);
+}
+
+#[test]
+fn a_failed_io_engine_turns_health_503_and_exits_70() {
+    // The hook makes the capture thread's poll return an error, as a broken ring would: the
+    // component named is the capture thread, the reason the engine's.
+    let s = Scratch::new("failures", "engine");
+    let port = free_port();
+    let config = config(&s, port, false);
+    let mut child = spawn(
+        &s,
+        &config,
+        &[
+            ("LOGCAP_TEST_PANIC", "engine"),
+            ("LOGCAP_TEST_PANIC_AFTER_MS", "1500"),
+        ],
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let seen = watch(&mut child, addr, Duration::from_secs(40));
+    let text = log(&s);
+    assert!(
+        seen.healthy_first,
+        "never healthy before the failure:\n{text}"
+    );
+    let health = seen
+        .failed_health
+        .unwrap_or_else(|| panic!("/health never answered 503 before the exit:\n{text}"));
+    let reason = health["checks"]["components"]["failed"]["capture"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.starts_with("io engine failed"), "{health}");
+    assert_eq!(seen.status.code(), Some(EXIT_SOFTWARE), "{text}");
+    println!(
+        "engine: /health 503 first seen {:?} before the exit",
+        seen.failed_for
+    );
 }
 
 #[test]

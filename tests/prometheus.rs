@@ -46,7 +46,7 @@ fn run(cmd: &mut Command) -> String {
 fn alert_rules_pass_promtool_check_and_unit_tests() {
     let rules = format!("{ROOT}/deploy/prometheus/alerts.yml");
     let out = run(Command::new(tool("promtool")).args(["check", "rules", &rules]));
-    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     let tests = format!("{ROOT}/deploy/prometheus/alerts_test.yml");
     let out = run(Command::new(tool("promtool")).args(["test", "rules", &tests]));
     assert!(out.contains("SUCCESS"), "{out}");
@@ -333,7 +333,7 @@ fn prometheus_scrapes_streams_and_lines() {
     let loaded = rules["data"]["groups"][0]["rules"]
         .as_array()
         .map_or(0, Vec::len);
-    assert_eq!(loaded, 8, "alert rules loaded by prometheus: {rules}");
+    assert_eq!(loaded, 10, "alert rules loaded by prometheus: {rules}");
 }
 
 /// `log_capturer --healthcheck URL`, the image's HEALTHCHECK: 0 while the metrics server

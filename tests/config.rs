@@ -443,6 +443,7 @@ const KEYS_READ: &[&str] = &[
     "container_monitor.include_stderr",
     "container_monitor.stream_rotation_interval",
     "container_monitor.stream_idle_timeout",
+    "container_monitor.since_overlap",
     "container_monitor.new_containers_from",
     "file_monitor_service.enabled",
     "dispatcher.queue_size",

@@ -1028,6 +1028,12 @@ impl Capture {
             return;
         };
         let c = &mut self.containers[key];
+        if c.closing {
+            // Closed by us in the same poll (a window widened, a replay): `next` says what
+            // comes after, and the end (often the container's stop, seen from a reopened
+            // stream) is seen again by the next stream.
+            return;
+        }
         c.closing = true;
         match result {
             Ok(()) => {

@@ -251,6 +251,10 @@ fn stats(state: &ApiState) -> Reply {
             "lines_out_of_order": c.lines_out_of_order.load(Relaxed),
             "replay_reopens": c.replay_reopens.load(Relaxed),
             "lines_recovered": c.lines_recovered.load(Relaxed),
+            "stream_probes": c.stream_probes.load(Relaxed),
+            "windows_widened": c.windows_widened.load(Relaxed),
+            "lines_before_window": c.discarded(crate::capture::Discard::Window),
+            "clock_steps_back": c.clock_steps_back.load(Relaxed),
         },
         "containers": s.containers.snapshot(),
         "positions": {

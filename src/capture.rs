@@ -1186,8 +1186,7 @@ impl Capture {
                     &self.stats,
                     &mut self.batch,
                 );
-                if c.widen
-                    || !matches!(rest.peek(), Some(ReaderEvent::Line(s, _)) if *s == stream)
+                if c.widen || !matches!(rest.peek(), Some(ReaderEvent::Line(s, _)) if *s == stream)
                 {
                     break;
                 }
@@ -1283,7 +1282,8 @@ impl Capture {
                 let hung = c.stream == Some(probed)
                     && !c.closing
                     && !self.paused
-                    && c.probe_newest.is_some_and(|p| delivered.is_none_or(|d| p > d));
+                    && c.probe_newest
+                        .is_some_and(|p| delivered.is_none_or(|d| p > d));
                 if hung {
                     tracing::warn!(
                         "{}: the log stream delivered nothing for {:?} while dockerd logged \

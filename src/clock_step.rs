@@ -47,10 +47,7 @@ mod tests {
         // Both clocks advance together.
         assert_eq!(d.observe(t0 + Duration::from_secs(1), 101 * s), None);
         // Drift under the tolerance.
-        assert_eq!(
-            d.observe(t0 + Duration::from_millis(2050), 102 * s),
-            None
-        );
+        assert_eq!(d.observe(t0 + Duration::from_millis(2050), 102 * s), None);
         // 1 s passes, the wall clock goes back 5 s.
         assert_eq!(
             d.observe(t0 + Duration::from_millis(3050), 97 * s),

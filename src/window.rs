@@ -136,7 +136,11 @@ mod tests {
         let mut w = Window::new(100, 10);
         assert_eq!(w.line(95), Verdict::Before);
         assert!(!w.covered());
-        assert_eq!(w.line(100), Verdict::Widen, "95 could follow a line stamped 105");
+        assert_eq!(
+            w.line(100),
+            Verdict::Widen,
+            "95 could follow a line stamped 105"
+        );
         let mut w = Window::new(100, 10);
         assert_eq!(w.line(50), Verdict::Before);
         assert_eq!(w.line(97), Verdict::Before);
@@ -158,8 +162,8 @@ mod tests {
                 let mut w = Window::new(since, overlap);
                 let mut got = Vec::new();
                 let mut widened = false;
-                for i in file.len() - n..file.len() {
-                    match w.line(file[i]) {
+                for (i, &ts) in file.iter().enumerate().skip(file.len() - n) {
+                    match w.line(ts) {
                         Verdict::Before => {}
                         Verdict::Pass => got.push(i),
                         Verdict::Widen => {

@@ -46,12 +46,10 @@ fn docker_logs(name: &str) -> Vec<String> {
 
 fn with_rotation(env: &Env, name: &str, positions: &str, rotation: &str) -> std::path::PathBuf {
     let path = env.config(name, positions);
-    let yaml = fs::read_to_string(&path)
-        .unwrap()
-        .replace(
-            "stream_rotation_interval: \"30s\"",
-            &format!("stream_rotation_interval: \"{rotation}\""),
-        );
+    let yaml = fs::read_to_string(&path).unwrap().replace(
+        "stream_rotation_interval: \"30s\"",
+        &format!("stream_rotation_interval: \"{rotation}\""),
+    );
     fs::write(&path, yaml).unwrap();
     path
 }
@@ -108,7 +106,10 @@ fn a_cut_whose_first_window_is_too_small_reads_every_line_once() {
     );
     assert_eq!(got, docker_logs(&name), "against docker logs");
     assert_eq!(got, numbers(1..=9500), "every line once, in order");
-    assert!(widened >= 1, "the first window covered: the cut was not tested");
+    assert!(
+        widened >= 1,
+        "the first window covered: the cut was not tested"
+    );
     // The widened window reached lines 1..1000 (and no `since` query was needed for them).
     assert!(before_window >= 1000, "{before_window}");
 }

@@ -38,6 +38,7 @@ fn open(engine: &mut dyn Engine, sock: &Path, i: usize) -> StreamId {
         LogsQuery {
             follow: true,
             since_ns: None,
+            tail: None,
         },
     );
     engine.open(sock, request).expect("open")

@@ -1,8 +1,17 @@
 //! The reader thread: one log stream per container, rotated and reopened without loss or
 //! duplicates, lines turned into entries and queued for the dispatcher.
 //!
-//! - A stream is reopened from its container's [`ResumeTracker`] after every rotation, idle
-//!   timeout or error; the lines a reopened stream repeats are dropped there.
+//! - A stream is reopened from its container's [`ResumeTracker`] after a hang, an idle
+//!   timeout or an error; the lines a reopened stream repeats are dropped there. It asks
+//!   dockerd for the last lines of the log (`tail`, see [`crate::window`]) rather than for
+//!   everything `since` the resume point, which costs dockerd a decode of the whole file.
+//! - Rotation exists to recover from dockerd's hung follow streams (moby#23913, #37646), not
+//!   to bound a stream's life: a stream that delivered within `rotation` is left alone. One
+//!   silent that long is probed: a `follow=0&tail=1` request on its own short connection,
+//!   through the same engine (the thread never blocks). Only if the probe's line is newer
+//!   than anything the stream delivered is the stream hung and reopened (`rotations`). The
+//!   idle timeout reopens a silent stream whatever the probe says.
+//! - A wall-clock step back is logged once per step with its size (see [`crate::clock_step`]).
 //! - The lines dockerd sends again after its own log rotation are dropped before the tracker
 //!   counts them ([`crate::replay`]). At such a replay the stream is reopened, and the lines
 //!   dockerd's follow reader skipped are delivered from the reopened stream; a container whose
@@ -44,6 +53,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::api::{ContainerRegistry, Histogram};
+use crate::clock_step::StepDetector;
 use crate::decode::{LogLine, StreamKind};
 use crate::discovery::ContainerEvent;
 use crate::docker::{ContainerInfo, LogsQuery};
@@ -55,6 +65,7 @@ use crate::reader::{LogReader, ReadError, ReaderEvent, StreamSpec};
 use crate::replay::{ReplayFilter, Verdict};
 use crate::resume::ResumeTracker;
 use crate::safety_net::{AttachLine, SafetyNet};
+use crate::window::{self, Ask, Window};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 
@@ -117,6 +128,10 @@ pub struct CaptureOptions {
     pub idle_timeout: Duration,
     /// See [`crate::resume`].
     pub overlap: Duration,
+    /// Reopen with a tail window ([`crate::window`]) and rotate only hung streams (the
+    /// probe). `false`: the plain `since` query and rotation on time, kept for the bench's
+    /// "before" (`LOGCAP_REOPEN_WINDOW=off`).
+    pub reopen_window: bool,
     /// `false` for `--once`: read what is logged so far, then end.
     pub follow: bool,
     /// Containers without a committed position start now instead of from their first line.
@@ -133,8 +148,17 @@ pub struct CaptureStats {
     pub lines_skipped: AtomicU64,
     /// Lines of a stream (stdout or stderr) the configuration excludes.
     pub lines_filtered: AtomicU64,
+    /// Streams reopened at their rotation deadline: hung ones (the probe saw a newer line),
+    /// or every one when `reopen_window` is off.
     pub rotations: AtomicU64,
     pub idle_reopens: AtomicU64,
+    /// `tail=1` probes of streams silent for a rotation interval.
+    pub stream_probes: AtomicU64,
+    /// Reopens whose tail window could not be shown to reach the resume point, reopened
+    /// wider (see [`crate::window`]).
+    pub windows_widened: AtomicU64,
+    /// Steps back of the wall clock seen (see [`crate::clock_step`]).
+    pub clock_steps_back: AtomicU64,
     pub stream_errors: AtomicU64,
     pub streams_opened: AtomicU64,
     /// Times reading was paused because the queue was full.
@@ -186,16 +210,20 @@ pub enum Discard {
     /// Lines dockerd sent again after its own log rotation (`lines_replayed`, see
     /// [`crate::replay`]).
     Replay,
+    /// Lines of a reopened stream's tail window stamped before its resume point (what
+    /// `since` would not have sent, see [`crate::window`]).
+    Window,
 }
 
 impl Discard {
-    pub const ALL: [Discard; 6] = [
+    pub const ALL: [Discard; 7] = [
         Discard::Repeat,
         Discard::Filtered,
         Discard::AttachDuplicate,
         Discard::AttachReleased,
         Discard::Closing,
         Discard::Replay,
+        Discard::Window,
     ];
 
     /// The `reason` label of `lines_discarded_total`.
@@ -207,6 +235,7 @@ impl Discard {
             Discard::AttachReleased => "attach_released",
             Discard::Closing => "closing",
             Discard::Replay => "replay",
+            Discard::Window => "window",
         }
     }
 }
@@ -304,6 +333,20 @@ struct Container {
     attach_closing: bool,
     net: Option<SafetyNet>,
     net_since: Instant,
+    /// The tail window of the current stream, until the stream ends.
+    window: Option<Window>,
+    /// The current line showed the window too small: reopen wider.
+    widen: bool,
+    /// Reopens in a row whose window did not cover (see [`window::ask`]).
+    attempt: u32,
+    /// Lines per second of the last stream, while it delivered: sizes the next window.
+    rate: f64,
+    /// Lines received on the current stream.
+    stream_lines: u64,
+    /// The probe in flight, and the stream it probes.
+    probe: Option<(StreamId, StreamId)>,
+    /// The newest line the probe returned.
+    probe_newest: Option<i64>,
 }
 
 impl Container {
@@ -401,6 +444,9 @@ pub struct Capture {
     /// Streams given up on after [`CLOSE_DEADLINE`]: what their container was called, for
     /// the log if their `Closed` comes after all.
     stuck: FxHashMap<StreamId, Arc<str>>,
+    /// Probes in flight: the container and its uid.
+    by_probe: FxHashMap<StreamId, (Key, u64)>,
+    clock: StepDetector,
 }
 
 impl Capture {
@@ -437,6 +483,8 @@ impl Capture {
             stuck: FxHashMap::default(),
             committed_newest: HashMap::new(),
             close_deadline: CLOSE_DEADLINE,
+            by_probe: FxHashMap::default(),
+            clock: StepDetector::default(),
         }
     }
 
@@ -474,6 +522,9 @@ impl Capture {
                 for key in keys {
                     self.close_stream(key, Next::Nothing);
                     self.close_attach(key);
+                }
+                for &probe in self.by_probe.keys() {
+                    self.reader.close(probe);
                 }
             }
             if !stopping {
@@ -524,8 +575,17 @@ impl Capture {
             // One clock read per poll, not per line: the lines of one poll were received
             // together.
             let (now, now_wall_ns) = (Instant::now(), now_ns());
+            if let Some(step) = self.clock.observe(now, now_wall_ns) {
+                self.on_clock_step(step);
+            }
             let mut drain = events.drain(..).peekable();
             while let Some(event) = drain.next() {
+                if !self.by_probe.is_empty() {
+                    if let Some(&probe) = self.by_probe.get(&event_stream(&event)) {
+                        self.on_probe_event(probe, event);
+                        continue;
+                    }
+                }
                 let attach = self.by_attach.get(&event_stream(&event)).copied();
                 match (event, attach) {
                     (ReaderEvent::Line(_, line), Some(key)) => {
@@ -684,6 +744,13 @@ impl Capture {
             attach_closing: false,
             net: None,
             net_since: now,
+            window: None,
+            widen: false,
+            attempt: 0,
+            rate: 0.0,
+            stream_lines: 0,
+            probe: None,
+            probe_newest: None,
         });
         self.by_id.insert(id, key);
         key
@@ -733,20 +800,43 @@ impl Capture {
     fn open_stream(&mut self, key: Key) {
         let c = &mut self.containers[key];
         let resume = c.tracker.reopen();
+        // The rate of the stream that ends here, over the time it delivered.
+        if c.stream_lines > 0 {
+            let active = (c.last_data - c.opened_at).max(Duration::from_secs(1));
+            c.rate = c.stream_lines as f64 / active.as_secs_f64();
+        }
+        c.stream_lines = 0;
+        let overlap_ns = self.options.overlap.as_nanos() as i64;
+        let mut query = LogsQuery {
+            follow: self.options.follow,
+            since_ns: resume.map(|r| r.since_ns),
+            tail: None,
+        };
+        c.window = None;
+        if let (Some(r), true, true) = (resume, self.options.follow, self.options.reopen_window) {
+            let guard = r.since_ns.saturating_sub(overlap_ns);
+            let span = Duration::from_nanos(u64::try_from(now_ns() - guard).unwrap_or(0));
+            match window::ask(c.attempt, c.rate, span, r.skip) {
+                Ask::Tail(n) => {
+                    query.since_ns = None;
+                    query.tail = Some(n);
+                    c.window = Some(Window::new(r.since_ns, overlap_ns));
+                }
+                Ask::Since => c.attempt = 0,
+            }
+        }
         let spec = StreamSpec {
             container_id: c.info.id.clone(),
             tty: c.info.tty,
-            query: LogsQuery {
-                follow: self.options.follow,
-                since_ns: resume.map(|r| r.since_ns),
-            },
+            query,
         };
         match self.reader.open(&spec) {
             Ok(stream) => {
                 tracing::debug!(
-                    "{}: stream opened (since {:?}, skipping {})",
+                    "{}: stream opened (since {:?}, tail {:?}, skipping {})",
                     c.info.name,
                     resume.map(|r| r.since_ns),
+                    query.tail,
                     c.tracker.skipping()
                 );
                 self.stats.streams_opened.fetch_add(1, Relaxed);
@@ -971,10 +1061,27 @@ impl Capture {
                     self.open_stream(key);
                     continue;
                 }
-                (Some(_), _) if !c.closing && !self.paused => {
+                (Some(stream), _) if !c.closing && !self.paused => {
                     if c.rotate_at.is_some_and(|at| now >= at) {
-                        self.stats.rotations.fetch_add(1, Relaxed);
-                        self.close_stream(key, Next::Reopen);
+                        let rotation = self.options.rotation;
+                        if !self.options.reopen_window {
+                            self.stats.rotations.fetch_add(1, Relaxed);
+                            self.close_stream(key, Next::Reopen);
+                            continue;
+                        }
+                        let (last_data, probing) = (c.last_data, c.probe.is_some());
+                        let c = &mut self.containers[key];
+                        if now - last_data < rotation {
+                            // Delivering: not hung. Looked at again a rotation after its
+                            // last line.
+                            c.rotate_at = Some(last_data + rotation);
+                        } else {
+                            c.rotate_at = Some(now + rotation);
+                            if !probing {
+                                self.open_probe(key, stream);
+                            }
+                        }
+                        self.schedule(key);
                         continue;
                     }
                     let idle_timeout = self.options.idle_timeout;
@@ -1063,6 +1170,12 @@ impl Capture {
             return;
         };
         let c = &mut self.containers[key];
+        if c.closing {
+            // Closed by us in the same poll (a window widened, a replay): `next` says what
+            // comes after, and the end (often the container's stop, seen from a reopened
+            // stream) is seen again by the next stream.
+            return;
+        }
         c.closing = true;
         c.closing_since = Instant::now();
         match result {
@@ -1243,7 +1356,8 @@ impl Capture {
                     &self.stats,
                     &mut self.batch,
                 );
-                if !matches!(rest.peek(), Some(ReaderEvent::Line(s, _)) if *s == stream) {
+                if c.widen || !matches!(rest.peek(), Some(ReaderEvent::Line(s, _)) if *s == stream)
+                {
                     break;
                 }
                 let Some(ReaderEvent::Line(_, more)) = rest.next() else {
@@ -1271,10 +1385,108 @@ impl Capture {
             if self.batch.len() >= MAX_BATCH {
                 self.flush_batch();
             }
-            if reopen {
+            let c = &mut self.containers[key];
+            if c.window.as_ref().is_some_and(Window::covered) {
+                c.attempt = 0;
+            }
+            if std::mem::take(&mut c.widen) {
+                // Nothing of this stream was admitted: the wider one reads it all again.
+                c.attempt += 1;
+                self.stats.windows_widened.fetch_add(1, Relaxed);
+                tracing::debug!(
+                    "{}: the tail window does not reach the resume point: reopening wider",
+                    c.info.name
+                );
+                self.close_stream(key, Next::Reopen);
+            } else if reopen {
                 self.stats.replay_reopens.fetch_add(1, Relaxed);
                 self.close_stream(key, Next::Reopen);
             }
+        }
+    }
+
+    /// Sends the `tail=1` probe of a silent stream (see the module docs).
+    fn open_probe(&mut self, key: Key, stream: StreamId) {
+        let c = &mut self.containers[key];
+        let spec = StreamSpec {
+            container_id: c.info.id.clone(),
+            tty: c.info.tty,
+            query: LogsQuery {
+                follow: false,
+                since_ns: None,
+                tail: Some(1),
+            },
+        };
+        match self.reader.open(&spec) {
+            Ok(probe) => {
+                self.stats.stream_probes.fetch_add(1, Relaxed);
+                c.probe = Some((probe, stream));
+                c.probe_newest = None;
+                self.by_probe.insert(probe, (key, c.uid));
+            }
+            Err(e) => tracing::warn!("{}: cannot probe the log stream: {e}", c.info.name),
+        }
+    }
+
+    fn on_probe_event(&mut self, (key, uid): (Key, u64), event: ReaderEvent) {
+        let c = self.containers.get_mut(key).filter(|c| c.uid == uid);
+        match event {
+            ReaderEvent::Opened(_) => {}
+            ReaderEvent::Line(_, line) => {
+                if let (Some(c), Some(ts)) = (c, line.last_timestamp_ns) {
+                    c.probe_newest = c.probe_newest.max(Some(ts));
+                }
+            }
+            ReaderEvent::Ended(_, result) => {
+                let Some(c) = c else { return };
+                let Some((_, probed)) = c.probe else { return };
+                if let Err(e) = result {
+                    tracing::debug!("{}: probe failed: {e}", c.info.name);
+                    return;
+                }
+                // What the stream delivered, or where it started when it delivered nothing.
+                let delivered = c
+                    .tracker
+                    .newest_ns()
+                    .or_else(|| c.tracker.resume().map(|r| r.since_ns - 1));
+                let hung = c.stream == Some(probed)
+                    && !c.closing
+                    && !self.paused
+                    && c.probe_newest
+                        .is_some_and(|p| delivered.is_none_or(|d| p > d));
+                if hung {
+                    tracing::warn!(
+                        "{}: the log stream delivered nothing for {:?} while dockerd logged \
+                         more: reopening it",
+                        c.info.name,
+                        c.last_data.elapsed()
+                    );
+                    self.stats.rotations.fetch_add(1, Relaxed);
+                    self.close_stream(key, Next::Reopen);
+                }
+            }
+            ReaderEvent::Closed(probe) => {
+                self.by_probe.remove(&probe);
+                if let Some(c) = c {
+                    c.probe = None;
+                }
+            }
+        }
+    }
+
+    fn on_clock_step(&mut self, step: Duration) {
+        self.stats.clock_steps_back.fetch_add(1, Relaxed);
+        let overlap = self.options.overlap;
+        if step > overlap {
+            tracing::warn!(
+                "the wall clock stepped back {step:?}, more than since_overlap ({overlap:?}): \
+                 streams reopened before it catches up can miss up to {:?} of lines",
+                step - overlap
+            );
+        } else {
+            tracing::info!(
+                "the wall clock stepped back {step:?}, within since_overlap ({overlap:?})"
+            );
         }
     }
 
@@ -1290,6 +1502,21 @@ impl Capture {
         // timestamps=1 is always asked for; a line without one can only come from a daemon
         // that ignores it, and is stamped with the capture time.
         let ts = line.last_timestamp_ns.unwrap_or(processed_at_ns);
+        c.stream_lines += 1;
+        if let Some(window) = c.window.as_mut() {
+            match window.line(ts) {
+                window::Verdict::Pass => {}
+                window::Verdict::Before => {
+                    stats.discard(Discard::Window, 1);
+                    return false;
+                }
+                window::Verdict::Widen => {
+                    c.widen = true;
+                    stats.discard(Discard::Closing, 1);
+                    return false;
+                }
+            }
+        }
         // Before the tracker: a line dockerd replays must not count as one more line of the
         // file, while the lines a reopened stream repeats must (see `crate::replay`). Among
         // those, a line dockerd's follow reader had skipped is delivered now.

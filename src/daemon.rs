@@ -36,8 +36,6 @@ use crate::positions::PositionStore;
 use crate::reader::LogReader;
 use crate::sink::{self, BlackholeSink, LocalFileSink, LokiSink, Sink, StdoutSink};
 
-/// How far back a reopened stream starts before the newest line read (see `resume`).
-pub const RESUME_OVERLAP: Duration = Duration::from_secs(1);
 /// How long failing sinks are retried after a stop before the rest is left for next time.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the shutdown may take beyond the dispatcher's [`SHUTDOWN_TIMEOUT`] and one sink
@@ -272,7 +270,10 @@ pub fn run(
         } else {
             cm.stream_idle_timeout
         },
-        overlap: RESUME_OVERLAP,
+        overlap: cm.since_overlap,
+        // Hidden, for scripts/bench/reopen_cost.sh's "before": `off` reopens with the plain
+        // `since` query and rotates every stream on time, as before the windows.
+        reopen_window: std::env::var("LOGCAP_REOPEN_WINDOW").map_or(true, |v| v != "off"),
         follow: !options.once,
         new_from_now: cm.new_containers_from == NewContainersFrom::Now,
         include_stdout: cm.include_stdout,

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod capture;
+pub mod clock_step;
 pub mod config;
 pub mod daemon;
 pub mod decode;
@@ -26,3 +27,4 @@ pub mod resume;
 pub mod safety_net;
 pub mod sink;
 pub mod state_lock;
+pub mod window;

@@ -443,6 +443,7 @@ const KEYS_READ: &[&str] = &[
     "container_monitor.include_stderr",
     "container_monitor.stream_rotation_interval",
     "container_monitor.stream_idle_timeout",
+    "container_monitor.since_overlap",
     "container_monitor.new_containers_from",
     "file_monitor_service.enabled",
     "dispatcher.queue_size",
@@ -1143,4 +1144,15 @@ fn a_docker_endpoint_that_is_not_a_unix_socket_is_refused_naming_its_source() {
     ]);
     let (c, _) = load_str("", &env).unwrap();
     assert!(!c.container_monitor.enabled);
+}
+
+#[test]
+fn since_overlap_defaults_to_one_second_and_is_configurable() {
+    let (c, _) = load_str("", &no_env).unwrap();
+    assert_eq!(c.container_monitor.since_overlap, secs(1));
+    let (c, r) = load_str("container_monitor:\n  since_overlap: \"3s\"\n", &no_env).unwrap();
+    assert_eq!(c.container_monitor.since_overlap, secs(3));
+    assert!(r.unknown_keys.is_empty(), "{:?}", r.unknown_keys);
+    let err = load_str("container_monitor:\n  since_overlap: soon\n", &no_env).unwrap_err();
+    assert_eq!(err.key(), Some("container_monitor.since_overlap"), "{err}");
 }

@@ -45,6 +45,7 @@ fn read_log(choice: EngineChoice, container: &Container, tty: bool, follow: bool
         query: LogsQuery {
             follow,
             since_ns: None,
+            tail: None,
         },
     };
     let id = reader.open(&spec).unwrap();
@@ -219,6 +220,7 @@ fn missing_container_is_a_clear_error() {
         query: LogsQuery {
             follow: false,
             since_ns: None,
+            tail: None,
         },
     };
     let id = reader.open(&spec).unwrap();

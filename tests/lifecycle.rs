@@ -141,6 +141,7 @@ fn dockerd_attach_on_a_created_container_carries_every_line_and_logs_end_at_once
             query: LogsQuery {
                 follow: true,
                 since_ns: None,
+                tail: None,
             },
         })
         .unwrap();

@@ -308,9 +308,27 @@ pub fn render(state: &ApiState) -> String {
     );
     t.single(
         "stream_rotations_total",
-        "Log streams closed and reopened on schedule (stream_rotation_interval)",
+        "Log streams reopened at stream_rotation_interval: hung (a probe saw a newer line)",
         Kind::Counter,
         s.capture.rotations.load(Relaxed) as f64,
+    );
+    t.single(
+        "stream_probes_total",
+        "tail=1 probes of log streams silent for stream_rotation_interval",
+        Kind::Counter,
+        s.capture.stream_probes.load(Relaxed) as f64,
+    );
+    t.single(
+        "stream_windows_widened_total",
+        "Reopens whose tail window did not reach the resume point, reopened wider",
+        Kind::Counter,
+        s.capture.windows_widened.load(Relaxed) as f64,
+    );
+    t.single(
+        "clock_steps_back_total",
+        "Steps back of the wall clock seen (reopens can miss lines past since_overlap)",
+        Kind::Counter,
+        s.capture.clock_steps_back.load(Relaxed) as f64,
     );
     t.single(
         "stream_cancellations_total",

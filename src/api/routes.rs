@@ -267,6 +267,10 @@ fn stats(state: &ApiState) -> Reply {
             "lines_recovered": c.lines_recovered.load(Relaxed),
             "streams_stuck_closing": c.streams_stuck_closing.load(Relaxed),
             "containers_unreadable": c.unreadable.lock().unwrap().len(),
+            "stream_probes": c.stream_probes.load(Relaxed),
+            "windows_widened": c.windows_widened.load(Relaxed),
+            "lines_before_window": c.discarded(crate::capture::Discard::Window),
+            "clock_steps_back": c.clock_steps_back.load(Relaxed),
         },
         "containers": s.containers.snapshot(),
         "positions": {

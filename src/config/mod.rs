@@ -27,7 +27,7 @@
 //!   (`push_endpoint` `/loki/api/v1/push`, loki `timeout` 30s and `batch_timeout` 10s,
 //!   `output_format` json, text `timestamp_format`, default `filename_pattern`, queue sizes),
 //!   (b) keys that only this program has (`app.io_engine`,
-//!   `container_monitor.stream_rotation_interval`, `stream_idle_timeout`,
+//!   `container_monitor.stream_rotation_interval`, `stream_idle_timeout`, `since_overlap`,
 //!   `new_containers_from`, `dispatcher.max_queue_bytes`, `sinks.stdout`, `sinks.blackhole`),
 //!   which a Go file cannot mention,
 //!   and (c) values for which zero is unusable (`app.log_level` info, `app.log_format` json,
@@ -221,12 +221,20 @@ pub struct ContainerMonitorConfig {
     pub exclude_labels: BTreeMap<String, String>,
     pub include_stdout: bool,
     pub include_stderr: bool,
-    /// Ours: reopen each stream this often (default 30s); zero = never.
+    /// Ours: a stream silent this long is probed (`tail=1`) and reopened if the probe shows a
+    /// line it has not delivered (default 30s); a delivering stream is never rotated; zero =
+    /// never.
     #[serde(serialize_with = "ser_duration")]
     pub stream_rotation_interval: Duration,
-    /// Ours: reopen a stream silent this long while its container runs (default 5m); zero = never.
+    /// Ours: reopen a stream silent this long while its container runs, probe or not (default
+    /// 5m); zero = never.
     #[serde(serialize_with = "ser_duration")]
     pub stream_idle_timeout: Duration,
+    /// Ours: how far before the newest line read a reopened stream starts (default 1s): the
+    /// skew between stdout and stderr it absorbs, and the wall-clock step back it survives
+    /// (see `crate::resume`, `crate::clock_step`).
+    #[serde(serialize_with = "ser_duration")]
+    pub since_overlap: Duration,
     /// Ours: where a container never seen before starts.
     pub new_containers_from: NewContainersFrom,
 }

@@ -710,6 +710,7 @@ fn read_container_monitor(
             .unwrap_or(Duration::from_secs(30)),
         stream_idle_timeout: duration(ctx, &s, "stream_idle_timeout")?
             .unwrap_or(Duration::from_secs(300)),
+        since_overlap: duration(ctx, &s, "since_overlap")?.unwrap_or(Duration::from_secs(1)),
         new_containers_from: new_from.unwrap_or(NewContainersFrom::Created),
     })
 }

@@ -26,6 +26,10 @@ pub struct LogsQuery {
     pub follow: bool,
     /// Only lines with a timestamp at or after this one (inclusive, nanoseconds).
     pub since_ns: Option<i64>,
+    /// Only the last this many lines of the log, then (with `follow`) what comes after them.
+    /// dockerd finds them from the end of the file, where `since` alone decodes the file
+    /// from its start (see `crate::window`). `None`: every line (`tail=all`).
+    pub tail: Option<u64>,
 }
 
 /// `GET /containers/{id}/logs` with stdout, stderr and timestamps always on: the timestamps
@@ -39,6 +43,10 @@ pub fn logs_request(version: ApiVersion, container_id: &str, query: LogsQuery) -
     if let Some(since) = query.since_ns {
         target.push_str("&since=");
         target.push_str(&format_since(since));
+    }
+    if let Some(tail) = query.tail {
+        target.push_str("&tail=");
+        target.push_str(&tail.to_string());
     }
     get_request(&target)
 }
@@ -87,6 +95,7 @@ mod tests {
             LogsQuery {
                 follow: true,
                 since_ns: Some(1_700_000_000_000_000_042),
+                tail: None,
             },
         );
         let text = std::str::from_utf8(&req).unwrap();
@@ -94,6 +103,26 @@ mod tests {
             "GET /v1.44/containers/abc/logs?stdout=1&stderr=1&timestamps=1&follow=1&since=1700000000.000000042 HTTP/1.1\r\n"
         ), "{text}");
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn logs_request_carries_tail() {
+        let req = logs_request(
+            ApiVersion::new(1, 41),
+            "abc",
+            LogsQuery {
+                follow: false,
+                since_ns: None,
+                tail: Some(1),
+            },
+        );
+        let text = std::str::from_utf8(&req).unwrap();
+        assert!(
+            text.starts_with(
+                "GET /v1.41/containers/abc/logs?stdout=1&stderr=1&timestamps=1&follow=0&tail=1 HTTP/1.1\r\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod entry;
 pub mod io;
 pub mod pipeline;
 pub mod positions;
+pub mod processing;
 pub mod reader;
 pub mod replay;
 pub mod resume;

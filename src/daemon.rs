@@ -47,6 +47,9 @@ pub struct RunOptions {
     pub once: bool,
     /// Overrides `app.io_engine`.
     pub io_engine: Option<EngineChoice>,
+    /// The pipelines of `processing` (loaded by the caller, so a bad file stops the start
+    /// before anything runs).
+    pub processor: Option<Arc<crate::processing::Processor>>,
 }
 
 /// The engine that runs, and its live counters.
@@ -314,6 +317,7 @@ pub fn run(
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let capture_stop = stop.clone();
     let capture_shared = shared.clone();
+    let processor = options.processor.clone();
     let capture = thread::Builder::new()
         .name("capture".into())
         .spawn(move || {
@@ -336,6 +340,9 @@ pub fn run(
                 capture_shared.capture,
                 capture_shared.containers,
             );
+            if let Some(processor) = processor {
+                capture.set_processor(processor);
+            }
             capture.run(&events_rx, &capture_stop);
         })
         .map_err(|e| format!("capture thread: {e}"))?;

@@ -69,12 +69,18 @@ pub fn load_str(text: &str, origin: &Path) -> Result<Loaded, LoadError> {
         file: origin,
         warnings: Vec::new(),
     };
-    let root: Value = serde_yaml::from_str(text).map_err(|e| ctx.err("(document)", e.to_string()))?;
+    let root: Value =
+        serde_yaml::from_str(text).map_err(|e| ctx.err("(document)", e.to_string()))?;
     let empty = Mapping::new();
     let top = match &root {
         Value::Null => &empty,
         Value::Mapping(m) => m,
-        _ => return Err(ctx.err("(document)", "expected a mapping with pipelines: and source_mapping:")),
+        _ => {
+            return Err(ctx.err(
+                "(document)",
+                "expected a mapping with pipelines: and source_mapping:",
+            ))
+        }
     };
     for k in top.keys() {
         let k = k.as_str().unwrap_or("?");
@@ -89,7 +95,10 @@ pub fn load_str(text: &str, origin: &Path) -> Result<Loaded, LoadError> {
             for (i, item) in items.iter().enumerate() {
                 let p = pipeline(&mut ctx, i, item)?;
                 if pipelines.iter().any(|q: &Pipeline| q.name == p.name) {
-                    return Err(ctx.err(format!("pipelines[{i}].name"), format!("{:?} is defined twice", p.name)));
+                    return Err(ctx.err(
+                        format!("pipelines[{i}].name"),
+                        format!("{:?} is defined twice", p.name),
+                    ));
                 }
                 pipelines.push(p);
             }
@@ -118,10 +127,18 @@ pub fn load_str(text: &str, origin: &Path) -> Result<Loaded, LoadError> {
                         .collect::<Result<_, _>>()?,
                     _ => return Err(ctx.err(at, "expected a list of patterns")),
                 };
-                rules.push(Rule { pipeline: index, patterns });
+                rules.push(Rule {
+                    pipeline: index,
+                    patterns,
+                });
             }
         }
-        Some(_) => return Err(ctx.err("source_mapping", "expected a mapping of pipeline names to patterns")),
+        Some(_) => {
+            return Err(ctx.err(
+                "source_mapping",
+                "expected a mapping of pipeline names to patterns",
+            ))
+        }
     }
     Ok(Loaded {
         pipelines,
@@ -188,9 +205,15 @@ enum Parsed {
 
 fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Parsed, LoadError> {
     let Value::Mapping(m) = v else {
-        return Err(ctx.err(format!("{pipeline_at} steps[{j}]"), "expected a mapping with name:, type: and config:"));
+        return Err(ctx.err(
+            format!("{pipeline_at} steps[{j}]"),
+            "expected a mapping with name:, type: and config:",
+        ));
     };
-    let name = m.get("name").and_then(str_of).unwrap_or_else(|| format!("#{j}"));
+    let name = m
+        .get("name")
+        .and_then(str_of)
+        .unwrap_or_else(|| format!("#{j}"));
     let at = format!("{pipeline_at} step {name:?}");
     let kind = m
         .get("type")
@@ -221,7 +244,9 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
     };
     let op = match kind.as_str() {
         "regex_extract" => Op::RegexExtract {
-            re: c.regex(ctx, "pattern")?.ok_or_else(|| ctx.err(format!("{at} config.pattern"), "missing"))?,
+            re: c
+                .regex(ctx, "pattern")?
+                .ok_or_else(|| ctx.err(format!("{at} config.pattern"), "missing"))?,
             fields: c.list(ctx, "fields")?.unwrap_or_default(),
         },
         "field_add" => Op::FieldAdd {
@@ -235,10 +260,14 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
             fields: c.list(ctx, "fields")?.unwrap_or_default(),
         },
         "timestamp_parse" => {
-            let format = c
-                .string(ctx, "format")?
-                .ok_or_else(|| ctx.err(format!("{at} config.format"), "missing (a Go layout such as 2006-01-02T15:04:05Z07:00)"))?;
-            let layout = Layout::compile(&format).map_err(|e| ctx.err(format!("{at} config.format"), e))?;
+            let format = c.string(ctx, "format")?.ok_or_else(|| {
+                ctx.err(
+                    format!("{at} config.format"),
+                    "missing (a Go layout such as 2006-01-02T15:04:05Z07:00)",
+                )
+            })?;
+            let layout =
+                Layout::compile(&format).map_err(|e| ctx.err(format!("{at} config.format"), e))?;
             let tz = c.string(ctx, "timezone")?.unwrap_or_default();
             let zone = Zone::parse(&tz).ok_or_else(|| {
                 ctx.err(
@@ -247,7 +276,9 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
                 )
             })?;
             Op::TimestampParse {
-                field: c.string(ctx, "field")?.filter(|f| f != "message" && !f.is_empty()),
+                field: c
+                    .string(ctx, "field")?
+                    .filter(|f| f != "message" && !f.is_empty()),
                 layout,
                 zone,
                 use_as_log_timestamp: c.boolean(ctx, "use_as_log_timestamp")?.unwrap_or(false),
@@ -257,22 +288,35 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
         "log_level_extract" => Op::LogLevelExtract {
             re: match c.regex(ctx, "pattern")? {
                 Some(re) => re,
-                None => regex(ctx, &at, r"(?i)\b(trace|debug|info|warn|warning|error|fatal|crit|critical)\b")?,
+                None => regex(
+                    ctx,
+                    &at,
+                    r"(?i)\b(trace|debug|info|warn|warning|error|fatal|crit|critical)\b",
+                )?,
             },
             field: c.string(ctx, "field")?.unwrap_or_else(|| "level".into()),
         },
         "json_parse" => Op::JsonParse {
-            field: c.string(ctx, "field")?.filter(|f| f != "message" && !f.is_empty()),
+            field: c
+                .string(ctx, "field")?
+                .filter(|f| f != "message" && !f.is_empty()),
         },
         "multiline" => {
-            let firstline = c
-                .regex(ctx, "firstline")?
-                .ok_or_else(|| ctx.err(format!("{at} config.firstline"), "missing (a regex matching the first line of a group)"))?;
-            let max_lines = c.uint(ctx, "max_lines")?.unwrap_or(MultilineSpec::DEFAULT_MAX_LINES as u64);
+            let firstline = c.regex(ctx, "firstline")?.ok_or_else(|| {
+                ctx.err(
+                    format!("{at} config.firstline"),
+                    "missing (a regex matching the first line of a group)",
+                )
+            })?;
+            let max_lines = c
+                .uint(ctx, "max_lines")?
+                .unwrap_or(MultilineSpec::DEFAULT_MAX_LINES as u64);
             if max_lines == 0 {
                 return Err(ctx.err(format!("{at} config.max_lines"), "must be at least 1"));
             }
-            let max_wait = c.duration(ctx, "max_wait")?.unwrap_or(MultilineSpec::DEFAULT_MAX_WAIT);
+            let max_wait = c
+                .duration(ctx, "max_wait")?
+                .unwrap_or(MultilineSpec::DEFAULT_MAX_WAIT);
             c.warn_unread(ctx);
             return Ok(Parsed::Multiline(
                 MultilineSpec {
@@ -294,7 +338,11 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
         }
     };
     c.warn_unread(ctx);
-    Ok(Parsed::Step(Step { name, op, condition }))
+    Ok(Parsed::Step(Step {
+        name,
+        op,
+        condition,
+    }))
 }
 
 fn regex(ctx: &Ctx<'_>, at: &str, pattern: &str) -> Result<Regex, LoadError> {
@@ -327,7 +375,9 @@ impl Conf<'_> {
 
     fn regex(&mut self, ctx: &Ctx<'_>, key: &'static str) -> Result<Option<Regex>, LoadError> {
         let at = self.key(key);
-        self.string(ctx, key)?.map(|p| regex(ctx, &at, &p)).transpose()
+        self.string(ctx, key)?
+            .map(|p| regex(ctx, &at, &p))
+            .transpose()
     }
 
     fn boolean(&mut self, ctx: &Ctx<'_>, key: &'static str) -> Result<Option<bool>, LoadError> {
@@ -335,7 +385,9 @@ impl Conf<'_> {
         self.get(key)
             .map(|v| match v {
                 Value::Bool(b) => Ok(*b),
-                Value::String(s) => parse_bool(s).ok_or_else(|| ctx.err(at.clone(), "expected true or false")),
+                Value::String(s) => {
+                    parse_bool(s).ok_or_else(|| ctx.err(at.clone(), "expected true or false"))
+                }
                 _ => Err(ctx.err(at.clone(), "expected true or false")),
             })
             .transpose()
@@ -345,23 +397,39 @@ impl Conf<'_> {
         let at = self.key(key);
         self.get(key)
             .map(|v| match v {
-                Value::Number(n) => n.as_u64().ok_or_else(|| ctx.err(at.clone(), "expected a non-negative integer")),
-                Value::String(s) => s.trim().parse().map_err(|_| ctx.err(at.clone(), "expected a non-negative integer")),
+                Value::Number(n) => n
+                    .as_u64()
+                    .ok_or_else(|| ctx.err(at.clone(), "expected a non-negative integer")),
+                Value::String(s) => s
+                    .trim()
+                    .parse()
+                    .map_err(|_| ctx.err(at.clone(), "expected a non-negative integer")),
                 _ => Err(ctx.err(at.clone(), "expected a non-negative integer")),
             })
             .transpose()
     }
 
-    fn duration(&mut self, ctx: &Ctx<'_>, key: &'static str) -> Result<Option<Duration>, LoadError> {
+    fn duration(
+        &mut self,
+        ctx: &Ctx<'_>,
+        key: &'static str,
+    ) -> Result<Option<Duration>, LoadError> {
         let at = self.key(key);
         self.get(key)
             .map(|v| {
                 let parsed = match v {
                     Value::String(s) => crate::config::parse_duration(s),
-                    Value::Number(n) => n.as_f64().and_then(|f| Duration::try_from_secs_f64(f).ok()),
+                    Value::Number(n) => {
+                        n.as_f64().and_then(|f| Duration::try_from_secs_f64(f).ok())
+                    }
                     _ => None,
                 };
-                parsed.ok_or_else(|| ctx.err(at.clone(), "expected a duration such as \"500ms\" or \"3s\""))
+                parsed.ok_or_else(|| {
+                    ctx.err(
+                        at.clone(),
+                        "expected a duration such as \"500ms\" or \"3s\"",
+                    )
+                })
             })
             .transpose()
     }
@@ -372,7 +440,9 @@ impl Conf<'_> {
             .map(|v| match v {
                 Value::Sequence(items) => items
                     .iter()
-                    .map(|i| str_of(i).ok_or_else(|| ctx.err(at.clone(), "expected a list of strings")))
+                    .map(|i| {
+                        str_of(i).ok_or_else(|| ctx.err(at.clone(), "expected a list of strings"))
+                    })
                     .collect(),
                 Value::String(s) => Ok(vec![s.clone()]),
                 _ => Err(ctx.err(at.clone(), "expected a list of strings")),
@@ -380,7 +450,11 @@ impl Conf<'_> {
             .transpose()
     }
 
-    fn map(&mut self, ctx: &Ctx<'_>, key: &'static str) -> Result<Vec<(String, String)>, LoadError> {
+    fn map(
+        &mut self,
+        ctx: &Ctx<'_>,
+        key: &'static str,
+    ) -> Result<Vec<(String, String)>, LoadError> {
         let at = self.key(key);
         match self.get(key) {
             None => Ok(Vec::new()),
@@ -391,7 +465,8 @@ impl Conf<'_> {
                     let v = if v.is_null() {
                         String::new()
                     } else {
-                        str_of(v).ok_or_else(|| ctx.err(format!("{at}.{k}"), "expected a string"))?
+                        str_of(v)
+                            .ok_or_else(|| ctx.err(format!("{at}.{k}"), "expected a string"))?
                     };
                     Ok((k, v))
                 })
@@ -404,7 +479,8 @@ impl Conf<'_> {
         for k in self.map.keys() {
             let k = k.as_str().unwrap_or("?");
             if !self.read.contains(&k) {
-                ctx.warnings.push(format!("{}: unknown key, ignored", self.key(k)));
+                ctx.warnings
+                    .push(format!("{}: unknown key, ignored", self.key(k)));
             }
         }
     }

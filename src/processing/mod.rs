@@ -66,6 +66,15 @@ pub struct Processor {
     warned: Vec<Vec<AtomicBool>>,
 }
 
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.pipelines.iter().map(|p| p.name.as_str()).collect();
+        f.debug_struct("Processor")
+            .field("pipelines", &names)
+            .finish()
+    }
+}
+
 impl Processor {
     /// The processor `config` asks for: `None` when processing is off.
     pub fn from_config(config: &ProcessingConfig) -> Result<Option<Processor>, LoadError> {
@@ -235,7 +244,10 @@ pipelines:
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("step \"ts\" type") && e.contains("\"geoip\""), "{e}");
+        assert!(
+            e.contains("step \"ts\" type") && e.contains("\"geoip\""),
+            "{e}"
+        );
         let bad = format!("{FILE}source_mapping:\n  nope: [x]\n");
         let e = Processor::from_str(&bad, Path::new("t.yaml"), true)
             .err()

@@ -275,7 +275,11 @@ mod tests {
         let r = g.release();
         assert_eq!(texts(&r), ["2024-a\n  at a", "2024-x\n  at x"]);
         assert_eq!(r.lines, 4);
-        assert_eq!(r.position, Some(4), "the position after the last line of both");
+        assert_eq!(
+            r.position,
+            Some(4),
+            "the position after the last line of both"
+        );
         // What is open stays; expiry releases it in log order.
         assert!(g.release().entries.is_empty());
         g.expire(t + Duration::from_millis(100));

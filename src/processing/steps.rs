@@ -24,10 +24,17 @@ pub struct Work<'a> {
 pub enum Op {
     /// Capture groups into `fields` (in order; a group that did not take part sets nothing).
     /// Without fields: every match is removed from the message (ANSI colour codes).
-    RegexExtract { re: Regex, fields: Vec<String> },
+    RegexExtract {
+        re: Regex,
+        fields: Vec<String>,
+    },
     /// Sets each field the entry does not have yet (see COMPATIBILITY.md).
-    FieldAdd { fields: Vec<(String, Template)> },
-    FieldRemove { fields: Vec<String> },
+    FieldAdd {
+        fields: Vec<(String, Template)>,
+    },
+    FieldRemove {
+        fields: Vec<String>,
+    },
     TimestampParse {
         /// `None`: the start of the message.
         field: Option<String>,
@@ -38,10 +45,15 @@ pub enum Op {
         target_field: Option<String>,
     },
     /// The first capture group (else the whole match), lower-cased, into `field`.
-    LogLevelExtract { re: Regex, field: String },
+    LogLevelExtract {
+        re: Regex,
+        field: String,
+    },
     /// The JSON object in `field` (`None`: the message) flattened into fields: nested keys
     /// joined with `.`, strings as they are, other values as JSON text.
-    JsonParse { field: Option<String> },
+    JsonParse {
+        field: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -107,9 +119,7 @@ impl Step {
                         };
                         let (ns, used) = layout.parse_prefix(v, zone)?;
                         if used != v.len() {
-                            return Err(format!(
-                                "{f} {v:?}: text after the time at byte {used}"
-                            ));
+                            return Err(format!("{f} {v:?}: text after the time at byte {used}"));
                         }
                         ns
                     }
@@ -118,10 +128,10 @@ impl Step {
                     w.timestamp_ns = ns;
                 }
                 if let Some(t) = target_field {
-                    w.labels.insert(
-                        t.clone(),
-                        crate::decode::timestamp::format_rfc3339_nanos(ns),
-                    );
+                    // Go's RFC3339Nano, as the file sink writes `timestamp`.
+                    let mut text = String::with_capacity(36);
+                    crate::sink::format::push_rfc3339_nano_go(&mut text, ns);
+                    w.labels.insert(t.clone(), text);
                 }
             }
             Op::LogLevelExtract { re, field } => {
@@ -138,8 +148,8 @@ impl Step {
                         None => return Ok(()),
                     },
                 };
-                let value: serde_json::Value = serde_json::from_str(text.trim())
-                    .map_err(|e| format!("not JSON ({e})"))?;
+                let value: serde_json::Value =
+                    serde_json::from_str(text.trim()).map_err(|e| format!("not JSON ({e})"))?;
                 let serde_json::Value::Object(map) = value else {
                     return Err("JSON but not an object".into());
                 };
@@ -152,7 +162,11 @@ impl Step {
     }
 }
 
-fn flatten(prefix: &str, map: serde_json::Map<String, serde_json::Value>, out: &mut Vec<(String, String)>) {
+fn flatten(
+    prefix: &str,
+    map: serde_json::Map<String, serde_json::Value>,
+    out: &mut Vec<(String, String)>,
+) {
     for (k, v) in map {
         let key = if prefix.is_empty() {
             k

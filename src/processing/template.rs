@@ -95,7 +95,10 @@ mod tests {
             labels: &labels,
         };
         let t = Template::parse("{{ container_name }}:{{message}} from {{source_filename}} ({{source_path}}){{missing}}");
-        assert_eq!(t.render(&scope), "web:hello from auth.log (/var/log/auth.log)");
+        assert_eq!(
+            t.render(&scope),
+            "web:hello from auth.log (/var/log/auth.log)"
+        );
         assert_eq!(Template::parse("info").render(&scope), "info");
         assert_eq!(Template::parse("a {{b").render(&scope), "a {{b");
     }

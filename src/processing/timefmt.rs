@@ -45,9 +45,8 @@ impl Zone {
         match s.trim() {
             "" | "UTC" | "utc" | "Z" | "GMT" => Some(Zone::Utc),
             "Local" | "local" => Some(Zone::Local),
-            other => parse_offset(other.as_bytes()).and_then(|(secs, used)| {
-                (used == other.len()).then_some(Zone::Fixed(secs))
-            }),
+            other => parse_offset(other.as_bytes())
+                .and_then(|(secs, used)| (used == other.len()).then_some(Zone::Fixed(secs))),
         }
     }
 }
@@ -80,8 +79,8 @@ pub struct Layout {
 
 /// Go tokens refused at compile time, longest first so that `January` is not read as `Jan`.
 const UNSUPPORTED: &[&str] = &[
-    "January", "Monday", "Jan", "Mon", "MST", "PM", "pm", "__2", "_2", "002", "06", "03", "1",
-    "2", "3", "4", "5",
+    "January", "Monday", "Jan", "Mon", "MST", "PM", "pm", "__2", "_2", "002", "06", "03", "1", "2",
+    "3", "4", "5",
 ];
 
 impl Layout {
@@ -153,8 +152,7 @@ impl Layout {
             toks.push(Tok::Literal(b[i]));
             i += 1;
         }
-        if !toks.contains(&Tok::Year) || !toks.contains(&Tok::Month) || !toks.contains(&Tok::Day)
-        {
+        if !toks.contains(&Tok::Year) || !toks.contains(&Tok::Month) || !toks.contains(&Tok::Day) {
             return Err(format!(
                 "layout {layout:?} has no full date (2006, 01 and 02 are required)"
             ));
@@ -214,15 +212,20 @@ impl Layout {
                         i += used;
                     }
                     None if *optional => {}
-                    None => return Err(format!("a fraction of a second expected at byte {i} of {s:?}")),
+                    None => {
+                        return Err(format!(
+                            "a fraction of a second expected at byte {i} of {s:?}"
+                        ))
+                    }
                 },
                 Tok::Zone { colon: _, z } => {
                     if *z && b.get(i) == Some(&b'Z') {
                         offset = Some(0);
                         i += 1;
                     } else {
-                        let (secs, used) = parse_offset(&b[i..])
-                            .ok_or_else(|| format!("a zone offset expected at byte {i} of {s:?}"))?;
+                        let (secs, used) = parse_offset(&b[i..]).ok_or_else(|| {
+                            format!("a zone offset expected at byte {i} of {s:?}")
+                        })?;
                         offset = Some(secs);
                         i += used;
                     }
@@ -292,19 +295,35 @@ mod tests {
         // 2024-01-02T03:04:05Z = 1704164645
         let base = 1_704_164_645_000_000_000i64;
         assert_eq!(
-            ns("2006-01-02T15:04:05.000000Z", "2024-01-02T03:04:05.123456Z", Zone::Utc),
+            ns(
+                "2006-01-02T15:04:05.000000Z",
+                "2024-01-02T03:04:05.123456Z",
+                Zone::Utc
+            ),
             base + 123_456_000
         );
         assert_eq!(
-            ns("2006-01-02 15:04:05.000000", "2024-01-02 03:04:05.000001", Zone::Utc),
+            ns(
+                "2006-01-02 15:04:05.000000",
+                "2024-01-02 03:04:05.000001",
+                Zone::Utc
+            ),
             base + 1_000
         );
         assert_eq!(
-            ns("2006-01-02T15:04:05.000000000Z", "2024-01-02T03:04:05.000000007Z", Zone::Utc),
+            ns(
+                "2006-01-02T15:04:05.000000000Z",
+                "2024-01-02T03:04:05.000000007Z",
+                Zone::Utc
+            ),
             base + 7
         );
         assert_eq!(
-            ns("2006-01-02T15:04:05.000Z", "2024-01-02T03:04:05.5Z", Zone::Utc),
+            ns(
+                "2006-01-02T15:04:05.000Z",
+                "2024-01-02T03:04:05.5Z",
+                Zone::Utc
+            ),
             base + 500_000_000
         );
         // No fraction in the layout: Go accepts one anyway.
@@ -313,10 +332,21 @@ mod tests {
             base + 250_000_000
         );
         assert_eq!(
-            ns("2006-01-02T15:04:05.000000-07:00", "2024-01-02T05:04:05.000000+02:00", Zone::Local),
+            ns(
+                "2006-01-02T15:04:05.000000-07:00",
+                "2024-01-02T05:04:05.000000+02:00",
+                Zone::Local
+            ),
             base
         );
-        assert_eq!(ns("2006-01-02 15:04:05", "2024-01-02 06:04:05", Zone::Fixed(3 * 3600)), base);
+        assert_eq!(
+            ns(
+                "2006-01-02 15:04:05",
+                "2024-01-02 06:04:05",
+                Zone::Fixed(3 * 3600)
+            ),
+            base
+        );
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct ApiState {
     commit_lag: Mutex<CommitLag>,
     /// Names of the enabled sinks (`Sink::name`).
     sinks: Vec<&'static str>,
+    /// `processing`, for the entries of `POST /api/v1/logs` (mapped by their `source_type`
+    /// and labels, like any source's).
+    processor: Option<Arc<crate::processing::Processor>>,
 }
 
 impl ApiState {
@@ -117,7 +120,16 @@ impl ApiState {
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
         let commits = shared.positions.lock().unwrap().commits();
+        // main loaded the same file before the start, so a failure here is one that appeared
+        // since: said, and the API's entries go out unprocessed.
+        let processor = crate::processing::Processor::from_config(&config.processing)
+            .unwrap_or_else(|e| {
+                tracing::error!("POST /api/v1/logs entries are not processed: {e}");
+                None
+            })
+            .map(Arc::new);
         ApiState {
+            processor,
             tracker: ThreadTracker::with_counter(options.sample_interval, options.thread_count),
             shared,
             config: config.clone(),

@@ -27,6 +27,12 @@
 //!   as soon as the old one ends.
 //! - Every line the reader hands over is either queued (`lines_read`) or discarded on purpose
 //!   and counted by [`Discard`] reason.
+//! - Processing ([`crate::processing`]): each entry goes through its container's pipeline
+//!   before it is batched. A pipeline with `multiline` holds lines in the container's
+//!   [`Grouper`] until their group is complete; its checkpoint is then the position after the
+//!   last line released, not the tracker's. At a stop the groups still open are dropped (the
+//!   positions are before them, the next start reads them again); at the end of `--once` they
+//!   are released. A joined group counts as one line read.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

@@ -177,10 +177,7 @@ impl<C> Grouper<C> {
             bytes: 0,
             position: None,
         };
-        loop {
-            let Some(front) = self.groups.front() else {
-                break;
-            };
+        while let Some(front) = self.groups.front() {
             let mut last = front.last;
             let mut complete = front.complete;
             let mut n = 1;

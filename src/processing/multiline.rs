@@ -93,7 +93,7 @@ impl<C> Grouper<C> {
             || self
                 .spec
                 .firstline
-                .is_match(&String::from_utf8_lossy(&entry.message));
+                .is_match(&super::text(&entry.message));
         if !starts {
             let first = self.open[s].expect("checked");
             if let Some(g) = self.groups.iter_mut().rev().find(|g| g.first == first) {

@@ -354,17 +354,22 @@ pub fn run(
 
     // --- HTTP API (server.*) and metrics (metrics.*) servers: see src/api. They stop with
     // `stop` (dropping api_tx so the dispatcher sees the queue closed) and are joined below.
-    let api = match crate::api::start(config, shared.clone(), api_tx, stop.clone()) {
-        Ok(api) => api,
-        Err(e) => {
-            stop.store(true, Relaxed);
-            let _ = capture.join();
-            if let Some(discovery) = discovery {
-                let _ = discovery.join();
-            }
-            return Err(e);
-        }
+    let api_options = crate::api::ApiOptions {
+        processor: options.processor.clone(),
+        ..crate::api::ApiOptions::default()
     };
+    let api =
+        match crate::api::start_with(config, shared.clone(), api_tx, stop.clone(), api_options) {
+            Ok(api) => api,
+            Err(e) => {
+                stop.store(true, Relaxed);
+                let _ = capture.join();
+                if let Some(discovery) = discovery {
+                    let _ = discovery.join();
+                }
+                return Err(e);
+            }
+        };
     // --- end of the API block.
 
     let dispatcher = Dispatcher::new(

@@ -735,6 +735,9 @@ fn post_logs_go_through_the_pipeline_their_source_type_maps() {
     config.processing.enabled = true;
     config.processing.pipelines_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/pipelines_all_steps.yaml");
+    let processor = log_capturer::processing::Processor::from_config(&config.processing)
+        .unwrap()
+        .map(Arc::new);
     let (tx, rx) = queue(100);
     let shared = Shared {
         capture: Arc::default(),
@@ -747,7 +750,17 @@ fn post_logs_go_through_the_pipeline_their_source_type_maps() {
         docker: Arc::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = api::start_with(&config, shared, Some(tx), stop.clone(), options()).unwrap();
+    let servers = api::start_with(
+        &config,
+        shared,
+        Some(tx),
+        stop.clone(),
+        ApiOptions {
+            processor,
+            ..options()
+        },
+    )
+    .unwrap();
     let addr = servers.api_addr.unwrap();
     // `source_type:api` maps to the fixture's `json` pipeline: the message is flattened.
     let a = post(
@@ -768,6 +781,8 @@ fn post_logs_go_through_the_pipeline_their_source_type_maps() {
         labels,
         [("service", "json"), ("team", "core"), ("user.id", "7")]
     );
+    let m = get(addr, "/metrics").body;
+    assert!(m.contains("\nprocessing_entries_total 1\n"), "{m}");
     stop.store(true, Relaxed);
     servers.join();
     let _ = std::fs::remove_dir_all(&dir);

@@ -56,6 +56,9 @@ pub struct ApiOptions {
     /// What the tracker counts: the live threads of the process (tests put a fixed count, as
     /// every test's servers share one process).
     pub thread_count: fn() -> usize,
+    /// `processing`: the entries of `POST /api/v1/logs` go through it, and its counters are
+    /// in `/metrics` (the daemon passes the capture's, so they count every source).
+    pub processor: Option<Arc<crate::processing::Processor>>,
 }
 
 impl Default for ApiOptions {
@@ -65,6 +68,7 @@ impl Default for ApiOptions {
             max_body_bytes: MAX_BODY_BYTES,
             sample_interval: Duration::from_secs(10),
             thread_count: procinfo::threads,
+            processor: None,
         }
     }
 }
@@ -120,14 +124,7 @@ impl ApiState {
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
         let commits = shared.positions.lock().unwrap().commits();
-        // main loaded the same file before the start, so a failure here is one that appeared
-        // since: said, and the API's entries go out unprocessed.
-        let processor = crate::processing::Processor::from_config(&config.processing)
-            .unwrap_or_else(|e| {
-                tracing::error!("POST /api/v1/logs entries are not processed: {e}");
-                None
-            })
-            .map(Arc::new);
+        let processor = options.processor.clone();
         ApiState {
             processor,
             tracker: ThreadTracker::with_counter(options.sample_interval, options.thread_count),

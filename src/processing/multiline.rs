@@ -89,11 +89,8 @@ impl<C> Grouper<C> {
         let pos = self.next_pos;
         self.next_pos += 1;
         let s = slot(entry.stream);
-        let starts = self.open[s].is_none()
-            || self
-                .spec
-                .firstline
-                .is_match(&super::text(&entry.message));
+        let starts =
+            self.open[s].is_none() || self.spec.firstline.is_match(&super::text(&entry.message));
         if !starts {
             let first = self.open[s].expect("checked");
             if let Some(g) = self.groups.iter_mut().rev().find(|g| g.first == first) {

@@ -463,3 +463,36 @@ source_mapping:
     ]);
     assert_eq!(*e.labels, want);
 }
+
+#[path = "support/scratch.rs"]
+mod scratch;
+
+/// A pipelines file the program cannot run stops the start: exit 2, naming the file, the
+/// pipeline, the step and the key.
+#[test]
+fn a_bad_pipelines_file_stops_the_start_naming_where() {
+    let dir = scratch::Scratch::new("processing", "badfile");
+    let bad = dir.0.join("pipelines.yaml");
+    std::fs::write(
+        &bad,
+        "pipelines:\n  - name: app\n    steps:\n      - name: when\n        type: timestamp_parse\n        \
+         config:\n          format: \"Jan 02 15:04\"\n",
+    )
+    .unwrap();
+    let config = dir.config(
+        "",
+        &format!("processing:\n  enabled: true\n  pipelines_file: {}\n", bad.display()),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_log_capturer"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let want = format!(
+        "{}: pipelines[0] \"app\" step \"when\" config.format: layout \"Jan 02 15:04\": the Go token \"Jan\"",
+        bad.display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+}

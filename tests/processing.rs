@@ -481,7 +481,10 @@ fn a_bad_pipelines_file_stops_the_start_naming_where() {
     .unwrap();
     let config = dir.config(
         "",
-        &format!("processing:\n  enabled: true\n  pipelines_file: {}\n", bad.display()),
+        &format!(
+            "processing:\n  enabled: true\n  pipelines_file: {}\n",
+            bad.display()
+        ),
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_log_capturer"))
         .arg("--config")

@@ -44,6 +44,12 @@
 //!   ([`crate::failure`]).
 //! - Every line the reader hands over is either queued (`lines_read`) or discarded on purpose
 //!   and counted by [`Discard`] reason.
+//! - Processing ([`crate::processing`]): each entry goes through its container's pipeline
+//!   before it is batched. A pipeline with `multiline` holds lines in the container's
+//!   [`Grouper`] until their group is complete; its checkpoint is then the position after the
+//!   last line released, not the tracker's. At a stop the groups still open are dropped (the
+//!   positions are before them, the next start reads them again); at the end of `--once` they
+//!   are released. A joined group counts as one line read.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -61,6 +67,7 @@ use crate::entry::{Labels, LogEntry};
 use crate::io::StreamId;
 use crate::pipeline::{Batch, Checkpoint, QueueSender};
 use crate::positions::Resume;
+use crate::processing::{Grouper, PipelineId, Processor, Source};
 use crate::reader::{LogReader, ReadError, ReaderEvent, StreamSpec};
 use crate::replay::{ReplayFilter, Verdict};
 use crate::resume::ResumeTracker;
@@ -347,7 +354,18 @@ struct Container {
     probe: Option<(StreamId, StreamId)>,
     /// The newest line the probe returned.
     probe_newest: Option<i64>,
+    /// Its processing pipeline (`source_mapping`), chosen once.
+    pipeline: Option<PipelineId>,
+    /// The pipeline's `multiline` groups, held until complete, with the position after
+    /// each line (see `crate::processing::multiline`).
+    grouper: Option<Grouper<Position>>,
+    /// The position after the last group released: its checkpoint, instead of the
+    /// tracker's, which also covers the lines still held.
+    released: Option<Position>,
 }
+
+/// A container's resume point and newest timestamp after a line.
+type Position = (Option<Resume>, Option<i64>);
 
 impl Container {
     /// When the timers must look at this container next, if ever in its present state.
@@ -447,6 +465,9 @@ pub struct Capture {
     /// Probes in flight: the container and its uid.
     by_probe: FxHashMap<StreamId, (Key, u64)>,
     clock: StepDetector,
+    processor: Option<Arc<Processor>>,
+    /// Containers whose pipeline joins lines (`multiline`): their groups expire by time.
+    grouped: Vec<Key>,
 }
 
 impl Capture {
@@ -485,6 +506,8 @@ impl Capture {
             close_deadline: CLOSE_DEADLINE,
             by_probe: FxHashMap::default(),
             clock: StepDetector::default(),
+            processor: None,
+            grouped: Vec::new(),
         }
     }
 
@@ -500,6 +523,11 @@ impl Capture {
     pub fn with_committed_newest(mut self, newest: HashMap<String, i64>) -> Self {
         self.committed_newest = newest;
         self
+    }
+
+    /// Every entry goes through its container's pipeline (see [`crate::processing`]).
+    pub fn set_processor(&mut self, processor: Arc<Processor>) {
+        self.processor = Some(processor);
     }
 
     pub fn reader(&self) -> &LogReader {
@@ -610,11 +638,33 @@ impl Capture {
             }
             drop(drain);
             self.events = events;
+            if !self.grouped.is_empty() {
+                self.expire_groups(Instant::now());
+            }
             if self
                 .batch_since
                 .is_some_and(|since| since.elapsed() >= QUEUE_AFTER)
             {
                 self.flush_batch();
+            }
+        }
+        // Held multiline groups: at a stop, the resume point is before them and the next start
+        // reads them again, whole; at the end of a backfill, the log has nothing more to add.
+        for key in std::mem::take(&mut self.grouped) {
+            let Some(g) = self.containers[key].grouper.as_mut() else {
+                continue;
+            };
+            if stopping {
+                let held = g.discard();
+                if held > 0 {
+                    tracing::info!(
+                        "{}: {held} lines of unfinished multiline groups left for the next start",
+                        self.containers[key].info.name
+                    );
+                }
+            } else {
+                g.finish();
+                self.release_groups(key);
             }
         }
         // Every stream is closed: what the nets still hold was never needed.
@@ -711,11 +761,25 @@ impl Capture {
         let tracker = self.tracker_for(&info);
         let now = Instant::now();
         self.next_uid += 1;
+        let labels = labels_of(&info);
+        let pipeline = self.processor.as_ref().and_then(|p| {
+            p.select(&Source {
+                source_type: "docker",
+                labels: &labels,
+                path: None,
+            })
+        });
+        let grouper = pipeline
+            .and_then(|id| self.processor.as_ref()?.multiline(id).cloned())
+            .map(Grouper::new);
+        if let (Some(p), Some(id)) = (&self.processor, pipeline) {
+            tracing::debug!("{}: pipeline {}", info.name, p.name(id));
+        }
         let key = self.containers.insert(Container {
             id: id.clone(),
             uid: self.next_uid,
             deadline: None,
-            labels: Arc::new(labels_of(&info)),
+            labels: Arc::new(labels),
             source_id: Arc::from(&info.id[..info.id.len().min(12)]),
             name: Arc::from(info.name.as_str()),
             running: info.running,
@@ -751,7 +815,13 @@ impl Capture {
             stream_lines: 0,
             probe: None,
             probe_newest: None,
+            pipeline,
+            grouper,
+            released: None,
         });
+        if self.containers[key].grouper.is_some() {
+            self.grouped.push(key);
+        }
         self.by_id.insert(id, key);
         key
     }
@@ -974,7 +1044,7 @@ impl Capture {
                 continue;
             }
             queued += 1;
-            self.batch.push(LogEntry {
+            let mut entry = LogEntry {
                 timestamp_ns: line.received_ns,
                 processed_at_ns,
                 message: line.message,
@@ -982,7 +1052,11 @@ impl Capture {
                 source_type: "docker",
                 source_id: c.source_id.clone(),
                 labels: labels.clone(),
-            });
+            };
+            if let (Some(p), Some(id)) = (&self.processor, c.pipeline) {
+                p.apply(id, &mut entry, "");
+            }
+            self.batch.push(entry);
         }
         tracing::info!(
             "{}: {queued} lines its log stream could not deliver queued from the attach",
@@ -995,6 +1069,12 @@ impl Capture {
     }
 
     fn forget(&mut self, key: Key) {
+        if let Some(g) = self.containers[key].grouper.as_mut() {
+            // Removed: its groups are as complete as they will ever be.
+            g.finish();
+            self.release_groups(key);
+            self.grouped.retain(|&k| k != key);
+        }
         let c = self.containers.remove(key);
         if c.touched {
             // Its lines stay in the batch; a later container reusing the key must
@@ -1351,9 +1431,10 @@ impl Capture {
                 admitted |= Self::on_line(
                     c,
                     line,
-                    now_wall_ns,
+                    (now, now_wall_ns),
                     &self.options,
                     &self.stats,
+                    self.processor.as_deref(),
                     &mut self.batch,
                 );
                 if c.widen || !matches!(rest.peek(), Some(ReaderEvent::Line(s, _)) if *s == stream)
@@ -1368,6 +1449,10 @@ impl Capture {
                     break;
                 }
                 line = more;
+            }
+            if c.grouper.is_some() {
+                admitted =
+                    Self::release_into(c, self.processor.as_deref(), &self.stats, &mut self.batch);
             }
             let has_net = c.net.is_some();
             // dockerd's follow reader replays a file that rotated under it, and can skip to
@@ -1494,9 +1579,10 @@ impl Capture {
     fn on_line(
         c: &mut Container,
         line: LogLine,
-        processed_at_ns: i64,
+        (now, processed_at_ns): (Instant, i64),
         options: &CaptureOptions,
         stats: &CaptureStats,
+        processor: Option<&Processor>,
         batch: &mut Vec<LogEntry>,
     ) -> bool {
         // timestamps=1 is always asked for; a line without one can only come from a daemon
@@ -1574,10 +1660,8 @@ impl Capture {
             stats.lines_filtered.fetch_add(1, Relaxed);
             return true;
         }
-        stats.lines_read.fetch_add(1, Relaxed);
-        c.batch_lines += 1;
-        c.batch_bytes += line.message.len() as u64;
-        batch.push(LogEntry {
+        let len = line.message.len() as u64;
+        let mut entry = LogEntry {
             timestamp_ns: line.timestamp_ns.unwrap_or(ts),
             processed_at_ns,
             message: line.message,
@@ -1585,8 +1669,82 @@ impl Capture {
             source_type: "docker",
             source_id: c.source_id.clone(),
             labels: c.labels.clone(),
-        });
+        };
+        if let Some(g) = c.grouper.as_mut() {
+            // Held until its group is complete: counted as read when released.
+            g.push(entry, (c.tracker.resume(), c.tracker.newest_ns()), now);
+            return false;
+        }
+        stats.lines_read.fetch_add(1, Relaxed);
+        c.batch_lines += 1;
+        c.batch_bytes += len;
+        if let (Some(p), Some(id)) = (processor, c.pipeline) {
+            p.apply(id, &mut entry, "");
+        }
+        batch.push(entry);
         true
+    }
+
+    /// Queues the container's complete groups, processed; true when there were any.
+    fn release_into(
+        c: &mut Container,
+        processor: Option<&Processor>,
+        stats: &CaptureStats,
+        batch: &mut Vec<LogEntry>,
+    ) -> bool {
+        let Some(g) = c.grouper.as_mut() else {
+            return false;
+        };
+        let released = g.release();
+        if released.entries.is_empty() {
+            return false;
+        }
+        // A joined group is one entry for the sinks: counted once, so that the lines read
+        // still add up to those delivered (`done:` at exit).
+        let entries = released.entries.len() as u64;
+        stats.lines_read.fetch_add(entries, Relaxed);
+        c.batch_lines += entries;
+        c.batch_bytes += released.bytes;
+        if let Some(position) = released.position {
+            c.released = Some(position);
+        }
+        if let Some(p) = processor {
+            let joined = released.lines - released.entries.len() as u64;
+            p.stats().joined.fetch_add(joined, Relaxed);
+        }
+        for mut entry in released.entries {
+            if let (Some(p), Some(id)) = (processor, c.pipeline) {
+                p.apply(id, &mut entry, "");
+            }
+            batch.push(entry);
+        }
+        true
+    }
+
+    /// [`Capture::release_into`] for a container, marking it for the next checkpoint.
+    fn release_groups(&mut self, key: Key) {
+        let c = &mut self.containers[key];
+        if Self::release_into(c, self.processor.as_deref(), &self.stats, &mut self.batch)
+            && !c.touched
+        {
+            c.touched = true;
+            self.touched.push(key);
+            self.batch_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Completes the groups silent for their `max_wait` and queues them.
+    fn expire_groups(&mut self, now: Instant) {
+        for i in 0..self.grouped.len() {
+            let key = self.grouped[i];
+            let Some(g) = self.containers[key].grouper.as_mut() else {
+                continue;
+            };
+            if g.deadline().is_some_and(|at| at <= now) {
+                g.expire(now);
+                self.release_groups(key);
+            }
+        }
     }
 
     fn flush_batch(&mut self) {
@@ -1602,8 +1760,12 @@ impl Capture {
                 continue;
             };
             c.touched = false;
-            let (Some(resume), Some(newest_ns)) = (c.tracker.resume(), c.tracker.newest_ns())
-            else {
+            let position = match c.grouper {
+                // The tracker also covers lines still held in groups.
+                Some(_) => c.released.take().unwrap_or((None, None)),
+                None => (c.tracker.resume(), c.tracker.newest_ns()),
+            };
+            let (Some(resume), Some(newest_ns)) = position else {
                 continue;
             };
             c.lines_total.fetch_add(c.batch_lines, Relaxed);

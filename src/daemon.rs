@@ -63,6 +63,9 @@ pub struct RunOptions {
     pub once: bool,
     /// Overrides `app.io_engine`.
     pub io_engine: Option<EngineChoice>,
+    /// The pipelines of `processing` (loaded by the caller, so a bad file stops the start
+    /// before anything runs).
+    pub processor: Option<Arc<crate::processing::Processor>>,
 }
 
 /// The engine that runs, and its live counters.
@@ -340,6 +343,7 @@ pub fn run(
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let capture_stop = stop.clone();
     let capture_shared = shared.clone();
+    let processor = options.processor.clone();
     let capture = thread::Builder::new()
         .name("capture".into())
         .spawn(move || {
@@ -364,6 +368,9 @@ pub fn run(
                 capture_shared.containers,
             )
             .with_committed_newest(committed_newest);
+            if let Some(processor) = processor {
+                capture.set_processor(processor);
+            }
             capture.run(&events_rx, &capture_stop);
         })
         .map_err(|e| format!("capture thread: {e}"))?;
@@ -375,17 +382,22 @@ pub fn run(
 
     // --- HTTP API (server.*) and metrics (metrics.*) servers: see src/api. They stop with
     // `stop` (dropping api_tx so the dispatcher sees the queue closed) and are joined below.
-    let api = match crate::api::start(config, shared.clone(), api_tx, stop.clone()) {
-        Ok(api) => api,
-        Err(e) => {
-            stop.store(true, Relaxed);
-            let _ = capture.join();
-            if let Some(discovery) = discovery {
-                let _ = discovery.join();
-            }
-            return Err(e);
-        }
+    let api_options = crate::api::ApiOptions {
+        processor: options.processor.clone(),
+        ..crate::api::ApiOptions::default()
     };
+    let api =
+        match crate::api::start_with(config, shared.clone(), api_tx, stop.clone(), api_options) {
+            Ok(api) => api,
+            Err(e) => {
+                stop.store(true, Relaxed);
+                let _ = capture.join();
+                if let Some(discovery) = discovery {
+                    let _ = discovery.join();
+                }
+                return Err(e);
+            }
+        };
     // --- end of the API block.
 
     let dispatcher = Dispatcher::new(

@@ -21,6 +21,7 @@ pub mod failure;
 pub mod io;
 pub mod pipeline;
 pub mod positions;
+pub mod processing;
 pub mod reader;
 pub mod replay;
 pub mod resume;

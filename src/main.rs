@@ -16,6 +16,7 @@ use log_capturer::config::{Config, ConfigError, LogFormat, EXPECT_DOCKER_SOCKET}
 use log_capturer::daemon::{self, RunOptions};
 use log_capturer::failure::{self, EXIT_SOFTWARE, FAILURE_HEALTH_GRACE};
 use log_capturer::io::EngineChoice;
+use log_capturer::processing::Processor;
 use log_capturer::state_lock::StateLock;
 
 #[derive(Parser, Debug)]
@@ -125,6 +126,20 @@ pub fn main() -> ExitCode {
     };
     init_logging(&config);
     report.log();
+    let processor = match Processor::from_config(&config.processing) {
+        Ok(p) => p.map(Arc::new),
+        Err(e) => {
+            eprintln!("log_capturer: processing.pipelines_file: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(p) = &processor {
+        tracing::info!(
+            "processing: {} pipelines from {}",
+            p.pipelines().len(),
+            config.processing.pipelines_file.display()
+        );
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -136,6 +151,7 @@ pub fn main() -> ExitCode {
     let options = RunOptions {
         once: args.once,
         io_engine: args.io_engine,
+        processor,
     };
     // A panicking thread or a failed engine: /health says so, the rest shuts down, exit 70.
     failure::install_panic_hook();

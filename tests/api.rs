@@ -724,3 +724,66 @@ fn lines_dropped_total_shows_every_known_reason_at_zero_from_the_start() {
         vec!["lines_dropped_total{reason=\"loki_too_old\"} 3"]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Processing pipelines (issue 14): POST /api/v1/logs entries go through their pipeline too.
+
+#[test]
+fn post_logs_go_through_the_pipeline_their_source_type_maps() {
+    let dir = temp_dir("processing");
+    let mut config = test_config();
+    config.processing.enabled = true;
+    config.processing.pipelines_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pipelines_all_steps.yaml");
+    let processor = log_capturer::processing::Processor::from_config(&config.processing)
+        .unwrap()
+        .map(Arc::new);
+    let (tx, rx) = queue(100);
+    let shared = Shared {
+        capture: Arc::default(),
+        dispatch: Arc::default(),
+        positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+        io: Arc::default(),
+        queue: tx.gauge().clone(),
+        containers: Arc::default(),
+        sink_timings: Arc::default(),
+        docker: Arc::default(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = api::start_with(
+        &config,
+        shared,
+        Some(tx),
+        stop.clone(),
+        ApiOptions {
+            processor,
+            ..options()
+        },
+    )
+    .unwrap();
+    let addr = servers.api_addr.unwrap();
+    // `source_type:api` maps to the fixture's `json` pipeline: the message is flattened.
+    let a = post(
+        addr,
+        "/api/v1/logs",
+        r#"{"message":"{\"user\":{\"id\":7},\"trace_id\":\"t\"}","labels":{"team":"core"}}"#,
+    );
+    assert_eq!(a.status, 202, "{}", a.body);
+    let Received::Batch(batch) = rx.recv(Duration::from_secs(5)) else {
+        panic!("no batch")
+    };
+    let labels: Vec<(&str, &str)> = batch.entries[0]
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        [("service", "json"), ("team", "core"), ("user.id", "7")]
+    );
+    let m = get(addr, "/metrics").body;
+    assert!(m.contains("\nprocessing_entries_total 1\n"), "{m}");
+    stop.store(true, Relaxed);
+    servers.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}

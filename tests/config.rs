@@ -184,6 +184,9 @@ fn check_go_config_yaml(path: &Path) {
         "config.yaml says default_configs: false"
     );
     assert!(!c.app.default_configs);
+    // processing: read (the pipelines file itself is loaded at start, tests/processing.rs).
+    assert!(c.processing.enabled && c.processing.skip_failed_logs && c.processing.enrich_logs);
+    assert!(c.processing.pipelines_file.is_absolute());
 
     assert_eq!(c.app.name, "ssw-logs-capture");
     assert_eq!(c.app.version, "v0.0.2");
@@ -279,7 +282,7 @@ fn check_go_config_yaml(path: &Path) {
         );
     }
     for key in [
-        "processing",
+        "processing.worker_count",
         "sinks.local_file.rotation",
         "dispatcher.dlq_config",
         "container_monitor.tail_lines",
@@ -350,13 +353,7 @@ fn check_go_enterprise_config(path: &Path) {
     assert_eq!(c.positions.directory, PathBuf::from("/app/data/positions"));
     assert_eq!(c.positions.flush_interval, secs(30));
 
-    for key in [
-        "server.tls_enabled",
-        "security",
-        "tracing",
-        "processing",
-        "hot_reload",
-    ] {
+    for key in ["server.tls_enabled", "security", "tracing", "hot_reload"] {
         assert!(
             r.differences.iter().any(|d| d.key == key),
             "{key} not in {:?}",
@@ -745,6 +742,9 @@ const ENV_CASES: &[(&str, &str, Check)] = &[
     ("SSW_POSITIONS_DIRECTORY", "/var/lib/pos", |c| {
         c.positions.directory == Path::new("/var/lib/pos")
     }),
+    ("SSW_PIPELINES_FILE", "/etc/p.yaml", |c| {
+        c.processing.pipelines_file == Path::new("/etc/p.yaml")
+    }),
 ];
 
 #[test]
@@ -1093,9 +1093,9 @@ fn misspelt_keys_are_reported_with_the_closest_known_key() {
 
 #[test]
 fn keys_far_from_any_known_key_or_already_present_are_not_called_typos() {
-    // `dispatcher.queue_size` is present, so `queue_sizes` is something else; `procesing` is a
-    // Go section of its own (not implemented here); `server.read_timeout` is a real Go key.
-    let yaml = "dispatcher:\n  queue_size: 10\n  queue_sizes: 3\nprocesing:\n  enabled: false\n\
+    // `dispatcher.queue_size` is present, so `queue_sizes` is something else; `hot_reloads` is
+    // near a Go section of its own (not implemented here); `server.read_timeout` is a real Go key.
+    let yaml = "dispatcher:\n  queue_size: 10\n  queue_sizes: 3\nhot_reloads:\n  enabled: false\n\
                 server:\n  read_timeout: 30s\n";
     let (_, r) = load_str(yaml, &no_env).unwrap();
     assert!(r.misspellings.is_empty(), "{:?}", r.misspellings);

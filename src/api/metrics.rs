@@ -467,6 +467,28 @@ pub fn render(state: &ApiState) -> String {
         .first_byte
         .0
         .write(&mut t, "log_stream_first_byte_seconds", &[]);
+    let processing = state.processor.as_ref().map(|p| p.stats().clone());
+    let count = |f: fn(&crate::processing::ProcessingStats) -> u64| {
+        processing.as_deref().map_or(0.0, |s| f(s) as f64)
+    };
+    t.single(
+        "processing_entries_total",
+        "Entries that went through a processing pipeline (a joined multiline group once)",
+        Kind::Counter,
+        count(|s| s.entries.load(Relaxed)),
+    );
+    t.single(
+        "processing_failures_total",
+        "Entries on which a pipeline step failed (delivered as they came with skip_failed_logs)",
+        Kind::Counter,
+        count(|s| s.failed.load(Relaxed)),
+    );
+    t.single(
+        "processing_lines_joined_total",
+        "Lines joined into the entry of their group's first line by a multiline step",
+        Kind::Counter,
+        count(|s| s.joined.load(Relaxed)),
+    );
     t.single(
         "positions_commit_lag_seconds",
         "How long the oldest position advance not yet committed to disk has waited (0: all committed)",

@@ -56,6 +56,9 @@ pub struct ApiOptions {
     /// What the tracker counts: the live threads of the process (tests put a fixed count, as
     /// every test's servers share one process).
     pub thread_count: fn() -> usize,
+    /// `processing`: the entries of `POST /api/v1/logs` go through it, and its counters are
+    /// in `/metrics` (the daemon passes the capture's, so they count every source).
+    pub processor: Option<Arc<crate::processing::Processor>>,
 }
 
 impl Default for ApiOptions {
@@ -65,6 +68,7 @@ impl Default for ApiOptions {
             max_body_bytes: MAX_BODY_BYTES,
             sample_interval: Duration::from_secs(10),
             thread_count: procinfo::threads,
+            processor: None,
         }
     }
 }
@@ -97,6 +101,9 @@ pub struct ApiState {
     commit_lag: Mutex<CommitLag>,
     /// Names of the enabled sinks (`Sink::name`).
     sinks: Vec<&'static str>,
+    /// `processing`, for the entries of `POST /api/v1/logs` (mapped by their `source_type`
+    /// and labels, like any source's).
+    processor: Option<Arc<crate::processing::Processor>>,
 }
 
 impl ApiState {
@@ -117,7 +124,9 @@ impl ApiState {
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
         let commits = shared.positions.lock().unwrap().commits();
+        let processor = options.processor.clone();
         ApiState {
+            processor,
             tracker: ThreadTracker::with_counter(options.sample_interval, options.thread_count),
             shared,
             config: config.clone(),

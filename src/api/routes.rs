@@ -419,7 +419,7 @@ fn ingest(state: &ApiState, rq: &mut Incoming<'_>) -> Reply {
     if let Some(level) = level {
         labels.insert("level".into(), level);
     }
-    let entry = LogEntry {
+    let mut entry = LogEntry {
         timestamp_ns,
         processed_at_ns,
         message: Bytes::from(message),
@@ -428,6 +428,16 @@ fn ingest(state: &ApiState, rq: &mut Incoming<'_>) -> Reply {
         source_id: Arc::from(source_id.as_str()),
         labels: Arc::new(labels),
     };
+    if let Some(p) = &state.processor {
+        let source = crate::processing::Source {
+            source_type,
+            labels: &entry.labels,
+            path: None,
+        };
+        if let Some(id) = p.select(&source) {
+            p.apply(id, &mut entry, "");
+        }
+    }
     let sender = state.ingest.lock().unwrap();
     let Some(tx) = sender.as_ref() else {
         state.api_error("unavailable");

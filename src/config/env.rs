@@ -51,6 +51,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "SSW_STREAM_IDLE_TIMEOUT",
     "SSW_FILE_MONITOR_ENABLED",
     "SSW_POSITIONS_DIRECTORY",
+    "SSW_PIPELINES_FILE",
 ];
 
 /// Go variables that are recognised but have no effect here (reported when set).
@@ -66,10 +67,6 @@ const IGNORED_GO_ENV: &[(&str, &str)] = &[
     ),
     ("SSW_FILE_PIPELINE", "file monitoring is not implemented"),
     ("SSW_FILE_CONFIG", "file monitoring is not implemented"),
-    (
-        "SSW_PIPELINES_FILE",
-        "processing pipelines are not implemented",
-    ),
     ("SSW_SECURITY_ENABLED", "API security is not implemented"),
     (
         "SSW_SERVICE_DISCOVERY_ENABLED",
@@ -260,6 +257,7 @@ pub(super) fn apply(
     e.duration("SSW_STREAM_IDLE_TIMEOUT", &mut cm.stream_idle_timeout)?;
     e.boolean("SSW_FILE_MONITOR_ENABLED", &mut c.file_monitor.enabled)?;
     e.path("SSW_POSITIONS_DIRECTORY", &mut c.positions.directory);
+    e.path("SSW_PIPELINES_FILE", &mut c.processing.pipelines_file);
 
     for (var, why) in IGNORED_GO_ENV {
         if (get)(var).is_some_and(|v| !v.trim().is_empty()) {

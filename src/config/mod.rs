@@ -75,6 +75,7 @@ pub struct Config {
     pub dispatcher: DispatcherConfig,
     pub sinks: SinksConfig,
     pub positions: PositionsConfig,
+    pub processing: ProcessingConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -290,6 +291,23 @@ impl ContainerMonitorConfig {
         s.starts_with('/').then(|| PathBuf::from(s))
     }
 }
+
+/// `processing`: the Go pipelines file applied to every entry (see `crate::processing`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProcessingConfig {
+    pub enabled: bool,
+    /// Loaded at start (a missing or bad file stops the start, naming it). Relative paths are
+    /// taken from the working directory, as in Go.
+    pub pipelines_file: PathBuf,
+    /// A line whose pipeline fails goes out as it came (true) or with the failing steps
+    /// skipped (false); either way it is delivered and counted.
+    pub skip_failed_logs: bool,
+    /// Accepted; entries always carry their container labels.
+    pub enrich_logs: bool,
+}
+
+/// Go's `processing.pipelines_file` default.
+pub const DEFAULT_PIPELINES_FILE: &str = "/app/configs/pipelines.yaml";
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FileMonitorConfig {

@@ -13,10 +13,6 @@ use super::*;
 /// reported as a difference (otherwise the section is just an unknown key).
 const NOT_IMPLEMENTED_SECTIONS: &[(&str, &str)] = &[
     (
-        "processing",
-        "processing pipelines are not implemented; entries reach the sinks unchanged",
-    ),
-    (
         "hot_reload",
         "hot reload is not implemented; restart to apply a new config",
     ),
@@ -462,6 +458,7 @@ pub(super) fn from_yaml(
         dispatcher: read_dispatcher(&ctx, &root)?,
         sinks: read_sinks(&ctx, &root)?,
         positions: read_positions(&ctx, &root)?,
+        processing: read_processing(&ctx, &root)?,
     };
 
     for (name, note) in NOT_IMPLEMENTED_SECTIONS {
@@ -922,6 +919,28 @@ fn read_loki(ctx: &Ctx<'_>, sinks: &Node<'_>) -> Result<LokiSinkConfig, ConfigEr
             password: string(ctx, &a, "password")?.unwrap_or_default(),
             token: string(ctx, &a, "token")?.unwrap_or_default(),
         },
+    })
+}
+
+fn read_processing(ctx: &Ctx<'_>, root: &Node<'_>) -> Result<ProcessingConfig, ConfigError> {
+    let s = section(ctx, root, "processing")?;
+    for k in ["worker_count", "queue_size", "processing_timeout"] {
+        ignored(
+            ctx,
+            &s,
+            k,
+            "not used: each entry is processed once on the thread that read it, before it is \
+             queued",
+        );
+    }
+    Ok(ProcessingConfig {
+        enabled: boolean(ctx, &s, "enabled")?.unwrap_or(false),
+        pipelines_file: string(ctx, &s, "pipelines_file")?
+            .filter(|p| !p.trim().is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PIPELINES_FILE)),
+        skip_failed_logs: boolean(ctx, &s, "skip_failed_logs")?.unwrap_or(true),
+        enrich_logs: boolean(ctx, &s, "enrich_logs")?.unwrap_or(true),
     })
 }
 

@@ -68,7 +68,7 @@ pub fn format_rfc3339_nano_go(ns: i64) -> String {
     s
 }
 
-fn push_rfc3339_nano_go(s: &mut String, ns: i64) {
+pub fn push_rfc3339_nano_go(s: &mut String, ns: i64) {
     let c = civil(ns);
     let _ = write!(
         s,

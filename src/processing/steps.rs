@@ -1,0 +1,183 @@
+//! The step types of a pipeline and what each does to one entry's working copy.
+//!
+//! A step either changes the copy or fails with a reason; a step whose input is absent (a
+//! regex that does not match, a field no earlier step set) does nothing and is no failure:
+//! the Go file's `fallback_*` steps rely on that.
+
+use std::borrow::Cow;
+
+use regex::Regex;
+
+use super::template::{Scope, Template};
+use super::timefmt::{Layout, Zone};
+use crate::entry::Labels;
+
+/// One entry while its pipeline runs: a copy, written back only when the pipeline is done.
+pub struct Work<'a> {
+    pub message: Cow<'a, str>,
+    pub labels: Labels,
+    pub timestamp_ns: i64,
+    pub source_path: &'a str,
+}
+
+#[derive(Debug)]
+pub enum Op {
+    /// Capture groups into `fields` (in order; a group that did not take part sets nothing).
+    /// Without fields: every match is removed from the message (ANSI colour codes).
+    RegexExtract {
+        re: Regex,
+        fields: Vec<String>,
+    },
+    /// Sets each field the entry does not have yet (see COMPATIBILITY.md).
+    FieldAdd {
+        fields: Vec<(String, Template)>,
+    },
+    FieldRemove {
+        fields: Vec<String>,
+    },
+    TimestampParse {
+        /// `None`: the start of the message.
+        field: Option<String>,
+        layout: Layout,
+        zone: Zone,
+        use_as_log_timestamp: bool,
+        /// Gets the parsed time as RFC 3339 with nanoseconds.
+        target_field: Option<String>,
+    },
+    /// The first capture group (else the whole match), lower-cased, into `field`.
+    LogLevelExtract {
+        re: Regex,
+        field: String,
+    },
+    /// The JSON object in `field` (`None`: the message) flattened into fields: nested keys
+    /// joined with `.`, strings as they are, other values as JSON text.
+    JsonParse {
+        field: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub name: String,
+    pub op: Op,
+    /// Runs only on messages this matches.
+    pub condition: Option<Regex>,
+}
+
+impl Step {
+    pub fn apply(&self, w: &mut Work<'_>) -> Result<(), String> {
+        if let Some(cond) = &self.condition {
+            if !cond.is_match(&w.message) {
+                return Ok(());
+            }
+        }
+        match &self.op {
+            Op::RegexExtract { re, fields } if fields.is_empty() => {
+                if let Cow::Owned(s) = re.replace_all(&w.message, "") {
+                    w.message = Cow::Owned(s);
+                }
+            }
+            Op::RegexExtract { re, fields } => {
+                if let Some(caps) = re.captures(&w.message) {
+                    for (name, group) in fields.iter().zip(caps.iter().skip(1)) {
+                        if let Some(g) = group {
+                            w.labels.insert(name.clone(), g.as_str().to_string());
+                        }
+                    }
+                }
+            }
+            Op::FieldAdd { fields } => {
+                for (name, template) in fields {
+                    if w.labels.contains_key(name) {
+                        continue;
+                    }
+                    let value = template.render(&Scope {
+                        message: &w.message,
+                        source_path: w.source_path,
+                        labels: &w.labels,
+                    });
+                    w.labels.insert(name.clone(), value);
+                }
+            }
+            Op::FieldRemove { fields } => {
+                for name in fields {
+                    w.labels.remove(name);
+                }
+            }
+            Op::TimestampParse {
+                field,
+                layout,
+                zone,
+                use_as_log_timestamp,
+                target_field,
+            } => {
+                let ns = match field {
+                    None => layout.parse_prefix(&w.message, zone)?.0,
+                    Some(f) => {
+                        let Some(v) = w.labels.get(f) else {
+                            return Ok(());
+                        };
+                        let (ns, used) = layout.parse_prefix(v, zone)?;
+                        if used != v.len() {
+                            return Err(format!("{f} {v:?}: text after the time at byte {used}"));
+                        }
+                        ns
+                    }
+                };
+                if *use_as_log_timestamp {
+                    w.timestamp_ns = ns;
+                }
+                if let Some(t) = target_field {
+                    // Go's RFC3339Nano, as the file sink writes `timestamp`.
+                    let mut text = String::with_capacity(36);
+                    crate::sink::format::push_rfc3339_nano_go(&mut text, ns);
+                    w.labels.insert(t.clone(), text);
+                }
+            }
+            Op::LogLevelExtract { re, field } => {
+                if let Some(caps) = re.captures(&w.message) {
+                    let m = caps.get(1).or_else(|| caps.get(0)).expect("group 0");
+                    w.labels.insert(field.clone(), m.as_str().to_lowercase());
+                }
+            }
+            Op::JsonParse { field } => {
+                let text: &str = match field {
+                    None => &w.message,
+                    Some(f) => match w.labels.get(f) {
+                        Some(v) => v,
+                        None => return Ok(()),
+                    },
+                };
+                let value: serde_json::Value =
+                    serde_json::from_str(text.trim()).map_err(|e| format!("not JSON ({e})"))?;
+                let serde_json::Value::Object(map) = value else {
+                    return Err("JSON but not an object".into());
+                };
+                let mut out = Vec::new();
+                flatten("", map, &mut out);
+                w.labels.extend(out);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn flatten(
+    prefix: &str,
+    map: serde_json::Map<String, serde_json::Value>,
+    out: &mut Vec<(String, String)>,
+) {
+    for (k, v) in map {
+        let key = if prefix.is_empty() {
+            k
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            serde_json::Value::Object(inner) => flatten(&key, inner, out),
+            serde_json::Value::String(s) => out.push((key, s)),
+            serde_json::Value::Null => out.push((key, String::new())),
+            other => out.push((key, other.to_string())),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `field_add` values: text with `{{message}}`, `{{source_path}}`, `{{source_filename}}` or
+//! `{{<label>}}` substituted per entry (Go wrote the braces literally; see COMPATIBILITY.md).
+//! Split into parts once, at load.
+
+use crate::entry::Labels;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Message,
+    SourcePath,
+    SourceFilename,
+    Label(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+/// What a template is filled from.
+pub struct Scope<'a> {
+    pub message: &'a str,
+    pub source_path: &'a str,
+    pub labels: &'a Labels,
+}
+
+impl Template {
+    /// `{{ name }}` (spaces allowed); an unclosed `{{` is literal text.
+    pub fn parse(s: &str) -> Template {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find("{{") {
+            let Some(close) = rest[open + 2..].find("}}") else {
+                break;
+            };
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_string()));
+            }
+            let name = rest[open + 2..open + 2 + close].trim();
+            parts.push(match name {
+                "message" => Part::Message,
+                "source_path" => Part::SourcePath,
+                "source_filename" => Part::SourceFilename,
+                other => Part::Label(other.to_string()),
+            });
+            rest = &rest[open + 2 + close + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        Template { parts }
+    }
+
+    /// The text for one entry; a label the entry lacks is empty.
+    pub fn render(&self, scope: &Scope<'_>) -> String {
+        if let [Part::Text(t)] = self.parts.as_slice() {
+            return t.clone();
+        }
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Message => out.push_str(scope.message),
+                Part::SourcePath => out.push_str(scope.source_path),
+                Part::SourceFilename => out.push_str(
+                    scope
+                        .source_path
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(scope.source_path),
+                ),
+                Part::Label(k) => {
+                    if let Some(v) = scope.labels.get(k) {
+                        out.push_str(v)
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_every_kind() {
+        let mut labels = Labels::new();
+        labels.insert("container_name".into(), "web".into());
+        let scope = Scope {
+            message: "hello",
+            source_path: "/var/log/auth.log",
+            labels: &labels,
+        };
+        let t = Template::parse("{{ container_name }}:{{message}} from {{source_filename}} ({{source_path}}){{missing}}");
+        assert_eq!(
+            t.render(&scope),
+            "web:hello from auth.log (/var/log/auth.log)"
+        );
+        assert_eq!(Template::parse("info").render(&scope), "info");
+        assert_eq!(Template::parse("a {{b").render(&scope), "a {{b");
+    }
+}

@@ -1212,6 +1212,7 @@ impl Capture {
             entries: std::mem::take(&mut self.batch),
             checkpoints,
             removed: std::mem::take(&mut self.removed),
+            file_checkpoints: Vec::new(),
         };
         if let Err(batch) = self.queue.send(batch) {
             tracing::error!(

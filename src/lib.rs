@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod dispatch;
 pub mod docker;
 pub mod entry;
+pub mod files;
 pub mod io;
 pub mod pipeline;
 pub mod positions;

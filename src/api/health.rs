@@ -269,6 +269,7 @@ mod tests {
             queue: tx.gauge().clone(),
             containers: Arc::default(),
             sink_timings: Arc::default(),
+            files: Arc::default(),
             docker: Arc::default(),
         };
         let options = ApiOptions {
@@ -305,6 +306,7 @@ mod tests {
             queue: tx.gauge().clone(),
             containers: Arc::default(),
             sink_timings: Arc::default(),
+            files: Arc::default(),
             docker: docker.clone(),
         };
         let options = ApiOptions {
@@ -348,6 +350,7 @@ mod tests {
             queue: tx.gauge().clone(),
             containers: Arc::default(),
             sink_timings: Arc::default(),
+            files: Arc::default(),
             docker: Arc::default(),
         };
         let options = ApiOptions {

@@ -360,8 +360,12 @@ pub fn run(
     // --- Monitored files (file_monitor_service): their own thread, the same queue.
     let files = match file_plan {
         Some(plan) => {
-            let source =
-                crate::files::source::FileSource::new(plan, files_tx, shared.files.clone(), file_records);
+            let source = crate::files::source::FileSource::new(
+                plan,
+                files_tx,
+                shared.files.clone(),
+                file_records,
+            );
             let files_stop = stop.clone();
             let once = options.once;
             Some(

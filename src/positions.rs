@@ -101,7 +101,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::files::positions::{parse as files_parse, FilePosition, FileRecords, FILE_POSITIONS_FILE};
+use crate::files::positions::{
+    parse as files_parse, FilePosition, FileRecords, FILE_POSITIONS_FILE,
+};
 use crate::pipeline::FileCheckpoint;
 
 /// Name of the positions file inside `positions.directory`.

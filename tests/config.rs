@@ -385,10 +385,7 @@ fn check_go_enterprise_config(path: &Path) {
             r.differences
         );
     }
-    for key in [
-        "dispatcher.rate_limit_config",
-        "app.debug_mode",
-    ] {
+    for key in ["dispatcher.rate_limit_config", "app.debug_mode"] {
         assert!(
             r.unknown_keys.iter().any(|k| k == key),
             "{key} not in {:?}",

@@ -63,7 +63,9 @@ impl Daemon {
     }
 
     fn wait_log(&self, what: &str) {
-        wait_until(&format!("{what:?} in the log"), || self.log().contains(what));
+        wait_until(&format!("{what:?} in the log"), || {
+            self.log().contains(what)
+        });
     }
 
     fn signal(&mut self, sig: rustix::process::Signal) {
@@ -162,11 +164,16 @@ enum Rotation {
     None,
     /// logrotate `create`: rename to `.1`, a few more lines to the old fd (the program has
     /// not reopened yet), then a new file at the path.
-    RenameCreate { at: usize },
+    RenameCreate {
+        at: usize,
+    },
     /// logrotate `copytruncate`: copy to `.1`, then truncate in place and go on writing.
     /// The copy-to-truncate window loses lines for every tailer (logrotate says so), so the
     /// writer waits until the capturer delivered its last line before truncating.
-    CopyTruncate { at: usize, out: PathBuf },
+    CopyTruncate {
+        at: usize,
+        out: PathBuf,
+    },
 }
 
 /// Appends `{prefix} {i:06}` for i in 1..=n, one line per `every`; `written` counts them.
@@ -313,7 +320,8 @@ fn rotations_and_a_sigterm_restart_deliver_every_line_exactly_once() {
         "copytruncate not seen:\n{log2}"
     );
     assert!(
-        log1.contains("replaced by another file") || log2.contains("replaced by another file")
+        log1.contains("replaced by another file")
+            || log2.contains("replaced by another file")
             || log1.contains("gone (renamed")
             || log2.contains("gone (renamed"),
         "rename not seen"
@@ -364,13 +372,22 @@ fn a_sigkill_restart_loses_no_line_and_repeats_a_bounded_few() {
     let (wl, wa) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let d = Daemon::start(&s, &cfg, 1);
     let every = Duration::from_micros(1500);
-    let t1 = writer(listed.clone(), "listed", N, every, Rotation::None, wl.clone());
+    let t1 = writer(
+        listed.clone(),
+        "listed",
+        N,
+        every,
+        Rotation::None,
+        wl.clone(),
+    );
     let t2 = writer(app.clone(), "app", N, every, Rotation::None, wa.clone());
     wait_until("2,000 lines written", || {
         wl.load(SeqCst) >= 2000 && wa.load(SeqCst) >= 2000
     });
     // Past at least one commit.
-    wait_until("a commit", || s.0.join("positions/file_positions.json").exists());
+    wait_until("a commit", || {
+        s.0.join("positions/file_positions.json").exists()
+    });
     d.kill();
     let d = Daemon::start(&s, &cfg, 2);
     t1.join().unwrap();
@@ -388,7 +405,10 @@ fn a_sigkill_restart_loses_no_line_and_repeats_a_bounded_few() {
         // 1 s commit interval + 100 ms batches at ~660 lines/s, with slack for a loaded
         // machine: well under the 2,000 lines read before the kill.
         assert!(twice.len() <= 1500, "{name}: {} duplicates", twice.len());
-        eprintln!("{name}: {} lines delivered twice after SIGKILL", twice.len());
+        eprintln!(
+            "{name}: {} lines delivered twice after SIGKILL",
+            twice.len()
+        );
     }
 }
 
@@ -408,8 +428,8 @@ fn new_files_are_found_and_excluded_or_outside_files_never_opened() {
     fs::write(&secret, "password=hunter2\n").unwrap();
     // The test's own inotify watch: any open of the excluded file shows as IN_OPEN.
     use rustix::fs::inotify;
-    let ino = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
-        .unwrap();
+    let ino =
+        inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).unwrap();
     inotify::add_watch(&ino, &secret, inotify::WatchFlags::OPEN).unwrap();
     let listed = s.0.join("later/listed.log");
     let cfg = config(&s, &pipeline(&listed, &dir));

@@ -161,7 +161,8 @@ pub fn plan(config: &FileMonitorConfig) -> Result<Plan, String> {
     for dir in &config.watch_directories {
         plan.directories.push(WatchedDir {
             path: dir.clone(),
-            patterns: (!config.include_patterns.is_empty()).then(|| config.include_patterns.clone()),
+            patterns: (!config.include_patterns.is_empty())
+                .then(|| config.include_patterns.clone()),
             exclude_patterns: config.exclude_patterns.clone(),
             exclude_directories: config
                 .exclude_directories
@@ -186,7 +187,10 @@ fn apply_pipeline(plan: &mut Plan, path: &Path, text: &str) -> Result<(), String
             continue;
         }
         if f.path.trim().is_empty() {
-            return Err(format!("file pipeline {}: files[{i}].path is empty", path.display()));
+            return Err(format!(
+                "file pipeline {}: files[{i}].path is empty",
+                path.display()
+            ));
         }
         plan.files.push(ListedFile {
             path: PathBuf::from(f.path),
@@ -240,7 +244,8 @@ mod tests {
 
     #[test]
     fn the_go_fixture_pipeline_file() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go_file_pipeline.yml");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go_file_pipeline.yml");
         let config = FileMonitorConfig {
             pipeline_file: Some(path),
             ..FileMonitorConfig::default()

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::decode::{LogLine, StreamKind};
-use crate::entry::{LogEntry, Labels};
+use crate::entry::{Labels, LogEntry};
 use crate::pipeline::{Batch, FileCheckpoint, QueueSender};
 
 use super::config::Plan;
@@ -310,8 +310,8 @@ impl FileSource {
         let mut lines = std::mem::take(&mut self.lines);
         let mut more = false;
         // Rotated-away files first: their lines were written before the new file's.
-        t.draining.retain_mut(|d| {
-            match d.tailer.read(chunk, PASS_BUDGET, &mut lines) {
+        t.draining
+            .retain_mut(|d| match d.tailer.read(chunk, PASS_BUDGET, &mut lines) {
                 Ok(r) if r.bytes > 0 => {
                     d.grew_at = Instant::now();
                     more |= !r.at_end;
@@ -327,8 +327,7 @@ impl FileSource {
                     tracing::warn!("{}: reading the rotated file: {e}", t.key);
                     false
                 }
-            }
-        });
+            });
         if let Some(tailer) = &mut t.current {
             match tailer.read(chunk, PASS_BUDGET, &mut lines) {
                 Ok(r) => more |= !r.at_end,
@@ -396,7 +395,10 @@ impl FileSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let t = &mut self.tracked[i];
                 if let Some(old) = t.current.take() {
-                    tracing::info!("{}: gone (renamed or deleted); reading it to its end", t.key);
+                    tracing::info!(
+                        "{}: gone (renamed or deleted); reading it to its end",
+                        t.key
+                    );
                     self.stats.rotations.fetch_add(1, Relaxed);
                     t.draining.push(Draining {
                         tailer: old,

@@ -13,8 +13,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use bytes::Bytes;
 
 use crate::decode::lines::LineAssembler;
-use crate::decode::Span;
 use crate::decode::LogLine;
+use crate::decode::Span;
 
 use super::identity::Identity;
 

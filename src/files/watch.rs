@@ -174,23 +174,19 @@ impl Waker {
             return woken;
         }
         let mut reader = inotify::Reader::new(&self.fd, &mut self.buf);
-        loop {
-            match reader.next() {
-                Ok(ev) => {
-                    let f = ev.events();
-                    woken.changed = true;
-                    if f.intersects(
-                        ReadFlags::CREATE | ReadFlags::MOVED_TO | ReadFlags::QUEUE_OVERFLOW,
-                    ) {
-                        woken.created = true;
-                    }
-                    if f.contains(ReadFlags::IGNORED) {
-                        // The directory went away: a new one of that name needs a new watch.
-                        woken.created = true;
-                    }
-                }
-                // EAGAIN: drained (the fd is non-blocking).
-                Err(_) => break,
+        // Until EAGAIN: drained (the fd is non-blocking).
+        while let Ok(ev) = reader.next() {
+            let f = ev.events();
+            woken.changed = true;
+            // A new file or directory (or the directory itself gone: a new one of that name
+            // needs a new watch), or events lost: scan again.
+            if f.intersects(
+                ReadFlags::CREATE
+                    | ReadFlags::MOVED_TO
+                    | ReadFlags::QUEUE_OVERFLOW
+                    | ReadFlags::IGNORED,
+            ) {
+                woken.created = true;
             }
         }
         woken

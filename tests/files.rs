@@ -126,7 +126,7 @@ fn config(s: &Scratch, pipeline: &str) -> PathBuf {
     fs::write(&pipeline_path, pipeline).unwrap();
     let yaml = format!(
         "app:\n  log_level: info\n  log_format: text\n\
-         server:\n  enabled: false\n\
+         server:\n  enabled: true\n  host: 127.0.0.1\n  port: {port}\n\
          metrics:\n  enabled: false\n\
          container_monitor:\n  enabled: false\n\
          file_monitor_service:\n  enabled: true\n  pipeline_file: {pipeline}\n  \
@@ -136,11 +136,36 @@ fn config(s: &Scratch, pipeline: &str) -> PathBuf {
          sinks:\n  loki:\n    enabled: false\n  local_file:\n    enabled: true\n    \
          directory: {dir}/out\n    output_format: json\n    \
          filename_pattern_files: \"{{nomedoarquivomonitorado}}.log\"\n",
-        pipeline = pipeline_path.display()
+        pipeline = pipeline_path.display(),
+        port = free_port(),
     );
     let path = s.0.join("config.yaml");
     fs::write(&path, yaml).unwrap();
     path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// GET `path` from the capturer's API: the body.
+fn get(d: &Daemon, path: &str) -> String {
+    use std::io::Read;
+    let log = d.log();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("HTTP API listening on ").nth(1))
+        .expect("the API address in the log")
+        .trim()
+        .to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
 }
 
 /// The JSON entries the file sink wrote to `out/NAME.log`.
@@ -490,6 +515,19 @@ fn a_go_file_positions_json_is_resumed_from() {
     let cfg = config(&s, &pipeline(&listed, &dir));
     let d = Daemon::start(&s, &cfg, 1);
     wait_until("lines 6-10", || captured(&s, "go").len() >= 5);
+    d.wait_log("HTTP API listening on");
+    // The API shows the file: metrics (Go's labels), /stats, and /positions once committed.
+    let metrics = get(&d, "/metrics");
+    let series = format!("files_monitored{{filepath=\"{key}\",source_type=\"file\"}} 1");
+    assert!(metrics.contains(&series), "{series} not in\n{metrics}");
+    assert!(metrics.contains("total_files_monitored 1"), "{metrics}");
+    let stats: Value = serde_json::from_str(&get(&d, "/stats")).unwrap();
+    assert_eq!(stats["files"]["monitored"], 1);
+    assert_eq!(stats["files"]["files"][&key]["offset"], text.len());
+    wait_until("the position committed", || {
+        let p: Value = serde_json::from_str(&get(&d, "/positions")).unwrap();
+        p["files"][&key]["offset"] == text.len()
+    });
     thread::sleep(Duration::from_millis(300));
     let _ = d.terminate();
     assert_eq!(

@@ -152,17 +152,17 @@ pub fn render(state: &ApiState) -> String {
         Kind::Gauge,
         total_containers,
     );
-    // One series per monitored file, as Go's gauge per file.
+    // One series per monitored file, Go's labels.
     t.family(
         "files_monitored",
         "Number of files being monitored",
         Kind::Gauge,
     );
     let files = s.files.files.lock().unwrap().clone();
-    for (path, f) in &files {
+    for path in files.keys() {
         t.sample(
             "files_monitored",
-            &[("file_path", path), ("source_id", &f.source_id)],
+            &[("filepath", path), ("source_type", "file")],
             1.0,
         );
     }

@@ -61,8 +61,17 @@ impl Tailer {
         out: &mut Vec<LogLine>,
     ) -> std::io::Result<Read> {
         let mut done = Read::default();
+        // What the file holds past the offset now: an idle file costs one fstat, and a short
+        // append a buffer of its size, not a whole chunk to zero.
+        let size = self.file.metadata()?.len();
+        let budget = budget.min(size.saturating_sub(self.offset));
+        if budget == 0 {
+            done.at_end = true;
+            return Ok(done);
+        }
         while done.bytes < budget {
-            let mut buf = vec![0u8; chunk];
+            let want = chunk.min((budget - done.bytes) as usize).max(1);
+            let mut buf = vec![0u8; want];
             let n = loop {
                 match self.file.read_at(&mut buf, self.offset) {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -82,11 +91,13 @@ impl Tailer {
             let _ = self.assembler.push_raw(span, out);
             self.offset += n as u64;
             done.bytes += n as u64;
-            if n < chunk {
+            if n < want {
                 done.at_end = true;
                 break;
             }
         }
+        // Everything present at the fstat was read: at the end for this pass.
+        done.at_end |= done.bytes >= budget && self.offset >= size;
         Ok(done)
     }
 

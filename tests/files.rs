@@ -39,9 +39,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(s: &Scratch, config: &Path, n: usize) -> Daemon {
+        Daemon::start_args(s, config, n, &[])
+    }
+
+    fn start_args(s: &Scratch, config: &Path, n: usize, args: &[&str]) -> Daemon {
         let log = s.0.join(format!("capturer-{n}.log"));
         let mut cmd = Command::new(BIN);
-        cmd.arg("--config").arg(config);
+        cmd.arg("--config").arg(config).args(args);
         for (k, _) in std::env::vars() {
             if k.starts_with("SSW_") || k == "DOCKER_HOST" || k == "RUST_LOG" {
                 cmd.env_remove(k);
@@ -87,6 +91,19 @@ impl Daemon {
         }
     }
 
+    /// Waits for an exit of its own (`--once`), which must be 0.
+    fn wait_exit(mut self) -> String {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit {status}:\n{}", self.log());
+                return self.log();
+            }
+            assert!(Instant::now() < deadline, "no exit");
+            thread::sleep(POLL);
+        }
+    }
+
     fn kill(mut self) {
         self.signal(rustix::process::Signal::KILL);
         let _ = self.child.wait();
@@ -121,6 +138,11 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A config with the file monitor on, Docker off, and the file sink in `out/`.
 fn config(s: &Scratch, pipeline: &str) -> PathBuf {
+    config_with(s, pipeline, "batch_size: 500\n  batch_timeout: 100ms")
+}
+
+/// [`config`] with these `dispatcher:` lines.
+fn config_with(s: &Scratch, pipeline: &str, dispatcher: &str) -> PathBuf {
     let dir = s.0.display();
     let pipeline_path = s.0.join("file_pipeline.yml");
     fs::write(&pipeline_path, pipeline).unwrap();
@@ -131,7 +153,7 @@ fn config(s: &Scratch, pipeline: &str) -> PathBuf {
          container_monitor:\n  enabled: false\n\
          file_monitor_service:\n  enabled: true\n  pipeline_file: {pipeline}\n  \
          read_interval: 100ms\n\
-         dispatcher:\n  batch_size: 500\n  batch_timeout: 100ms\n\
+         dispatcher:\n  {dispatcher}\n\
          positions:\n  directory: {dir}/positions\n  flush_interval: 1s\n\
          sinks:\n  loki:\n    enabled: false\n  local_file:\n    enabled: true\n    \
          directory: {dir}/out\n    output_format: json\n    \
@@ -478,6 +500,39 @@ fn new_files_are_found_and_excluded_or_outside_files_never_opened() {
     assert!(
         reader.next().is_err(),
         "the excluded file was opened by the capturer"
+    );
+}
+
+/// A queue far smaller than the file: reading pauses (the containers' rule) instead of
+/// queueing the file, every line is delivered once, and the accounting line balances.
+#[test]
+fn a_full_queue_pauses_reading_and_the_accounting_balances() {
+    let s = Scratch::new("files", "backpressure");
+    let dir = s.0.join("logs");
+    fs::create_dir_all(&dir).unwrap();
+    let listed = s.0.join("big.log");
+    const N: usize = 30_000;
+    let text: String = (1..=N).map(|i| format!("big {i:06}\n")).collect();
+    fs::write(&listed, &text).unwrap();
+    let cfg = config_with(
+        &s,
+        &pipeline(&listed, &dir),
+        "queue_size: 100\n  batch_size: 100\n  batch_timeout: 50ms",
+    );
+    let log = Daemon::start_args(&s, &cfg, 1, &["--once"]).wait_exit();
+    let got = messages(&captured(&s, "big"));
+    let want: Vec<String> = (1..=N).map(|i| format!("big {i:06}")).collect();
+    assert!(got == want, "{} lines, not each once in order", got.len());
+    let paused: u64 = log
+        .split("paused ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pause count in\n{log}"));
+    assert!(paused > 0, "reading never paused:\n{log}");
+    assert!(
+        log.contains(&format!("done: {N} lines read, {N} delivered, 0 dropped, 0 undelivered")),
+        "{log}"
     );
 }
 

@@ -68,7 +68,14 @@ BIG_LINES="$(wc -l <"$BIG")"
 GB="$(python3 -c "print($BIG_BYTES / 2**30)")"
 cat "$BIG" >/dev/null # page cache warm for everyone
 
-read -r c_u c_s c_e _ < <( { /usr/bin/time -f "%U %S %e %M" cat "$BIG" >/dev/null; } 2>&1 )
+# timed OUT CMD...: GNU time's "user sys wall maxrss_kib" of CMD in OUT (its last line).
+timed() {
+    local out="$1"
+    shift
+    /usr/bin/time -o "$out" -f "%U %S %e %M" "$@"
+}
+timed "$WORK/cat.time" cat "$BIG" >/dev/null
+read -r c_u c_s c_e _ <"$WORK/cat.time"
 CAT_CPU="$(python3 -c "print($c_u + $c_s)")"
 
 tail -c +1 -F "$BIG" >/dev/null 2>&1 &
@@ -81,7 +88,10 @@ kill "$TAIL_PID"; wait "$TAIL_PID" 2>/dev/null || true
 
 printf 'files:\n- path: %s\n  enabled: true\n' "$BIG" >"$WORK/big-pipeline.yml"
 files_config "$WORK/big.yaml" "$WORK/big-pipeline.yml"
-read -r l_u l_s l_e l_m < <( { /usr/bin/time -f "%U %S %e %M" "$BIN" --config "$WORK/big.yaml" --once 2>"$WORK/big.log.err"; } 2>&1 )
+if ! timed "$WORK/lc.time" "$BIN" --config "$WORK/big.yaml" --once 2>"$WORK/big.log.err"; then
+    log "the capturer failed:"; tail -5 "$WORK/big.log.err" >&2; exit 1
+fi
+read -r l_u l_s l_e l_m < <(tail -1 "$WORK/lc.time")
 LC_CPU="$(python3 -c "print($l_u + $l_s)")"
 read_lines="$(grep -o 'done: [0-9]* lines read' "$WORK/big.log.err" | awk '{print $2}')"
 if [[ "$read_lines" != "$BIG_LINES" ]]; then

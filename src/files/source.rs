@@ -14,7 +14,8 @@
 //!   is missing is a warning, and is picked up when it appears.
 //!
 //! Reading pauses while the queue is full (the containers' rule), and a pass reads at most
-//! [`PASS_BUDGET`] bytes of a file, so a large file does not hold back the others.
+//! [`PASS_BUDGET`] bytes (or [`PASS_LINES`] lines) of a file, so a large file does not hold
+//! back the others and batches stay small.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -36,7 +37,10 @@ use super::watch::{self, Waker};
 use super::{FileStats, FileStatus};
 
 /// Bytes of one file read per pass at most.
-pub const PASS_BUDGET: u64 = 4 << 20;
+pub const PASS_BUDGET: u64 = 1 << 20;
+/// Lines of one file read per pass at most (checked between reads): a batch stays near
+/// [`MAX_BATCH`] entries, so that a full queue pauses reading in small steps.
+const PASS_LINES: usize = 2 * MAX_BATCH;
 /// A file rotated away is closed once it has not grown for this long.
 pub const DRAIN_IDLE: Duration = Duration::from_secs(5);
 /// Entries per batch at most (as the capture thread's batches).
@@ -261,9 +265,11 @@ impl FileSource {
         }
         self.flush();
         tracing::info!(
-            "file monitoring stopped: {} lines read from {} files",
+            "file monitoring stopped: {} lines read from {} files, paused {} times for a full \
+             queue",
             self.stats.lines_read.load(Relaxed),
-            self.tracked.len()
+            self.tracked.len(),
+            self.stats.pauses.load(Relaxed)
         );
     }
 
@@ -311,7 +317,7 @@ impl FileSource {
         let mut more = false;
         // Rotated-away files first: their lines were written before the new file's.
         t.draining
-            .retain_mut(|d| match d.tailer.read(chunk, PASS_BUDGET, &mut lines) {
+            .retain_mut(|d| match d.tailer.read(chunk, PASS_BUDGET, PASS_LINES, &mut lines) {
                 Ok(r) if r.bytes > 0 => {
                     d.grew_at = Instant::now();
                     more |= !r.at_end;
@@ -329,7 +335,7 @@ impl FileSource {
                 }
             });
         if let Some(tailer) = &mut t.current {
-            match tailer.read(chunk, PASS_BUDGET, &mut lines) {
+            match tailer.read(chunk, PASS_BUDGET, PASS_LINES, &mut lines) {
                 Ok(r) => more |= !r.at_end,
                 Err(e) => {
                     tracing::warn!("{}: read at byte {}: {e}", t.key, tailer.offset);

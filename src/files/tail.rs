@@ -52,12 +52,14 @@ impl Tailer {
         &self.file
     }
 
-    /// Reads from the offset until the end of the file or `budget` bytes, `chunk` bytes at a
-    /// time, appending the complete lines to `out`.
+    /// Reads from the offset until the end of the file, `budget` bytes, or `out` holding
+    /// `max_lines` lines (checked between reads), `chunk` bytes at a time, appending the
+    /// complete lines to `out`.
     pub fn read(
         &mut self,
         chunk: usize,
         budget: u64,
+        max_lines: usize,
         out: &mut Vec<LogLine>,
     ) -> std::io::Result<Read> {
         let mut done = Read::default();
@@ -69,7 +71,7 @@ impl Tailer {
             done.at_end = true;
             return Ok(done);
         }
-        while done.bytes < budget {
+        while done.bytes < budget && out.len() < max_lines {
             let want = chunk.min((budget - done.bytes) as usize).max(1);
             let mut buf = vec![0u8; want];
             let n = loop {
@@ -121,5 +123,79 @@ impl Tailer {
     pub fn stat(&self) -> std::io::Result<(u64, i64)> {
         let m = self.file.metadata()?;
         Ok((m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::lines::MAX_LINE_LEN;
+    use std::io::Write;
+
+    fn tailer(dir: &std::path::Path, content: &[u8]) -> (Tailer, std::path::PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("t.log");
+        std::fs::write(&path, content).unwrap();
+        let f = File::open(&path).unwrap();
+        let id = Identity::of(&f).unwrap();
+        (Tailer::new(f, id, 0), path)
+    }
+
+    /// A line over the bound comes out in `truncated` pieces, as for containers; `\r\n`
+    /// loses its `\r`; an unterminated last line waits, and the committed offset stays at
+    /// the last `\n`.
+    #[test]
+    fn long_lines_are_cut_crlf_stripped_partial_line_held() {
+        let dir = std::env::temp_dir().join(format!("logcap-tail-{}", std::process::id()));
+        let mut content = vec![b'x'; 2 * MAX_LINE_LEN + 10];
+        content.extend_from_slice(b"\nwin\r\npart");
+        let (mut t, path) = tailer(&dir, &content);
+        let mut out = Vec::new();
+        // Small chunks: lines span reads.
+        let r = t.read(4096, u64::MAX, usize::MAX, &mut out).unwrap();
+        assert!(r.at_end);
+        let lens: Vec<(usize, bool)> = out.iter().map(|l| (l.message.len(), l.truncated)).collect();
+        assert_eq!(
+            lens,
+            [(MAX_LINE_LEN, true), (MAX_LINE_LEN, true), (10, false), (3, false)]
+        );
+        assert_eq!(&out[3].message[..], b"win");
+        assert_eq!(t.committed, content.len() as u64 - 4);
+        assert_eq!(t.offset, content.len() as u64);
+        // The rest of the line arrives.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"ial\n")
+            .unwrap();
+        out.clear();
+        t.read(4096, u64::MAX, usize::MAX, &mut out).unwrap();
+        assert_eq!(&out[0].message[..], b"partial");
+        assert_eq!(t.committed, content.len() as u64 + 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The budget bounds one call; the next goes on where it stopped.
+    #[test]
+    fn a_budget_bounds_a_read() {
+        let dir = std::env::temp_dir().join(format!("logcap-tail-b-{}", std::process::id()));
+        let content: Vec<u8> = (0..1000).flat_map(|i| format!("{i:09}\n").into_bytes()).collect();
+        let (mut t, _) = tailer(&dir, &content);
+        let mut out = Vec::new();
+        let r = t.read(1000, 3000, usize::MAX, &mut out).unwrap();
+        assert_eq!((r.bytes, r.at_end), (3000, false));
+        assert_eq!(out.len(), 300);
+        // 100 lines a read: stops after the read that reached 250.
+        let r = t.read(1000, u64::MAX, 250, &mut out).unwrap();
+        assert_eq!((r.bytes, r.at_end), (0, false));
+        let r = t.read(1000, u64::MAX, 500, &mut out).unwrap();
+        assert_eq!((r.bytes, r.at_end), (2000, false));
+        assert_eq!(out.len(), 500);
+        let r = t.read(1000, u64::MAX, usize::MAX, &mut out).unwrap();
+        assert!(r.at_end);
+        assert_eq!(out.len(), 1000);
+        assert_eq!(&out[999].message[..], b"000000999");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -469,6 +469,7 @@ const KEYS_READ: &[&str] = &[
     "file_monitor_service.read_buffer_size",
     "file_monitor_service.recursive",
     "file_monitor_service.follow_symlinks",
+    "file_monitor_service.inotify",
     "files_config.watch_directories",
     "files_config.include_patterns",
     "files_config.exclude_patterns",

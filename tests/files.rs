@@ -138,11 +138,11 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A config with the file monitor on, Docker off, and the file sink in `out/`.
 fn config(s: &Scratch, pipeline: &str) -> PathBuf {
-    config_with(s, pipeline, "batch_size: 500\n  batch_timeout: 100ms")
+    config_with(s, pipeline, "batch_size: 500\n  batch_timeout: 100ms", true)
 }
 
-/// [`config`] with these `dispatcher:` lines.
-fn config_with(s: &Scratch, pipeline: &str, dispatcher: &str) -> PathBuf {
+/// [`config`] with these `dispatcher:` lines, and inotify or polling.
+fn config_with(s: &Scratch, pipeline: &str, dispatcher: &str, inotify: bool) -> PathBuf {
     let dir = s.0.display();
     let pipeline_path = s.0.join("file_pipeline.yml");
     fs::write(&pipeline_path, pipeline).unwrap();
@@ -152,7 +152,7 @@ fn config_with(s: &Scratch, pipeline: &str, dispatcher: &str) -> PathBuf {
          metrics:\n  enabled: false\n\
          container_monitor:\n  enabled: false\n\
          file_monitor_service:\n  enabled: true\n  pipeline_file: {pipeline}\n  \
-         read_interval: 100ms\n\
+         read_interval: 100ms\n  inotify: {inotify}\n\
          dispatcher:\n  {dispatcher}\n\
          positions:\n  directory: {dir}/positions\n  flush_interval: 1s\n\
          sinks:\n  loki:\n    enabled: false\n  local_file:\n    enabled: true\n    \
@@ -187,7 +187,10 @@ fn get(d: &Daemon, path: &str) -> String {
     write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
-    text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+    text.split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The JSON entries the file sink wrote to `out/NAME.log`.
@@ -313,7 +316,25 @@ fn pipeline(listed: &Path, dir: &Path) -> String {
 /// between: every line exactly once.
 #[test]
 fn rotations_and_a_sigterm_restart_deliver_every_line_exactly_once() {
-    let s = Scratch::new("files", "rotations");
+    rotations_and_a_sigterm_restart(true);
+}
+
+/// The same where inotify is not used (`file_monitor_service.inotify: false`): polling every
+/// `read_interval` (100 ms) finds the same changes.
+#[test]
+fn rotations_and_a_sigterm_restart_when_polling() {
+    rotations_and_a_sigterm_restart(false);
+}
+
+fn rotations_and_a_sigterm_restart(inotify: bool) {
+    let s = Scratch::new(
+        "files",
+        if inotify {
+            "rotations"
+        } else {
+            "rotations-poll"
+        },
+    );
     let listed_dir = s.0.join("listed");
     let dir = s.0.join("logs");
     fs::create_dir_all(&listed_dir).unwrap();
@@ -322,7 +343,12 @@ fn rotations_and_a_sigterm_restart_deliver_every_line_exactly_once() {
     let app = dir.join("app.log");
     // Matches *.log but sits in an excluded directory.
     fs::write(dir.join("archive/old.log"), "archived\n").unwrap();
-    let cfg = config(&s, &pipeline(&listed, &dir));
+    let cfg = config_with(
+        &s,
+        &pipeline(&listed, &dir),
+        "batch_size: 500\n  batch_timeout: 100ms",
+        inotify,
+    );
     const N: usize = 4000;
     let (wl, wa) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     // The app file must exist for the first scan; the listed one may come later.
@@ -362,6 +388,11 @@ fn rotations_and_a_sigterm_restart_deliver_every_line_exactly_once() {
         captured(&s, "listed").len() >= N && captured(&s, "app").len() >= N
     });
     let log2 = d.terminate();
+    assert_eq!(
+        log1.contains("files are polled"),
+        !inotify,
+        "inotify {inotify}:\n{log1}"
+    );
     assert!(
         log2.contains("truncated or rewritten in place"),
         "copytruncate not seen:\n{log2}"
@@ -518,6 +549,7 @@ fn a_full_queue_pauses_reading_and_the_accounting_balances() {
         &s,
         &pipeline(&listed, &dir),
         "queue_size: 100\n  batch_size: 100\n  batch_timeout: 50ms",
+        true,
     );
     let log = Daemon::start_args(&s, &cfg, 1, &["--once"]).wait_exit();
     let got = messages(&captured(&s, "big"));
@@ -531,7 +563,9 @@ fn a_full_queue_pauses_reading_and_the_accounting_balances() {
         .unwrap_or_else(|| panic!("no pause count in\n{log}"));
     assert!(paused > 0, "reading never paused:\n{log}");
     assert!(
-        log.contains(&format!("done: {N} lines read, {N} delivered, 0 dropped, 0 undelivered")),
+        log.contains(&format!(
+            "done: {N} lines read, {N} delivered, 0 dropped, 0 undelivered"
+        )),
         "{log}"
     );
 }

@@ -303,6 +303,9 @@ pub struct FileMonitorConfig {
     pub recursive: bool,
     /// Whether symlinks found in watched directories are followed (default false: never).
     pub follow_symlinks: bool,
+    /// Ours: wake on inotify events (default true); false polls every `read_interval`, for
+    /// filesystems whose changes inotify does not see (NFS written by other hosts, some FUSE).
+    pub inotify: bool,
     /// `files_config.watch_directories`.
     pub watch_directories: Vec<PathBuf>,
     /// `files_config.include_patterns`; empty: every file not excluded.
@@ -323,6 +326,7 @@ impl Default for FileMonitorConfig {
             read_buffer_size: 65536,
             recursive: true,
             follow_symlinks: false,
+            inotify: true,
             watch_directories: Vec::new(),
             include_patterns: Vec::new(),
             exclude_patterns: Vec::new(),

@@ -728,6 +728,7 @@ fn read_file_monitor(ctx: &Ctx<'_>, root: &Node<'_>) -> Result<FileMonitorConfig
         read_buffer_size: ctx.go(usize_(ctx, &s, "read_buffer_size")?, d.read_buffer_size),
         recursive: boolean(ctx, &s, "recursive")?.unwrap_or(ctx.defaults() && d.recursive),
         follow_symlinks: boolean(ctx, &s, "follow_symlinks")?.unwrap_or(false),
+        inotify: boolean(ctx, &s, "inotify")?.unwrap_or(true),
         ..d
     };
     // Zero would spin the files thread; a read buffer under one line is still correct.

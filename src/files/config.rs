@@ -50,6 +50,8 @@ pub struct Plan {
     pub read_interval: Duration,
     pub read_buffer_size: usize,
     pub follow_symlinks: bool,
+    /// False: poll every `read_interval` instead of waking on inotify events.
+    pub inotify: bool,
     pub include_hidden: bool,
     /// Files found in directories beyond this many are not tailed (a warning says so).
     pub max_files: usize,
@@ -138,6 +140,7 @@ pub fn plan(config: &FileMonitorConfig) -> Result<Plan, String> {
         read_interval: config.read_interval,
         read_buffer_size: config.read_buffer_size,
         follow_symlinks: config.follow_symlinks,
+        inotify: config.inotify,
         include_hidden: false,
         max_files: DEFAULT_MAX_FILES,
         origin: "files_config".into(),

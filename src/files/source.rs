@@ -121,7 +121,12 @@ pub struct FileSource {
 impl FileSource {
     /// `records`: the positions committed before (`file_positions.json`).
     pub fn new(plan: Plan, tx: QueueSender, stats: Arc<FileStats>, records: FileRecords) -> Self {
-        let waker = Waker::new();
+        let waker = if plan.inotify {
+            Waker::new()
+        } else {
+            tracing::info!("file_monitor_service.inotify is false: files are polled");
+            None
+        };
         stats.inotify.store(waker.is_some(), Relaxed);
         FileSource {
             polling: waker.is_none(),
@@ -316,8 +321,8 @@ impl FileSource {
         let mut lines = std::mem::take(&mut self.lines);
         let mut more = false;
         // Rotated-away files first: their lines were written before the new file's.
-        t.draining
-            .retain_mut(|d| match d.tailer.read(chunk, PASS_BUDGET, PASS_LINES, &mut lines) {
+        t.draining.retain_mut(|d| {
+            match d.tailer.read(chunk, PASS_BUDGET, PASS_LINES, &mut lines) {
                 Ok(r) if r.bytes > 0 => {
                     d.grew_at = Instant::now();
                     more |= !r.at_end;
@@ -333,7 +338,8 @@ impl FileSource {
                     tracing::warn!("{}: reading the rotated file: {e}", t.key);
                     false
                 }
-            });
+            }
+        });
         if let Some(tailer) = &mut t.current {
             match tailer.read(chunk, PASS_BUDGET, PASS_LINES, &mut lines) {
                 Ok(r) => more |= !r.at_end,

@@ -157,7 +157,12 @@ mod tests {
         let lens: Vec<(usize, bool)> = out.iter().map(|l| (l.message.len(), l.truncated)).collect();
         assert_eq!(
             lens,
-            [(MAX_LINE_LEN, true), (MAX_LINE_LEN, true), (10, false), (3, false)]
+            [
+                (MAX_LINE_LEN, true),
+                (MAX_LINE_LEN, true),
+                (10, false),
+                (3, false)
+            ]
         );
         assert_eq!(&out[3].message[..], b"win");
         assert_eq!(t.committed, content.len() as u64 - 4);
@@ -180,7 +185,9 @@ mod tests {
     #[test]
     fn a_budget_bounds_a_read() {
         let dir = std::env::temp_dir().join(format!("logcap-tail-b-{}", std::process::id()));
-        let content: Vec<u8> = (0..1000).flat_map(|i| format!("{i:09}\n").into_bytes()).collect();
+        let content: Vec<u8> = (0..1000)
+            .flat_map(|i| format!("{i:09}\n").into_bytes())
+            .collect();
         let (mut t, _) = tailer(&dir, &content);
         let mut out = Vec::new();
         let r = t.read(1000, 3000, usize::MAX, &mut out).unwrap();

@@ -64,6 +64,8 @@ struct Tracked {
     warned_missing: bool,
     /// (size, mtime) when last looked at: unchanged means no fingerprint check.
     seen: (u64, i64),
+    /// `seen` is of the open file, from this pass: no `fstat` needed.
+    fresh: bool,
     /// The offset last checkpointed.
     checkpointed: Option<(u64, Identity)>,
     /// The start-up position, used at the first open.
@@ -163,6 +165,7 @@ impl FileSource {
             draining: Vec::new(),
             warned_missing: false,
             seen: (0, 0),
+            fresh: false,
             checkpointed: None,
             resume,
         });
@@ -322,7 +325,10 @@ impl FileSource {
         let mut more = false;
         // Rotated-away files first: their lines were written before the new file's.
         t.draining.retain_mut(|d| {
-            match d.tailer.read(chunk, PASS_BUDGET, PASS_LINES, &mut lines) {
+            match d
+                .tailer
+                .read(chunk, PASS_BUDGET, PASS_LINES, None, &mut lines)
+            {
                 Ok(r) if r.bytes > 0 => {
                     d.grew_at = Instant::now();
                     more |= !r.at_end;
@@ -341,7 +347,13 @@ impl FileSource {
             }
         });
         if let Some(tailer) = &mut t.current {
-            match tailer.read(chunk, PASS_BUDGET, PASS_LINES, &mut lines) {
+            match tailer.read(
+                chunk,
+                PASS_BUDGET,
+                PASS_LINES,
+                t.fresh.then_some(t.seen.0),
+                &mut lines,
+            ) {
                 Ok(r) => more |= !r.at_end,
                 Err(e) => {
                     tracing::warn!("{}: read at byte {}: {e}", t.key, tailer.offset);
@@ -368,7 +380,11 @@ impl FileSource {
         if let Some(tailer) = &t.current {
             let at = (tailer.committed, tailer.identity);
             if n > 0 || t.checkpointed != Some(at) {
-                let (size, modified_ns) = tailer.stat().unwrap_or((tailer.offset, 0));
+                let (size, modified_ns) = if t.fresh {
+                    t.seen
+                } else {
+                    tailer.stat().unwrap_or((tailer.offset, 0))
+                };
                 self.checkpoints.push(FileCheckpoint {
                     path: t.key.clone(),
                     source_id: t.source_id.clone(),
@@ -395,6 +411,7 @@ impl FileSource {
 
     /// Compares what the path is now with the open file: rotation, truncation, appearance.
     fn check_path(&mut self, i: usize) {
+        self.tracked[i].fresh = false;
         let t = &self.tracked[i];
         let meta = if t.listed || self.plan.follow_symlinks {
             std::fs::metadata(&t.path)
@@ -438,10 +455,11 @@ impl FileSource {
             .map(|c| c.identity.device == dev && c.identity.inode == ino);
         match same_inode {
             Some(true) => {
+                let t = &mut self.tracked[i];
+                t.fresh = true;
                 if seen == t.seen {
                     return;
                 }
-                let t = &mut self.tracked[i];
                 t.seen = seen;
                 let cur = t.current.as_mut().expect("checked above");
                 let verdict = if seen.0 < cur.offset {
@@ -451,11 +469,9 @@ impl FileSource {
                 };
                 match verdict {
                     Ok(Same::Yes) => {
-                        let size = seen.0;
-                        let file = cur.file().try_clone();
-                        if let Ok(f) = file {
-                            let _ = cur.identity.refresh(&f, size);
-                        }
+                        let mut id = cur.identity;
+                        let _ = id.refresh(cur.file(), seen.0);
+                        cur.identity = id;
                     }
                     Ok(_) => {
                         tracing::info!(
@@ -468,6 +484,8 @@ impl FileSource {
                         if let Err(e) = cur.restart() {
                             tracing::warn!("{}: {e}", t.key);
                         }
+                        // The stat may predate the rewrite: look again next time.
+                        t.fresh = false;
                     }
                     Err(e) => tracing::warn!("{}: fingerprint: {e}", t.key),
                 }
@@ -508,6 +526,8 @@ impl FileSource {
                 }
                 t.warned_missing = false;
                 t.seen = seen;
+                // The path may have been replaced between the stat and the open.
+                t.fresh = identity.device == dev && identity.inode == ino;
                 t.current = Some(Tailer::new(file, identity, offset));
             }
         }

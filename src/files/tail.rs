@@ -52,20 +52,25 @@ impl Tailer {
         &self.file
     }
 
-    /// Reads from the offset until the end of the file, `budget` bytes, or `out` holding
-    /// `max_lines` lines (checked between reads), `chunk` bytes at a time, appending the
-    /// complete lines to `out`.
+    /// Reads from the offset until the end of the file (`size`, when the caller has just
+    /// stat'ed it, else an `fstat`), `budget` bytes, or `out` holding `max_lines` lines
+    /// (checked between reads), `chunk` bytes at a time, appending the complete lines to
+    /// `out`.
     pub fn read(
         &mut self,
         chunk: usize,
         budget: u64,
         max_lines: usize,
+        size: Option<u64>,
         out: &mut Vec<LogLine>,
     ) -> std::io::Result<Read> {
         let mut done = Read::default();
         // What the file holds past the offset now: an idle file costs one fstat, and a short
         // append a buffer of its size, not a whole chunk to zero.
-        let size = self.file.metadata()?.len();
+        let size = match size {
+            Some(s) => s,
+            None => self.file.metadata()?.len(),
+        };
         let budget = budget.min(size.saturating_sub(self.offset));
         if budget == 0 {
             done.at_end = true;
@@ -152,7 +157,7 @@ mod tests {
         let (mut t, path) = tailer(&dir, &content);
         let mut out = Vec::new();
         // Small chunks: lines span reads.
-        let r = t.read(4096, u64::MAX, usize::MAX, &mut out).unwrap();
+        let r = t.read(4096, u64::MAX, usize::MAX, None, &mut out).unwrap();
         assert!(r.at_end);
         let lens: Vec<(usize, bool)> = out.iter().map(|l| (l.message.len(), l.truncated)).collect();
         assert_eq!(
@@ -175,7 +180,7 @@ mod tests {
             .write_all(b"ial\n")
             .unwrap();
         out.clear();
-        t.read(4096, u64::MAX, usize::MAX, &mut out).unwrap();
+        t.read(4096, u64::MAX, usize::MAX, None, &mut out).unwrap();
         assert_eq!(&out[0].message[..], b"partial");
         assert_eq!(t.committed, content.len() as u64 + 4);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -190,16 +195,16 @@ mod tests {
             .collect();
         let (mut t, _) = tailer(&dir, &content);
         let mut out = Vec::new();
-        let r = t.read(1000, 3000, usize::MAX, &mut out).unwrap();
+        let r = t.read(1000, 3000, usize::MAX, None, &mut out).unwrap();
         assert_eq!((r.bytes, r.at_end), (3000, false));
         assert_eq!(out.len(), 300);
         // 100 lines a read: stops after the read that reached 250.
-        let r = t.read(1000, u64::MAX, 250, &mut out).unwrap();
+        let r = t.read(1000, u64::MAX, 250, None, &mut out).unwrap();
         assert_eq!((r.bytes, r.at_end), (0, false));
-        let r = t.read(1000, u64::MAX, 500, &mut out).unwrap();
+        let r = t.read(1000, u64::MAX, 500, None, &mut out).unwrap();
         assert_eq!((r.bytes, r.at_end), (2000, false));
         assert_eq!(out.len(), 500);
-        let r = t.read(1000, u64::MAX, usize::MAX, &mut out).unwrap();
+        let r = t.read(1000, u64::MAX, usize::MAX, None, &mut out).unwrap();
         assert!(r.at_end);
         assert_eq!(out.len(), 1000);
         assert_eq!(&out[999].message[..], b"000000999");

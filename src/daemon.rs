@@ -1,12 +1,14 @@
-//! The daemon: configuration in, three threads wired together.
+//! The daemon: configuration in, three threads wired together (four with file monitoring).
 //!
 //! - discovery (follow mode): container list, events and reconcile -> `ContainerEvent`s;
 //! - capture: the io engine and one log stream per container -> batches of entries;
+//! - files (`file_monitor_service.enabled`): monitored files -> batches of entries, into the
+//!   same queue (`crate::files`);
 //! - dispatcher (the calling thread): batches -> every sink -> positions.
 //!
 //! Stop (SIGINT/SIGTERM, or the end of a `--once` read) flows the same way: capture closes
-//! every stream and closes the queue; the dispatcher delivers what is left, flushes and
-//! commits.
+//! every stream, the files thread ends its last pass, and both drop their ends of the queue;
+//! the dispatcher delivers what is left, flushes and commits.
 //!
 //! Docker at start: `--once` fails at once when the engine cannot be listed. Following, an
 //! engine that does not answer is retried with backoff (up to [`STARTUP_RETRY_MAX`]) on the

@@ -50,11 +50,17 @@ pub struct FileStats {
 }
 
 impl FileStats {
-    fn set(&self, path: &str, status: FileStatus) {
+    /// Called per file per pass that read something: allocates only for a new file.
+    fn set(&self, path: &str, source_id: &str, offset: u64, size: u64) {
         let mut files = self.files.lock().unwrap();
         match files.get_mut(path) {
-            Some(s) => *s = status,
+            Some(s) => (s.offset, s.size) = (offset, size),
             None => {
+                let status = FileStatus {
+                    source_id: source_id.to_string(),
+                    offset,
+                    size,
+                };
                 files.insert(path.to_string(), status);
             }
         }

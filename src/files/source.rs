@@ -34,7 +34,7 @@ use super::identity::{Identity, Same};
 use super::positions::{FilePosition, FileRecords};
 use super::tail::Tailer;
 use super::watch::{self, Waker};
-use super::{FileStats, FileStatus};
+use super::FileStats;
 
 /// Bytes of one file read per pass at most.
 pub const PASS_BUDGET: u64 = 1 << 20;
@@ -396,14 +396,7 @@ impl FileSource {
                     bytes,
                 });
                 t.checkpointed = Some(at);
-                self.stats.set(
-                    &t.key,
-                    FileStatus {
-                        source_id: t.source_id.to_string(),
-                        offset: tailer.committed,
-                        size,
-                    },
-                );
+                self.stats.set(&t.key, &t.source_id, tailer.committed, size);
             }
         }
         more

@@ -534,6 +534,42 @@ fn new_files_are_found_and_excluded_or_outside_files_never_opened() {
     );
 }
 
+/// Rotated by rename and create while the capturer is stopped, after lines were added: the
+/// rotated file is read from the committed offset, then the new one; every line once.
+#[test]
+fn a_rotation_while_stopped_loses_nothing() {
+    let s = Scratch::new("files", "rotated-while-down");
+    let dir = s.0.join("logs");
+    fs::create_dir_all(&dir).unwrap();
+    let listed = s.0.join("listed.log");
+    let append = |path: &Path, from: usize, to: usize| {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        for i in from..=to {
+            writeln!(f, "listed {i:06}").unwrap();
+        }
+    };
+    append(&listed, 1, 100);
+    let cfg = config(&s, &pipeline(&listed, &dir));
+    let d = Daemon::start(&s, &cfg, 1);
+    wait_until("100 lines", || captured(&s, "listed").len() == 100);
+    d.terminate();
+    // Written while down, then rotated, then the new file.
+    append(&listed, 101, 150);
+    fs::rename(&listed, s.0.join("listed.log.1")).unwrap();
+    append(&listed, 151, 200);
+    let d = Daemon::start(&s, &cfg, 2);
+    wait_until("200 lines", || captured(&s, "listed").len() >= 200);
+    thread::sleep(Duration::from_millis(300));
+    let log = d.terminate();
+    assert!(log.contains("rotated while stopped"), "{log}");
+    let want: Vec<String> = (1..=200).map(|i| format!("listed {i:06}")).collect();
+    assert_eq!(messages(&captured(&s, "listed")), want);
+}
+
 /// A queue far smaller than the file: reading pauses (the containers' rule) instead of
 /// queueing the file, every line is delivered once, and the accounting line balances.
 #[test]

@@ -500,7 +500,26 @@ impl FileSource {
                 };
                 let t = &mut self.tracked[i];
                 let offset = match t.resume.take() {
-                    Some(r) => resume_offset(&t.key, &r, &file, &identity),
+                    Some(r) => {
+                        let offset = resume_offset(&t.key, &r, &file, &identity);
+                        if offset == 0 && r.offset > 0 {
+                            // Rotated while the capturer was down: the lines after the
+                            // record are in the rotated file, if it is still beside.
+                            if let Some(old) = rotated_while_down(&t.path, &r) {
+                                tracing::info!(
+                                    "{}: the file recorded was rotated while stopped; reading \
+                                     it from byte {} first",
+                                    t.key,
+                                    r.offset
+                                );
+                                t.draining.push(Draining {
+                                    tailer: old,
+                                    grew_at: Instant::now(),
+                                });
+                            }
+                        }
+                        offset
+                    }
                     None => 0,
                 };
                 if let Some(old) = t.current.take() {
@@ -543,6 +562,36 @@ impl FileSource {
             );
         }
     }
+}
+
+/// The file a record describes, found under another name in the path's directory (renamed
+/// by a rotation while the capturer was down), opened at the record's offset. Only our
+/// records (with a fingerprint) are looked for: an inode alone may have been reused.
+fn rotated_while_down(path: &Path, r: &FilePosition) -> Option<Tailer> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let id = r.identity()?;
+    for entry in std::fs::read_dir(path.parent()?).ok()?.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if !kind.is_file() || entry.path() == path {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.dev() != id.device || meta.ino() != id.inode || meta.len() < r.offset {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(entry.path())
+            .ok()?;
+        if matches!(id.compare(&file, id.device, id.inode), Ok(Same::Yes)) {
+            let now = Identity::of(&file).ok()?;
+            return Some(Tailer::new(file, now, r.offset));
+        }
+    }
+    None
 }
 
 /// Where to resume a file with a committed record: its offset when the file is the one

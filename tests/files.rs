@@ -646,6 +646,11 @@ fn a_go_file_positions_json_is_resumed_from() {
     let series = format!("files_monitored{{filepath=\"{key}\",source_type=\"file\"}} 1");
     assert!(metrics.contains(&series), "{series} not in\n{metrics}");
     assert!(metrics.contains("total_files_monitored 1"), "{metrics}");
+    let health: Value = serde_json::from_str(&get(&d, "/health")).unwrap();
+    assert_eq!(
+        health["services"]["file_monitor"]["files_monitored"], 1,
+        "{health}"
+    );
     let stats: Value = serde_json::from_str(&get(&d, "/stats")).unwrap();
     assert_eq!(stats["files"]["monitored"], 1);
     assert_eq!(stats["files"]["files"][&key]["offset"], text.len());

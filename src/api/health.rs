@@ -235,6 +235,18 @@ pub fn health(state: &ApiState) -> HealthReport {
         },
         "issues": issues,
     });
+    let mut body = body;
+    // Go shows its file monitor only when enabled.
+    if state.config.file_monitor.enabled {
+        let f = &shared.files;
+        body["services"]["file_monitor"] = json!({
+            "status": "healthy",
+            "enabled": true,
+            "files_monitored": f.monitored.load(Relaxed),
+            "lines_read": f.lines_read.load(Relaxed),
+            "watcher": if f.inotify.load(Relaxed) { "inotify" } else { "polling" },
+        });
+    }
     HealthReport { healthy, body }
 }
 

@@ -118,6 +118,8 @@ pub struct FileSource {
     paused: bool,
     lines: Vec<LogLine>,
     warned_max: bool,
+    /// Where the next pass starts.
+    next: usize,
 }
 
 impl FileSource {
@@ -144,6 +146,7 @@ impl FileSource {
             paused: false,
             lines: Vec::new(),
             warned_max: false,
+            next: 0,
         }
     }
 
@@ -284,7 +287,12 @@ impl FileSource {
     /// One pass over every file; true when some file has more to read right away.
     fn pass(&mut self, stopping: bool) -> bool {
         let mut more = false;
-        for i in 0..self.tracked.len() {
+        let n = self.tracked.len();
+        // A pass cut short by a full queue resumes with the file it stopped at, so that
+        // under backpressure the first files do not take all the room.
+        let start = self.next.min(n);
+        for i in (start..n).chain(0..start) {
+            self.next = i;
             let pause = self.tx.gauge().should_pause(self.paused);
             if pause != self.paused {
                 self.paused = pause;
@@ -300,6 +308,7 @@ impl FileSource {
                 self.flush();
             }
         }
+        self.next = 0;
         more
     }
 

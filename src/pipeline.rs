@@ -45,6 +45,9 @@ pub struct FileCheckpoint {
     /// Entries and message bytes of this file in the batch.
     pub lines: u64,
     pub bytes: u64,
+    /// The file rotated away from the path that is still being read to its end, and the
+    /// byte just past its last line in the batch.
+    pub rotated: Option<(crate::files::Identity, u64)>,
 }
 
 #[derive(Debug, Default)]

@@ -603,7 +603,7 @@ impl PositionStore {
     /// Records a file's lines delivered (acknowledged by every sink) and where it now stands.
     pub fn advance_file(&mut self, c: &FileCheckpoint) {
         let r = self.files.entry(c.path.to_string()).or_default();
-        let before = (r.offset, r.identity(), r.size);
+        let before = (r.offset, r.identity(), r.size, r.rotated);
         r.file_path = c.path.to_string();
         r.offset = c.offset;
         r.size = c.size;
@@ -611,12 +611,15 @@ impl PositionStore {
         r.inode = c.identity.inode;
         r.fingerprint = Some(c.identity.fingerprint);
         r.fingerprint_len = c.identity.fingerprint_len;
+        r.rotated = c.rotated.map(
+            |(identity, offset)| crate::files::positions::RotatedPosition { identity, offset },
+        );
         if c.modified_ns != 0 {
             r.last_modified = Some(c.modified_ns);
         }
         r.log_count = r.log_count.saturating_add(to_i64(c.lines));
         r.bytes_read = r.bytes_read.saturating_add(to_i64(c.bytes));
-        if c.lines > 0 || before != (r.offset, r.identity(), r.size) {
+        if c.lines > 0 || before != (r.offset, r.identity(), r.size, r.rotated) {
             r.last_read = Some(now_ns());
             self.files_dirty = true;
         }

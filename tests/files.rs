@@ -570,6 +570,57 @@ fn a_rotation_while_stopped_loses_nothing() {
     assert_eq!(messages(&captured(&s, "listed")), want);
 }
 
+/// SIGKILL right after a rename+create rotation, while the program still appends to the
+/// rotated file (it has not reopened yet): the restart reads the rotated file from its
+/// committed offset, so its later lines are not lost; every line once.
+#[test]
+fn a_sigkill_while_a_rotated_file_is_still_read_loses_none_of_it() {
+    let s = Scratch::new("files", "kill-draining");
+    let dir = s.0.join("logs");
+    fs::create_dir_all(&dir).unwrap();
+    let listed = s.0.join("listed.log");
+    let rotated = s.0.join("listed.log.1");
+    let mut old = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&listed)
+        .unwrap();
+    let write = |f: &mut File, from: usize, to: usize| {
+        for i in from..=to {
+            writeln!(f, "listed {i:06}").unwrap();
+        }
+    };
+    write(&mut old, 1, 100);
+    let cfg = config(&s, &pipeline(&listed, &dir));
+    let d = Daemon::start(&s, &cfg, 1);
+    wait_until("100 lines", || captured(&s, "listed").len() == 100);
+    fs::rename(&listed, &rotated).unwrap();
+    fs::write(&listed, "new 000001\n").unwrap();
+    write(&mut old, 101, 150);
+    let key = listed.display().to_string();
+    wait_until("the rotated file's position committed", || {
+        let p: Value = fs::read(s.0.join("positions/file_positions.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        p[&key]["rotated"]["offset"] == fs::metadata(&rotated).unwrap().len()
+            && p[&key]["offset"] == 11
+    });
+    d.kill();
+    write(&mut old, 151, 200);
+    let d = Daemon::start(&s, &cfg, 2);
+    wait_until("201 lines", || captured(&s, "listed").len() >= 201);
+    thread::sleep(Duration::from_millis(300));
+    let log = d.terminate();
+    assert!(log.contains("rotated before the stop"), "{log}");
+    let mut want: Vec<String> = (1..=200).map(|i| format!("listed {i:06}")).collect();
+    want.push("new 000001".into());
+    let mut got = messages(&captured(&s, "listed"));
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+}
+
 /// A queue far smaller than the file: reading pauses (the containers' rule) instead of
 /// queueing the file, every line is delivered once, and the accounting line balances.
 #[test]

@@ -22,7 +22,8 @@
 //! ```
 //!
 //! `offset` is the byte just past the last delivered line. Ours: `fingerprint` and
-//! `fingerprint_len` ([`Identity`]). A record without them (written by Go) resumes at its
+//! `fingerprint_len` ([`Identity`]), and `rotated` (`{device, inode, fingerprint,
+//! fingerprint_len, offset}`) while a file rotated away from the path is still being read. A record without them (written by Go) resumes at its
 //! `offset` when the file still has that device and inode (or the record has neither) and is
 //! at least that long; otherwise the file is read from its start.
 
@@ -63,6 +64,18 @@ pub struct FilePosition {
     pub fingerprint: Option<u64>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fingerprint_len: u32,
+    /// Ours: the file rotated away from the path and not yet read to its end, with the byte
+    /// just past its last delivered line (a restart reads it from there first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated: Option<RotatedPosition>,
+}
+
+/// A rotated file still being read: its identity and delivered offset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedPosition {
+    #[serde(flatten)]
+    pub identity: Identity,
+    pub offset: u64,
 }
 
 fn is_zero(n: &u32) -> bool {

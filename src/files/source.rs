@@ -48,6 +48,8 @@ const MAX_BATCH: usize = 1000;
 /// With inotify, the longest sleep between passes (a safety net for a missed event).
 const INOTIFY_SAFETY: Duration = Duration::from_secs(1);
 
+type Checkpointed = (u64, Identity, Option<(Identity, u64)>);
+
 struct Draining {
     tailer: Tailer,
     grew_at: Instant,
@@ -66,8 +68,8 @@ struct Tracked {
     seen: (u64, i64),
     /// `seen` is of the open file, from this pass: no `fstat` needed.
     fresh: bool,
-    /// The offset last checkpointed.
-    checkpointed: Option<(u64, Identity)>,
+    /// What was last checkpointed: offset, identity, and the rotated file's.
+    checkpointed: Option<Checkpointed>,
     /// The start-up position, used at the first open.
     resume: Option<FilePosition>,
 }
@@ -387,7 +389,11 @@ impl FileSource {
         self.lines = lines;
         self.stats.lines_read.fetch_add(n, Relaxed);
         if let Some(tailer) = &t.current {
-            let at = (tailer.committed, tailer.identity);
+            let rotated = t
+                .draining
+                .first()
+                .map(|d| (d.tailer.identity, d.tailer.committed));
+            let at = (tailer.committed, tailer.identity, rotated);
             if n > 0 || t.checkpointed != Some(at) {
                 let (size, modified_ns) = if t.fresh {
                     t.seen
@@ -403,6 +409,7 @@ impl FileSource {
                     modified_ns,
                     lines: n,
                     bytes,
+                    rotated,
                 });
                 t.checkpointed = Some(at);
                 self.stats.set(&t.key, &t.source_id, tailer.committed, size);
@@ -511,10 +518,27 @@ impl FileSource {
                 let offset = match t.resume.take() {
                     Some(r) => {
                         let offset = resume_offset(&t.key, &r, &file, &identity);
+                        // A file rotated away before the stop, not read to its end then.
+                        if let Some(rot) = r.rotated {
+                            if let Some(old) = find_beside(&t.path, &rot.identity, rot.offset) {
+                                tracing::info!(
+                                    "{}: reading the file rotated before the stop from byte {}",
+                                    t.key,
+                                    rot.offset
+                                );
+                                t.draining.push(Draining {
+                                    tailer: old,
+                                    grew_at: Instant::now(),
+                                });
+                            }
+                        }
                         if offset == 0 && r.offset > 0 {
                             // Rotated while the capturer was down: the lines after the
                             // record are in the rotated file, if it is still beside.
-                            if let Some(old) = rotated_while_down(&t.path, &r) {
+                            let old = r
+                                .identity()
+                                .and_then(|id| find_beside(&t.path, &id, r.offset));
+                            if let Some(old) = old {
                                 tracing::info!(
                                     "{}: the file recorded was rotated while stopped; reading \
                                      it from byte {} first",
@@ -573,12 +597,11 @@ impl FileSource {
     }
 }
 
-/// The file a record describes, found under another name in the path's directory (renamed
-/// by a rotation while the capturer was down), opened at the record's offset. Only our
-/// records (with a fingerprint) are looked for: an inode alone may have been reused.
-fn rotated_while_down(path: &Path, r: &FilePosition) -> Option<Tailer> {
+/// The file `id` describes, found under another name in the path's directory (renamed by a
+/// rotation), opened at `offset`. Only our records (with a fingerprint) are looked for: an
+/// inode alone may have been reused.
+fn find_beside(path: &Path, id: &Identity, offset: u64) -> Option<Tailer> {
     use std::os::unix::fs::OpenOptionsExt;
-    let id = r.identity()?;
     for entry in std::fs::read_dir(path.parent()?).ok()?.flatten() {
         let Ok(kind) = entry.file_type() else {
             continue;
@@ -587,7 +610,7 @@ fn rotated_while_down(path: &Path, r: &FilePosition) -> Option<Tailer> {
             continue;
         }
         let Ok(meta) = entry.metadata() else { continue };
-        if meta.dev() != id.device || meta.ino() != id.inode || meta.len() < r.offset {
+        if meta.dev() != id.device || meta.ino() != id.inode || meta.len() < offset {
             continue;
         }
         let file = std::fs::OpenOptions::new()
@@ -597,7 +620,7 @@ fn rotated_while_down(path: &Path, r: &FilePosition) -> Option<Tailer> {
             .ok()?;
         if matches!(id.compare(&file, id.device, id.inode), Ok(Same::Yes)) {
             let now = Identity::of(&file).ok()?;
-            return Some(Tailer::new(file, now, r.offset));
+            return Some(Tailer::new(file, now, offset));
         }
     }
     None

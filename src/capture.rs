@@ -1782,6 +1782,7 @@ impl Capture {
             entries: std::mem::take(&mut self.batch),
             checkpoints,
             removed: std::mem::take(&mut self.removed),
+            file_checkpoints: Vec::new(),
         };
         if let Err(batch) = self.queue.send(batch) {
             tracing::error!(

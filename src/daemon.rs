@@ -1,12 +1,14 @@
-//! The daemon: configuration in, three threads wired together.
+//! The daemon: configuration in, three threads wired together (four with file monitoring).
 //!
 //! - discovery (follow mode): container list, events and reconcile -> `ContainerEvent`s;
 //! - capture: the io engine and one log stream per container -> batches of entries;
+//! - files (`file_monitor_service.enabled`): monitored files -> batches of entries, into the
+//!   same queue (`crate::files`);
 //! - dispatcher (the calling thread): batches -> every sink -> positions.
 //!
 //! Stop (SIGINT/SIGTERM, or the end of a `--once` read) flows the same way: capture closes
-//! every stream and closes the queue; the dispatcher delivers what is left, flushes and
-//! commits.
+//! every stream, the files thread ends its last pass, and both drop their ends of the queue;
+//! the dispatcher delivers what is left, flushes and commits.
 //!
 //! A thread that panics or an io engine that fails sets `stop` too, a second after
 //! `/health` turned 503 (see [`crate::failure`]); `main` then exits 70.
@@ -86,6 +88,8 @@ pub struct Shared {
     pub sink_timings: Arc<crate::api::SinkTimings>,
     /// The Docker engine as the client sees it: reachable, API version, failed calls.
     pub docker: Arc<DockerStatus>,
+    /// The monitored files (`crate::files`): lines read, files and where they are read up to.
+    pub files: Arc<crate::files::FileStats>,
 }
 
 /// Builds the enabled sinks. At least one must be enabled.
@@ -173,7 +177,7 @@ fn unreachable_message(socket: &std::path::Path, error: impl std::fmt::Display) 
 /// undelivered; discarded: ...`, and whether `R (+ API lines) = D + X + U` holds. Tests parse
 /// it.
 fn log_accounting(shared: &Shared, api_lines: u64, undelivered: u64) {
-    let read = shared.capture.lines_read.load(Relaxed);
+    let read = shared.capture.lines_read.load(Relaxed) + shared.files.lines_read.load(Relaxed);
     let refused = shared.dispatch.lines_refused.load(Relaxed);
     let delivered = shared
         .dispatch
@@ -223,12 +227,20 @@ pub fn run(
     if let Some(pinned) = docker.pinned() {
         tracing::info!("docker API version {pinned}, pinned by DOCKER_API_VERSION");
     }
-    let positions = if config.positions.enabled {
+    let mut positions = if config.positions.enabled {
         PositionStore::load(&config.positions.directory).map_err(|e| e.to_string())?
     } else {
         tracing::info!("positions disabled: every container is read from its first line");
         PositionStore::in_memory()
     };
+    // File monitoring: what to watch, and where each file was delivered up to.
+    let file_plan = if config.file_monitor.enabled {
+        positions.load_files().map_err(|e| e.to_string())?;
+        Some(crate::files::config::plan(&config.file_monitor)?)
+    } else {
+        None
+    };
+    let file_records = positions.files().clone();
     let committed: HashMap<String, _> = positions
         .iter()
         .filter_map(|(id, p)| p.resume().map(|r| (id.to_string(), r)))
@@ -256,9 +268,11 @@ pub fn run(
         containers: Arc::default(),
         sink_timings: Arc::default(),
         docker: docker.clone(),
+        files: Arc::default(),
     };
     // The HTTP API's sender for POST /api/v1/logs (not in --once: nothing would close it).
     let api_tx = (!options.once).then(|| tx.clone());
+    let files_tx = tx.clone();
     let choice = options
         .io_engine
         .unwrap_or_else(|| config.app.io_engine.as_str().parse().unwrap_or_default());
@@ -380,6 +394,30 @@ pub fn run(
         return Err(e);
     }
 
+    // --- Monitored files (file_monitor_service): their own thread, the same queue.
+    let files = match file_plan {
+        Some(plan) => {
+            let source = crate::files::source::FileSource::new(
+                plan,
+                files_tx,
+                shared.files.clone(),
+                file_records,
+            );
+            let files_stop = stop.clone();
+            let once = options.once;
+            Some(
+                thread::Builder::new()
+                    .name("files".into())
+                    .spawn(move || source.run(&files_stop, once))
+                    .map_err(|e| format!("files thread: {e}"))?,
+            )
+        }
+        None => {
+            drop(files_tx);
+            None
+        }
+    };
+
     // --- HTTP API (server.*) and metrics (metrics.*) servers: see src/api. They stop with
     // `stop` (dropping api_tx so the dispatcher sees the queue closed) and are joined below.
     let api_options = crate::api::ApiOptions {
@@ -422,6 +460,9 @@ pub fn run(
     };
     // A thread that panicked was reported by the panic hook (`crate::failure`).
     let _ = capture.join();
+    if let Some(files) = files {
+        let _ = files.join();
+    }
     stop.store(true, Relaxed);
     let api_state = api.state.clone();
     {

@@ -170,6 +170,7 @@ impl Dispatcher {
                     pending.entries.extend(batch.entries);
                     pending.checkpoints.extend(batch.checkpoints);
                     pending.removed.extend(batch.removed);
+                    pending.file_checkpoints.extend(batch.file_checkpoints);
                 }
                 Received::Timeout => {}
                 Received::Closed => closed = true,
@@ -181,7 +182,9 @@ impl Dispatcher {
                 || due
                 || closed
                 || (pending.entries.is_empty()
-                    && !(pending.checkpoints.is_empty() && pending.removed.is_empty()))
+                    && !(pending.checkpoints.is_empty()
+                        && pending.removed.is_empty()
+                        && pending.file_checkpoints.is_empty()))
             {
                 let batch = std::mem::take(&mut pending);
                 first_at = None;
@@ -193,6 +196,13 @@ impl Dispatcher {
                             .entry(c.container_name.to_string())
                             .or_default() += c.lines;
                         self.frozen.insert(short_id(&c.container_id).to_string());
+                    }
+                    for c in &lost.file_checkpoints {
+                        *undelivered
+                            .by_container
+                            .entry(c.path.to_string())
+                            .or_default() += c.lines;
+                        self.frozen.insert(short_id(&c.source_id).to_string());
                     }
                     for e in &lost.entries {
                         if !self.frozen.contains(short_id(&e.source_id)) {
@@ -337,6 +347,11 @@ impl Dispatcher {
         }
         for id in &batch.removed {
             positions.mark_removed(id);
+        }
+        for c in &batch.file_checkpoints {
+            if !self.frozen.contains(short_id(&c.source_id)) {
+                positions.advance_file(c);
+            }
         }
     }
 

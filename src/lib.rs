@@ -1,5 +1,6 @@
 //! log_capturer: reads Docker container log streams through io_uring (or epoll where io_uring
-//! is unavailable), decodes them without copying, and hands out lines.
+//! is unavailable), decodes them without copying, and hands out lines; monitored log files
+//! ([`files`]) feed the same queue.
 //!
 //! Data flows one way: socket ([`io`]) -> HTTP body ([`decode::http`]) -> frames
 //! ([`decode::frame`]) -> lines ([`decode::lines`]) -> entries -> sinks.
@@ -18,6 +19,7 @@ pub mod dispatch;
 pub mod docker;
 pub mod entry;
 pub mod failure;
+pub mod files;
 pub mod io;
 pub mod pipeline;
 pub mod positions;

@@ -29,10 +29,33 @@ pub struct Checkpoint {
     pub bytes: u64,
 }
 
+/// Where a monitored file stands once every entry of the batch (and of the batches before
+/// it) is delivered: the byte just past its last line in the batch, in the file identified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileCheckpoint {
+    pub path: Arc<str>,
+    /// The entries' `source_id`, so that a batch given up freezes the file as it does a
+    /// container.
+    pub source_id: Arc<str>,
+    pub identity: crate::files::Identity,
+    pub offset: u64,
+    /// The file's size and modification time when read.
+    pub size: u64,
+    pub modified_ns: i64,
+    /// Entries and message bytes of this file in the batch.
+    pub lines: u64,
+    pub bytes: u64,
+    /// The file rotated away from the path that is still being read to its end, and the
+    /// byte just past its last line in the batch.
+    pub rotated: Option<(crate::files::Identity, u64)>,
+}
+
 #[derive(Debug, Default)]
 pub struct Batch {
     pub entries: Vec<LogEntry>,
     pub checkpoints: Vec<Checkpoint>,
+    /// Monitored files' positions, committed with the containers'.
+    pub file_checkpoints: Vec<FileCheckpoint>,
     /// Containers removed (destroyed) whose every line is in this batch or an earlier one:
     /// once it is delivered, their positions are only kept for the grace period
     /// (`positions.max_position_age`).

@@ -85,7 +85,12 @@
 //! record of a container that exists is never pruned. [`PositionStore::in_memory`] is the store
 //! of `positions.enabled: false`: it never reads or writes a file.
 //!
-//! `file_positions.json` (Go's file monitor) is out of scope: never read, written or removed.
+//! # Files
+//!
+//! With file monitoring on ([`PositionStore::load_files`]), the same store keeps the files'
+//! records (`crate::files::positions`) and each commit writes `file_positions.json` the same
+//! way (its own `.tmp` and `.bak`) right after `container_positions.json`: one commit covers
+//! both. With it off, `file_positions.json` is never read, written or removed.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -95,6 +100,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+
+use crate::files::positions::{
+    parse as files_parse, FilePosition, FileRecords, FILE_POSITIONS_FILE,
+};
+use crate::pipeline::FileCheckpoint;
 
 /// Name of the positions file inside `positions.directory`.
 pub const CONTAINER_POSITIONS_FILE: &str = "container_positions.json";
@@ -323,6 +333,10 @@ pub struct PositionStore {
     commits: u64,
     /// False with `positions.enabled: false`: nothing is read from or written to disk.
     persist: bool,
+    /// Monitored files' records, by path; `file_positions.json` only once loaded.
+    files: FileRecords,
+    files_dirty: bool,
+    files_loaded: bool,
 }
 
 impl PositionStore {
@@ -346,6 +360,9 @@ impl PositionStore {
             dirty: false,
             commits: 0,
             persist: true,
+            files: FileRecords::new(),
+            files_dirty: false,
+            files_loaded: false,
         })
     }
 
@@ -359,6 +376,9 @@ impl PositionStore {
             dirty: false,
             commits: 0,
             persist: false,
+            files: FileRecords::new(),
+            files_dirty: false,
+            files_loaded: false,
         }
     }
 
@@ -541,7 +561,68 @@ impl PositionStore {
 
     /// True when something changed since the last load or commit.
     pub fn dirty(&self) -> bool {
-        self.dirty
+        self.dirty || self.files_dirty
+    }
+
+    /// Loads `dir/file_positions.json` (file monitoring is on): a missing file is no record,
+    /// a corrupt one an error naming it. From now on commits write it too.
+    pub fn load_files(&mut self) -> Result<(), PositionsError> {
+        self.files_loaded = true;
+        if !self.persist {
+            return Ok(());
+        }
+        let path = self.dir.join(FILE_POSITIONS_FILE);
+        self.files = match fs::read(&path) {
+            Ok(data) => files_parse(&data).map_err(|source| PositionsError::Corrupt {
+                path: path.clone(),
+                line: source.line(),
+                column: source.column(),
+                source,
+                recovery: format!(
+                    "To start over, move {} away: every monitored file is then read from its \
+                     first line.",
+                    path.display()
+                ),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => FileRecords::new(),
+            Err(source) => return Err(PositionsError::Read { path, source }),
+        };
+        Ok(())
+    }
+
+    /// A monitored file's record.
+    pub fn file(&self, path: &str) -> Option<&FilePosition> {
+        self.files.get(path)
+    }
+
+    /// Every monitored file's record, by path.
+    pub fn files(&self) -> &FileRecords {
+        &self.files
+    }
+
+    /// Records a file's lines delivered (acknowledged by every sink) and where it now stands.
+    pub fn advance_file(&mut self, c: &FileCheckpoint) {
+        let r = self.files.entry(c.path.to_string()).or_default();
+        let before = (r.offset, r.identity(), r.size, r.rotated);
+        r.file_path = c.path.to_string();
+        r.offset = c.offset;
+        r.size = c.size;
+        r.device = c.identity.device;
+        r.inode = c.identity.inode;
+        r.fingerprint = Some(c.identity.fingerprint);
+        r.fingerprint_len = c.identity.fingerprint_len;
+        r.rotated = c.rotated.map(
+            |(identity, offset)| crate::files::positions::RotatedPosition { identity, offset },
+        );
+        if c.modified_ns != 0 {
+            r.last_modified = Some(c.modified_ns);
+        }
+        r.log_count = r.log_count.saturating_add(to_i64(c.lines));
+        r.bytes_read = r.bytes_read.saturating_add(to_i64(c.bytes));
+        if c.lines > 0 || before != (r.offset, r.identity(), r.size, r.rotated) {
+            r.last_read = Some(now_ns());
+            self.files_dirty = true;
+        }
     }
 
     /// Number of times [`commit`](Self::commit) actually wrote the file.
@@ -552,11 +633,22 @@ impl PositionStore {
     /// Writes the positions if anything changed: `.tmp`, fsync, rename, fsync of the directory
     /// (created if missing). On error the previous file is intact and the store stays dirty.
     pub fn commit(&mut self) -> Result<(), PositionsError> {
-        if !self.dirty {
-            return Ok(());
-        }
         if !self.persist {
             self.dirty = false;
+            self.files_dirty = false;
+            return Ok(());
+        }
+        if self.files_dirty && self.files_loaded {
+            let data = serde_json::to_vec_pretty(&self.files)
+                .expect("file positions always serialize: string keys, plain fields");
+            write_atomic(&self.dir, FILE_POSITIONS_FILE, &data)?;
+            self.files_dirty = false;
+            if !self.dirty {
+                self.commits += 1;
+                return Ok(());
+            }
+        }
+        if !self.dirty {
             return Ok(());
         }
         let ordered: BTreeMap<&str, &ContainerPosition> = self
@@ -566,7 +658,7 @@ impl PositionStore {
             .collect();
         let data = serde_json::to_vec_pretty(&ordered)
             .expect("positions always serialize: string keys, plain fields");
-        write_atomic(&self.dir, &data)?;
+        write_atomic(&self.dir, CONTAINER_POSITIONS_FILE, &data)?;
         self.dirty = false;
         self.commits += 1;
         tracing::debug!(
@@ -641,14 +733,15 @@ fn recovery_hint(path: &Path) -> String {
     }
 }
 
-fn write_atomic(dir: &Path, data: &[u8]) -> Result<(), PositionsError> {
+/// Writes `dir/name` through `name.tmp`, keeping the file replaced as `name.bak`.
+fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), PositionsError> {
     let err = |op: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| PositionsError::Write { op, path, source }
     };
     fs::create_dir_all(dir).map_err(err("create directory", dir))?;
-    let tmp = dir.join(CONTAINER_POSITIONS_TMP);
-    let target = dir.join(CONTAINER_POSITIONS_FILE);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let target = dir.join(name);
     let written = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -659,7 +752,7 @@ fn write_atomic(dir: &Path, data: &[u8]) -> Result<(), PositionsError> {
         f.write_all(data).map_err(err("write", &tmp))?;
         f.sync_all().map_err(err("fsync", &tmp))?;
         drop(f);
-        keep_backup(dir, &target);
+        keep_backup(&dir.join(format!("{name}.bak")), &target);
         fs::rename(&tmp, &target).map_err(err("rename into place", &target))
     })();
     if let Err(e) = written {
@@ -674,9 +767,8 @@ fn write_atomic(dir: &Path, data: &[u8]) -> Result<(), PositionsError> {
 
 /// Makes `.bak` the file about to be replaced: a hard link, so the previous commit survives
 /// the rename without a copy. Best effort: a commit does not fail for want of a backup.
-fn keep_backup(dir: &Path, target: &Path) {
-    let bak = dir.join(CONTAINER_POSITIONS_BAK);
-    match fs::remove_file(&bak) {
+fn keep_backup(bak: &Path, target: &Path) {
+    match fs::remove_file(bak) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => {
@@ -684,7 +776,7 @@ fn keep_backup(dir: &Path, target: &Path) {
             return;
         }
     }
-    match fs::hard_link(target, &bak) {
+    match fs::hard_link(target, bak) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!("cannot keep {} as {}: {e}", target.display(), bak.display()),
@@ -703,7 +795,7 @@ fn to_i64(n: u64) -> i64 {
 }
 
 /// Go `time.Time` in JSON: an RFC 3339 string; the zero time (year 1) is `None`.
-mod go_time {
+pub(crate) mod go_time {
     use std::fmt;
 
     use serde::de::{self, Visitor};

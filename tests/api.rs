@@ -85,6 +85,7 @@ fn fixture_with(name: &str, capacity: usize, options: ApiOptions) -> Fixture {
         queue: tx.gauge().clone(),
         containers: Arc::default(),
         sink_timings: Arc::default(),
+        files: Arc::default(),
         docker: Arc::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -201,6 +202,7 @@ fn entries(n: usize) -> Batch {
             .collect(),
         checkpoints: Vec::new(),
         removed: Vec::new(),
+        file_checkpoints: Vec::new(),
     }
 }
 
@@ -748,6 +750,7 @@ fn post_logs_go_through_the_pipeline_their_source_type_maps() {
         containers: Arc::default(),
         sink_timings: Arc::default(),
         docker: Arc::default(),
+        files: Arc::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let servers = api::start_with(

@@ -162,9 +162,17 @@ fn key_shapes(path: &Path) -> std::collections::BTreeSet<String> {
     out
 }
 
-/// `file_pipeline.yml` is file monitoring's own list, which this program does not read: given
-/// as the config by mistake it loads (Go's reader is lenient too) with all of it unused.
+/// `file_pipeline.yml` is file monitoring's own list: the files monitor reads it (every
+/// enabled file listed); given as the config by mistake it loads (Go's reader is lenient
+/// too) with all of it unused.
 fn check_go_file_pipeline(path: &Path) {
+    let plan = log_capturer::files::config::plan(&FileMonitorConfig {
+        pipeline_file: Some(path.to_path_buf()),
+        ..FileMonitorConfig::default()
+    })
+    .expect("the files monitor reads file_pipeline.yml");
+    assert!(!plan.files.is_empty());
+    assert_eq!(plan.max_files, 1000);
     let (_, r) = Config::load_from(path, &no_env).expect("file_pipeline loads");
     for key in ["version", "files", "monitoring"] {
         assert!(
@@ -221,7 +229,21 @@ fn check_go_config_yaml(path: &Path) {
     assert!(!cm.matches("/log_capturer_go", &BTreeMap::new()));
     assert!(cm.matches("/web", &BTreeMap::new()));
 
-    assert!(c.file_monitor.enabled);
+    let fm = &c.file_monitor;
+    assert!(fm.enabled);
+    let pipeline = fm.pipeline_file.as_deref().unwrap_or(Path::new(""));
+    assert!(
+        pipeline.ends_with("file_pipeline.yml") || pipeline.ends_with("pipeline_file-10"),
+        "{pipeline:?}"
+    );
+    assert_eq!(fm.poll_interval, secs(30));
+    assert_eq!(fm.read_interval, Duration::from_millis(100));
+    assert_eq!(fm.read_buffer_size, 65536);
+    assert!(fm.recursive && !fm.follow_symlinks);
+    assert_eq!(fm.watch_directories.len(), 1);
+    assert!(fm.include_patterns.is_empty());
+    assert_eq!(fm.exclude_patterns.len(), 5);
+    assert_eq!(fm.exclude_directories.len(), 2);
 
     assert_eq!(c.dispatcher.queue_size, 50_000);
     assert_eq!(c.dispatcher.batch_size, 500);
@@ -270,7 +292,6 @@ fn check_go_config_yaml(path: &Path) {
     assert_eq!(c.server.idle_timeout, secs(60));
     assert_eq!(c.server.max_header_bytes, 1 << 20);
     for key in [
-        "files_config",
         "sinks.kafka",
         "sinks.loki.tls",
         "positions.max_memory_buffer",
@@ -286,7 +307,6 @@ fn check_go_config_yaml(path: &Path) {
         "sinks.local_file.rotation",
         "dispatcher.dlq_config",
         "container_monitor.tail_lines",
-        "file_monitor_service.enabled",
     ] {
         assert!(
             r.differences.iter().any(|d| d.key == key),
@@ -296,6 +316,8 @@ fn check_go_config_yaml(path: &Path) {
     }
     // Keys that are read never show up as unknown.
     for key in [
+        "files_config",
+        "file_monitor_service.read_interval",
         "sinks.loki.url",
         "container_monitor.exclude_names",
         "positions.directory",
@@ -360,11 +382,7 @@ fn check_go_enterprise_config(path: &Path) {
             r.differences
         );
     }
-    for key in [
-        "files_config",
-        "dispatcher.rate_limit_config",
-        "app.debug_mode",
-    ] {
+    for key in ["dispatcher.rate_limit_config", "app.debug_mode"] {
         assert!(
             r.unknown_keys.iter().any(|k| k == key),
             "{key} not in {:?}",
@@ -443,6 +461,17 @@ const KEYS_READ: &[&str] = &[
     "container_monitor.since_overlap",
     "container_monitor.new_containers_from",
     "file_monitor_service.enabled",
+    "file_monitor_service.pipeline_file",
+    "file_monitor_service.poll_interval",
+    "file_monitor_service.read_interval",
+    "file_monitor_service.read_buffer_size",
+    "file_monitor_service.recursive",
+    "file_monitor_service.follow_symlinks",
+    "file_monitor_service.inotify",
+    "files_config.watch_directories",
+    "files_config.include_patterns",
+    "files_config.exclude_patterns",
+    "files_config.exclude_directories",
     "dispatcher.queue_size",
     "dispatcher.batch_size",
     "dispatcher.batch_timeout",
@@ -738,6 +767,9 @@ const ENV_CASES: &[(&str, &str, Check)] = &[
     }),
     ("SSW_FILE_MONITOR_ENABLED", "false", |c| {
         !c.file_monitor.enabled
+    }),
+    ("SSW_FILE_PIPELINE", "/etc/fp.yml", |c| {
+        c.file_monitor.pipeline_file.as_deref() == Some(Path::new("/etc/fp.yml"))
     }),
     ("SSW_POSITIONS_DIRECTORY", "/var/lib/pos", |c| {
         c.positions.directory == Path::new("/var/lib/pos")

@@ -173,6 +173,7 @@ fn api_with(name: &str, capacity: usize, edit: impl FnOnce(&mut Config)) -> Api 
         queue: tx.gauge().clone(),
         containers: Arc::default(),
         sink_timings: Arc::default(),
+        files: Arc::default(),
         docker: Arc::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));

@@ -416,6 +416,7 @@ fn server() -> &'static Server {
             queue: tx.gauge().clone(),
             containers: Arc::default(),
             sink_timings: Arc::default(),
+            files: Arc::default(),
             docker: Arc::default(),
         };
         let stop = Arc::new(AtomicBool::new(false));

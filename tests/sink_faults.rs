@@ -751,5 +751,6 @@ fn batch(entries: Vec<LogEntry>, checkpoints: &[(&str, &str, i64, u64)]) -> Batc
             })
             .collect(),
         removed: vec![],
+        file_checkpoints: vec![],
     }
 }

@@ -111,6 +111,7 @@ fn failing_sink_is_logged_when_it_starts_and_when_it_recovers() {
         entries,
         checkpoints: vec![checkpoint],
         removed: vec![],
+        file_checkpoints: vec![],
     })
     .unwrap();
     drop(tx);

@@ -275,6 +275,18 @@ pub fn health(state: &ApiState) -> HealthReport {
         },
         "issues": issues,
     });
+    let mut body = body;
+    // Go shows its file monitor only when enabled.
+    if state.config.file_monitor.enabled {
+        let f = &shared.files;
+        body["services"]["file_monitor"] = json!({
+            "status": "healthy",
+            "enabled": true,
+            "files_monitored": f.monitored.load(Relaxed),
+            "lines_read": f.lines_read.load(Relaxed),
+            "watcher": if f.inotify.load(Relaxed) { "inotify" } else { "polling" },
+        });
+    }
     HealthReport { healthy, body }
 }
 
@@ -309,6 +321,7 @@ mod tests {
             queue: tx.gauge().clone(),
             containers: Arc::default(),
             sink_timings: Arc::default(),
+            files: Arc::default(),
             docker: Arc::default(),
         };
         let options = ApiOptions {
@@ -345,6 +358,7 @@ mod tests {
             queue: tx.gauge().clone(),
             containers: Arc::default(),
             sink_timings: Arc::default(),
+            files: Arc::default(),
             docker: docker.clone(),
         };
         let options = ApiOptions {
@@ -388,6 +402,7 @@ mod tests {
             queue: tx.gauge().clone(),
             containers: Arc::default(),
             sink_timings: Arc::default(),
+            files: Arc::default(),
             docker: Arc::default(),
         };
         let options = ApiOptions {

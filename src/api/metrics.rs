@@ -152,17 +152,25 @@ pub fn render(state: &ApiState) -> String {
         Kind::Gauge,
         total_containers,
     );
-    // File monitoring is not implemented: the family without series, as Go with no file.
+    // One series per monitored file, Go's labels.
     t.family(
         "files_monitored",
         "Number of files being monitored",
         Kind::Gauge,
     );
+    let files = s.files.files.lock().unwrap().clone();
+    for path in files.keys() {
+        t.sample(
+            "files_monitored",
+            &[("filepath", path), ("source_type", "file")],
+            1.0,
+        );
+    }
     t.single(
         "total_files_monitored",
         "Total number of files being monitored across all sources",
         Kind::Gauge,
-        0.0,
+        s.files.monitored.load(Relaxed) as f64,
     );
 
     t.single(

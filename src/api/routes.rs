@@ -273,6 +273,15 @@ fn stats(state: &ApiState) -> Reply {
             "clock_steps_back": c.clock_steps_back.load(Relaxed),
         },
         "containers": s.containers.snapshot(),
+        "files": {
+            "monitored": s.files.monitored.load(Relaxed),
+            "lines_read": s.files.lines_read.load(Relaxed),
+            "rotations": s.files.rotations.load(Relaxed),
+            "truncations": s.files.truncations.load(Relaxed),
+            "pauses": s.files.pauses.load(Relaxed),
+            "watcher": if s.files.inotify.load(Relaxed) { "inotify" } else { "polling" },
+            "files": *s.files.files.lock().unwrap(),
+        },
         "positions": {
             "containers": positions_total,
             "dirty": positions_dirty,
@@ -303,7 +312,7 @@ fn positions(state: &ApiState) -> Reply {
             "dirty": p.dirty(),
             "commits": p.commits(),
             "containers": containers,
-            "files": {},
+            "files": p.files(),
         }),
     )
 }
@@ -452,6 +461,7 @@ fn ingest(state: &ApiState, rq: &mut Incoming<'_>) -> Reply {
             entries: vec![entry],
             checkpoints: Vec::new(),
             removed: Vec::new(),
+            file_checkpoints: Vec::new(),
         })
         .is_err()
     {

@@ -50,6 +50,7 @@ pub const ENV_OVERRIDES: &[&str] = &[
     "SSW_STREAM_ROTATION_INTERVAL",
     "SSW_STREAM_IDLE_TIMEOUT",
     "SSW_FILE_MONITOR_ENABLED",
+    "SSW_FILE_PIPELINE",
     "SSW_POSITIONS_DIRECTORY",
     "SSW_PIPELINES_FILE",
 ];
@@ -65,8 +66,10 @@ const IGNORED_GO_ENV: &[(&str, &str)] = &[
         "SSW_METRICS_NAMESPACE",
         "metric names carry no prefix, as in Go's output",
     ),
-    ("SSW_FILE_PIPELINE", "file monitoring is not implemented"),
-    ("SSW_FILE_CONFIG", "file monitoring is not implemented"),
+    (
+        "SSW_FILE_CONFIG",
+        "use file_monitor_service.pipeline_file (SSW_FILE_PIPELINE)",
+    ),
     ("SSW_SECURITY_ENABLED", "API security is not implemented"),
     (
         "SSW_SERVICE_DISCOVERY_ENABLED",
@@ -256,6 +259,11 @@ pub(super) fn apply(
     )?;
     e.duration("SSW_STREAM_IDLE_TIMEOUT", &mut cm.stream_idle_timeout)?;
     e.boolean("SSW_FILE_MONITOR_ENABLED", &mut c.file_monitor.enabled)?;
+    let mut pipeline = c.file_monitor.pipeline_file.clone().unwrap_or_default();
+    e.path("SSW_FILE_PIPELINE", &mut pipeline);
+    if !pipeline.as_os_str().is_empty() {
+        c.file_monitor.pipeline_file = Some(pipeline);
+    }
     e.path("SSW_POSITIONS_DIRECTORY", &mut c.positions.directory);
     e.path("SSW_PIPELINES_FILE", &mut c.processing.pipelines_file);
 

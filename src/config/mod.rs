@@ -309,11 +309,56 @@ pub struct ProcessingConfig {
 /// Go's `processing.pipelines_file` default.
 pub const DEFAULT_PIPELINES_FILE: &str = "/app/configs/pipelines.yaml";
 
+/// `file_monitor_service` and `files_config` (the files to tail: see `crate::files`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FileMonitorConfig {
-    /// `file_monitor_service.enabled`. File tailing is not implemented here; the daemon reports
-    /// it when this is true.
+    /// `file_monitor_service.enabled` (default false).
     pub enabled: bool,
+    /// `file_monitor_service.pipeline_file`: the `file_pipeline.yml` listing files and
+    /// directories; when it does not exist, `files_config` says what to watch.
+    pub pipeline_file: Option<PathBuf>,
+    /// How often watched directories are scanned for new files (default 30s); the pipeline
+    /// file's `monitoring.directory_scan_interval` wins when set.
+    pub poll_interval: Duration,
+    /// How often files are looked at when inotify is unavailable (default 100ms).
+    pub read_interval: Duration,
+    /// Bytes per read (default 65536).
+    pub read_buffer_size: usize,
+    /// Whether `files_config.watch_directories` are watched with their subdirectories
+    /// (default true).
+    pub recursive: bool,
+    /// Whether symlinks found in watched directories are followed (default false: never).
+    pub follow_symlinks: bool,
+    /// Ours: wake on inotify events (default true); false polls every `read_interval`, for
+    /// filesystems whose changes inotify does not see (NFS written by other hosts, some FUSE).
+    pub inotify: bool,
+    /// `files_config.watch_directories`.
+    pub watch_directories: Vec<PathBuf>,
+    /// `files_config.include_patterns`; empty: every file not excluded.
+    pub include_patterns: Vec<String>,
+    /// `files_config.exclude_patterns`, applied before a file is opened.
+    pub exclude_patterns: Vec<String>,
+    /// `files_config.exclude_directories`.
+    pub exclude_directories: Vec<PathBuf>,
+}
+
+impl Default for FileMonitorConfig {
+    fn default() -> Self {
+        FileMonitorConfig {
+            enabled: false,
+            pipeline_file: None,
+            poll_interval: Duration::from_secs(30),
+            read_interval: Duration::from_millis(100),
+            read_buffer_size: 65536,
+            recursive: true,
+            follow_symlinks: false,
+            inotify: true,
+            watch_directories: Vec::new(),
+            include_patterns: Vec::new(),
+            exclude_patterns: Vec::new(),
+            exclude_directories: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

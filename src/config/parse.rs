@@ -714,14 +714,43 @@ fn read_container_monitor(
 
 fn read_file_monitor(ctx: &Ctx<'_>, root: &Node<'_>) -> Result<FileMonitorConfig, ConfigError> {
     let s = section(ctx, root, "file_monitor_service")?;
-    let enabled = boolean(ctx, &s, "enabled")?.unwrap_or(false);
-    if enabled {
-        ctx.note(
-            s.key_path("enabled"),
-            "file monitoring is not implemented: only container logs are captured",
-        );
+    let d = FileMonitorConfig::default();
+    let go_duration = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
+        Ok(ctx.go(duration(ctx, &s, key)?, default))
+    };
+    let mut c = FileMonitorConfig {
+        enabled: boolean(ctx, &s, "enabled")?.unwrap_or(false),
+        pipeline_file: non_empty(string(ctx, &s, "pipeline_file")?).map(PathBuf::from),
+        poll_interval: go_duration("poll_interval", d.poll_interval)?,
+        read_interval: go_duration("read_interval", d.read_interval)?,
+        read_buffer_size: ctx.go(usize_(ctx, &s, "read_buffer_size")?, d.read_buffer_size),
+        recursive: boolean(ctx, &s, "recursive")?.unwrap_or(ctx.defaults() && d.recursive),
+        follow_symlinks: boolean(ctx, &s, "follow_symlinks")?.unwrap_or(false),
+        inotify: boolean(ctx, &s, "inotify")?.unwrap_or(true),
+        ..d
+    };
+    // Zero would spin the files thread; a read buffer under one line is still correct.
+    if c.read_interval.is_zero() {
+        c.read_interval = Duration::from_millis(100);
     }
-    Ok(FileMonitorConfig { enabled })
+    if c.poll_interval.is_zero() {
+        c.poll_interval = Duration::from_secs(30);
+    }
+    c.read_buffer_size = c.read_buffer_size.clamp(4096, 16 << 20);
+    let f = section(ctx, root, "files_config")?;
+    c.watch_directories = list(ctx, &f, "watch_directories")?
+        .unwrap_or_default()
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    c.include_patterns = list(ctx, &f, "include_patterns")?.unwrap_or_default();
+    c.exclude_patterns = list(ctx, &f, "exclude_patterns")?.unwrap_or_default();
+    c.exclude_directories = list(ctx, &f, "exclude_directories")?
+        .unwrap_or_default()
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    Ok(c)
 }
 
 fn read_dispatcher(ctx: &Ctx<'_>, root: &Node<'_>) -> Result<DispatcherConfig, ConfigError> {

@@ -408,7 +408,10 @@ pub fn run(
             Some(
                 thread::Builder::new()
                     .name("files".into())
-                    .spawn(move || source.run(&files_stop, once))
+                    .spawn(move || {
+                        let _running = crate::failure::global().running("files");
+                        source.run(&files_stop, once)
+                    })
                     .map_err(|e| format!("files thread: {e}"))?,
             )
         }

@@ -6,7 +6,7 @@
 //! RSS growth is that run's alone; modes are interleaved and each figure is the median of the
 //! repeats. Ratios (multishot / single-shot) are printed per scenario.
 //!
-//! `cargo bench --bench recv_modes`: full sizes (about 90 s on 2 cores).
+//! `cargo bench --bench recv_modes --features recv-modes-experiment`: full sizes (about 90 s on 2 cores).
 //! `cargo test --benches`: the same code on tiny sizes.
 
 use std::process::Command;

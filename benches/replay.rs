@@ -1,4 +1,4 @@
-//! The replay filter's cost per line (`src/replay.rs`), on the capture thread's hot path:
+//! The replay filter's cost per line (`src/sources/docker/replay.rs`), on the capture thread's hot path:
 //! `check` of new ~120-byte lines (hash + push into a full window: the steady state), beside
 //! the whole decode path's cost per line from `cargo bench --bench decode` for scale; and a
 //! replay of 10,000 lines (binary search + compare). One summary line per case after
@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use criterion::Criterion;
 use log_capturer::decode::StreamKind;
-use log_capturer::replay::{ReplayFilter, Verdict, WINDOW_LINES};
+use log_capturer::sources::docker::replay::{ReplayFilter, Verdict, WINDOW_LINES};
 
 const LINES: usize = 200_000;
 

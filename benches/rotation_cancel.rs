@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log_capturer::docker::{logs_request, ApiVersion, LogsQuery};
 use log_capturer::io::{
     select_engine, CancelHistogram, Engine, EngineChoice, Event, StreamId, CANCEL_BUCKETS_NANOS,
 };
+use log_capturer::sources::docker::{logs_request, ApiVersion, LogsQuery};
 
 use fake_dockerd::{container_id, Mode, ServerConfig};
 

@@ -3,7 +3,7 @@
 #
 # 1. starts the private Docker engine (scripts/docker-engine.sh; installs docker.io and
 #    busybox-static with apt-get the first time), exports LOGCAP_DOCKER_SOCK and DOCKER_HOST;
-# 2. runs `cargo test --all-targets --no-fail-fast` (lib, bins, tests/, and the benches run once
+# 2. runs `cargo test --all-targets --all-features --no-fail-fast` (lib, bins, tests/, and the benches run once
 #    in test mode): a failing target does not keep the others from running. Extra arguments go
 #    to cargo test, e.g. `bash scripts/test.sh -- --nocapture`;
 # 3. stops the engine on exit, whatever happened (set LOGCAP_KEEP_ENGINE=1 to leave it running);
@@ -119,10 +119,10 @@ phase "toolchain"
 cargo --version
 rustc --version
 
-phase "cargo test --all-targets --no-fail-fast $*"
+phase "cargo test --all-targets --all-features --no-fail-fast $*"
 OUT="$(mktemp /tmp/logcap-test-output.XXXXXX)"
 set +e
-cargo test --all-targets --no-fail-fast "$@" 2>&1 | tee "$OUT"
+cargo test --all-targets --all-features --no-fail-fast "$@" 2>&1 | tee "$OUT"
 CARGO_RC=${PIPESTATUS[0]}
 set -e
 exit "$CARGO_RC"

@@ -3,7 +3,7 @@
 //! - discovery (follow mode): container list, events and reconcile -> `ContainerEvent`s;
 //! - capture: the io engine and one log stream per container -> batches of entries;
 //! - files (`file_monitor_service.enabled`): monitored files -> batches of entries, into the
-//!   same queue (`crate::files`);
+//!   same queue (`crate::sources::files`);
 //! - dispatcher (the calling thread): batches -> every sink -> positions.
 //!
 //! Stop (SIGINT/SIGTERM, or the end of a `--once` read) flows the same way: capture closes
@@ -27,16 +27,19 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::capture::{Capture, CaptureOptions, CaptureStats, Discard};
+use crate::api::Shared;
 use crate::config::{self, Config, NewContainersFrom};
-use crate::discovery::{self, ContainerEvent, OwnContainer};
-use crate::dispatch::{DispatchOptions, DispatchStats, Dispatcher, Undelivered};
-use crate::docker::{pinned_from_env, socket_path, Client, ContainerInfo, DockerStatus, ErrorKind};
-use crate::io::{select_engine, EngineChoice, IoStats, Selection};
-use crate::pipeline::{queue_bounded, QueueGauge};
-use crate::positions::PositionStore;
-use crate::reader::LogReader;
+use crate::dispatch::{DispatchOptions, Dispatcher, Undelivered};
+use crate::io::{select_engine, EngineChoice};
+use crate::pipeline::queue_bounded;
 use crate::sink::{self, BlackholeSink, LocalFileSink, LokiSink, Sink, StdoutSink};
+use crate::sources::docker::capture::{Capture, CaptureOptions, Discard};
+use crate::sources::docker::discovery::{self, ContainerEvent, OwnContainer};
+use crate::sources::docker::reader::LogReader;
+use crate::sources::docker::{
+    pinned_from_env, socket_path, Client, ContainerInfo, DockerStatus, ErrorKind,
+};
+use crate::state::positions::PositionStore;
 
 /// How long failing sinks are retried after a stop before the rest is left for next time.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,29 +70,7 @@ pub struct RunOptions {
     pub io_engine: Option<EngineChoice>,
     /// The pipelines of `processing` (loaded by the caller, so a bad file stops the start
     /// before anything runs).
-    pub processor: Option<Arc<crate::processing::Processor>>,
-}
-
-/// The engine that runs, and its live counters.
-pub type EngineInfo = (Arc<IoStats>, Selection);
-
-/// Everything the HTTP API and metrics will read, shared across threads.
-#[derive(Clone)]
-pub struct Shared {
-    pub capture: Arc<CaptureStats>,
-    pub dispatch: Arc<DispatchStats>,
-    pub positions: Arc<Mutex<PositionStore>>,
-    /// Set once the capture thread has chosen its engine.
-    pub io: Arc<Mutex<Option<EngineInfo>>>,
-    pub queue: Arc<QueueGauge>,
-    /// Per-container lines and monitored state, for the metrics (updated by capture).
-    pub containers: Arc<crate::api::ContainerRegistry>,
-    /// Time spent in each sink's `write_batch`, for the metrics (updated by dispatch).
-    pub sink_timings: Arc<crate::api::SinkTimings>,
-    /// The Docker engine as the client sees it: reachable, API version, failed calls.
-    pub docker: Arc<DockerStatus>,
-    /// The monitored files (`crate::files`): lines read, files and where they are read up to.
-    pub files: Arc<crate::files::FileStats>,
+    pub processor: Option<Arc<crate::pipeline::processing::Processor>>,
 }
 
 /// Builds the enabled sinks. At least one must be enabled.
@@ -236,7 +217,7 @@ pub fn run(
     // File monitoring: what to watch, and where each file was delivered up to.
     let file_plan = if config.file_monitor.enabled {
         positions.load_files().map_err(|e| e.to_string())?;
-        Some(crate::files::config::plan(&config.file_monitor)?)
+        Some(crate::sources::files::config::plan(&config.file_monitor)?)
     } else {
         None
     };
@@ -397,7 +378,7 @@ pub fn run(
     // --- Monitored files (file_monitor_service): their own thread, the same queue.
     let files = match file_plan {
         Some(plan) => {
-            let source = crate::files::source::FileSource::new(
+            let source = crate::sources::files::source::FileSource::new(
                 plan,
                 files_tx,
                 shared.files.clone(),
@@ -525,7 +506,7 @@ impl Owed {
 /// works. `None` when `stop` is set first.
 fn retry_list(
     client: &Client,
-    first: Result<Vec<ContainerInfo>, crate::docker::ClientError>,
+    first: Result<Vec<ContainerInfo>, crate::sources::docker::ClientError>,
     stop: &AtomicBool,
 ) -> Option<Vec<ContainerInfo>> {
     let mut result = first;

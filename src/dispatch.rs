@@ -29,10 +29,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::api::SinkTimings;
 use crate::pipeline::{Batch, QueueReceiver, Received};
-use crate::positions::PositionStore;
 use crate::sink::{Backoff, Sink, SinkError};
+use crate::state::positions::PositionStore;
+use crate::telemetry::SinkTimings;
 
 #[derive(Clone, Debug)]
 pub struct DispatchOptions {

@@ -1,33 +1,34 @@
-//! log_capturer: reads Docker container log streams through io_uring (or epoll where io_uring
-//! is unavailable), decodes them without copying, and hands out lines; monitored log files
-//! ([`files`]) feed the same queue.
+//! log_capturer: reads the log streams of Docker containers through io_uring (or epoll where
+//! io_uring is unavailable) and log files, splits them into lines without copying, and ships
+//! them to sinks exactly once.
 //!
-//! Data flows one way: socket ([`io`]) -> HTTP body ([`decode::http`]) -> frames
-//! ([`decode::frame`]) -> lines ([`decode::lines`]) -> entries -> sinks.
+//! The modules, in the order a line passes through them:
+//! - [`sources`]: where lines come from: [`sources::docker`] (discovery, streams, resume), [`sources::files`];
+//!   the HTTP ingest is in [`api`]. Under the Docker source, the reusable core: [`io`], the
+//!   io engines (io_uring, epoll), and [`decode`], the decoders (HTTP body -> frames -> lines);
+//! - [`pipeline`]: entries ([`pipeline::entry`]), processing steps ([`pipeline::processing`]), the one bounded
+//!   queue, batches and the resume points they complete;
+//! - [`dispatch`]: takes batches off the queue, hands them to every sink, then commits the
+//!   resume points to [`state`];
+//! - [`sink`]: local file, Loki, stdout;
+//! - [`state`]: positions on disk and the instance lock;
+//! - [`telemetry`]: counters, histograms and records every layer writes, below all of them;
+//! - [`api`]: the HTTP API and metrics server, which only read (and the HTTP ingest);
+//! - [`config`] loads the Go-compatible YAML; [`daemon`] wires it all together, and
+//!   [`failure`] turns a panic or a failed engine into a 503 and exit 70.
 //!
 //! Unsafe code is confined to [`io::uring`]; the rest of the crate forbids it.
 #![deny(unsafe_code)]
 
 pub mod api;
-pub mod capture;
-pub mod clock_step;
 pub mod config;
 pub mod daemon;
 pub mod decode;
-pub mod discovery;
 pub mod dispatch;
-pub mod docker;
-pub mod entry;
 pub mod failure;
-pub mod files;
 pub mod io;
 pub mod pipeline;
-pub mod positions;
-pub mod processing;
-pub mod reader;
-pub mod replay;
-pub mod resume;
-pub mod safety_net;
 pub mod sink;
-pub mod state_lock;
-pub mod window;
+pub mod sources;
+pub mod state;
+pub mod telemetry;

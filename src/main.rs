@@ -16,8 +16,8 @@ use log_capturer::config::{Config, ConfigError, LogFormat, EXPECT_DOCKER_SOCKET}
 use log_capturer::daemon::{self, RunOptions};
 use log_capturer::failure::{self, EXIT_SOFTWARE, FAILURE_HEALTH_GRACE};
 use log_capturer::io::EngineChoice;
-use log_capturer::processing::Processor;
-use log_capturer::state_lock::StateLock;
+use log_capturer::pipeline::processing::Processor;
+use log_capturer::state::lock::StateLock;
 
 #[derive(Parser, Debug)]
 #[command(version, about)]

@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
+use log_capturer::api::Shared;
 use log_capturer::api::{self, ApiOptions, ApiServers};
 use log_capturer::config::Config;
-use log_capturer::daemon::Shared;
 use log_capturer::decode::StreamKind;
-use log_capturer::entry::{Labels, LogEntry};
 use log_capturer::io::{EngineKind, IoStats, Selection};
+use log_capturer::pipeline::entry::{Labels, LogEntry};
 use log_capturer::pipeline::{queue, Batch, QueueReceiver, QueueSender, Received};
-use log_capturer::positions::PositionStore;
+use log_capturer::state::positions::PositionStore;
 
 struct Fixture {
     servers: Option<ApiServers>,
@@ -737,7 +737,7 @@ fn post_logs_go_through_the_pipeline_their_source_type_maps() {
     config.processing.enabled = true;
     config.processing.pipelines_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/pipelines_all_steps.yaml");
-    let processor = log_capturer::processing::Processor::from_config(&config.processing)
+    let processor = log_capturer::pipeline::processing::Processor::from_config(&config.processing)
         .unwrap()
         .map(Arc::new);
     let (tx, rx) = queue(100);

@@ -166,7 +166,7 @@ fn key_shapes(path: &Path) -> std::collections::BTreeSet<String> {
 /// enabled file listed); given as the config by mistake it loads (Go's reader is lenient
 /// too) with all of it unused.
 fn check_go_file_pipeline(path: &Path) {
-    let plan = log_capturer::files::config::plan(&FileMonitorConfig {
+    let plan = log_capturer::sources::files::config::plan(&FileMonitorConfig {
         pipeline_file: Some(path.to_path_buf()),
         ..FileMonitorConfig::default()
     })

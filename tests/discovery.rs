@@ -14,8 +14,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log_capturer::config::Config;
-use log_capturer::discovery::{filter_from_config, ContainerEvent, Discovery, OwnContainer};
-use log_capturer::docker::Client;
+use log_capturer::sources::docker::discovery::{
+    filter_from_config, ContainerEvent, Discovery, OwnContainer,
+};
+use log_capturer::sources::docker::Client;
 
 mod support;
 use support::{docker, remove_containers, socket, IMAGE};

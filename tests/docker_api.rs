@@ -30,7 +30,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fake_dockerd::{ApiRange, Mode, ServerConfig, ServerStats};
-use log_capturer::docker::{ApiVersion, Client};
+use log_capturer::sources::docker::{ApiVersion, Client};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_log_capturer");

@@ -3,7 +3,7 @@
 //! it these tests fail, loudly). Issue 9, section 3.
 //!
 //! dockerd 20.10's follow reader sends part of the rotated file again after a rotation (see
-//! `src/replay.rs`): without the replay filter these lines reach the sinks twice.
+//! `src/sources/docker/replay.rs`): without the replay filter these lines reach the sinks twice.
 //!
 //! - A writer at about 15,000 lines/s (100,000 numbered lines): every line exactly once, and
 //!   the replays dockerd made are counted as discarded.

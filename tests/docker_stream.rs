@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use log_capturer::decode::{LogLine, StreamKind};
-use log_capturer::docker::{Client, LogsQuery};
 use log_capturer::io::{select_engine, EngineChoice};
-use log_capturer::reader::{LogReader, ReadError, ReaderEvent, StreamSpec};
+use log_capturer::sources::docker::reader::{LogReader, ReadError, ReaderEvent, StreamSpec};
+use log_capturer::sources::docker::{Client, LogsQuery};
 
 mod support;
 use support::{docker, remove_containers, socket, IMAGE};

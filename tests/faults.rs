@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 mod scratch;
 use scratch::Scratch;
 
+use log_capturer::api::Shared;
 use log_capturer::api::{self, ApiOptions, ApiServers};
 use log_capturer::config::Config;
-use log_capturer::daemon::Shared;
 use log_capturer::io::{EngineKind, IoStats, Selection};
 use log_capturer::pipeline::{queue, QueueReceiver, Received};
-use log_capturer::positions::{PositionStore, CONTAINER_POSITIONS_BAK, CONTAINER_POSITIONS_FILE};
-use log_capturer::state_lock::LOCK_FILE;
+use log_capturer::state::lock::LOCK_FILE;
+use log_capturer::state::positions::{
+    PositionStore, CONTAINER_POSITIONS_BAK, CONTAINER_POSITIONS_FILE,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_log_capturer");
 const POLL: Duration = Duration::from_millis(20);

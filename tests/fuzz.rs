@@ -24,9 +24,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 
+use log_capturer::api::Shared;
 use log_capturer::api::{self, server::parse_head, ApiOptions};
 use log_capturer::config::Config;
-use log_capturer::daemon::Shared;
 use log_capturer::decode::frame::encode_header;
 use log_capturer::decode::timestamp::{
     format_rfc3339_nanos, format_since, parse_prefix, parse_rfc3339_nanos,
@@ -34,8 +34,8 @@ use log_capturer::decode::timestamp::{
 use log_capturer::decode::{DecodeOptions, LogDecoder};
 use log_capturer::io::{EngineKind, IoStats, Selection};
 use log_capturer::pipeline::{queue, QueueReceiver, Received};
-use log_capturer::positions::{parse_records, PositionStore, MAX_SKIP};
-use log_capturer::resume::ResumeTracker;
+use log_capturer::sources::docker::resume::ResumeTracker;
+use log_capturer::state::positions::{parse_records, PositionStore, MAX_SKIP};
 
 fn cases(default: u32) -> ProptestConfig {
     let cases = std::env::var("FUZZ_CASES")

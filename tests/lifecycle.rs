@@ -24,9 +24,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log_capturer::decode::{LogLine, StreamKind};
-use log_capturer::docker::LogsQuery;
 use log_capturer::io::{select_engine, EngineChoice};
-use log_capturer::reader::{LogReader, ReaderEvent, StreamSpec};
+use log_capturer::sources::docker::reader::{LogReader, ReaderEvent, StreamSpec};
+use log_capturer::sources::docker::LogsQuery;
 use serde_json::Value;
 
 mod support;

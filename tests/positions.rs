@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use log_capturer::decode::timestamp::parse_rfc3339_nanos;
-use log_capturer::positions::{
+use log_capturer::state::positions::{
     ContainerPosition, PositionStore, PositionsError, Resume, CONTAINER_POSITIONS_BAK,
     CONTAINER_POSITIONS_FILE, CONTAINER_POSITIONS_TMP, MAX_SKIP, STATUS_ACTIVE, STATUS_RESTARTED,
     STATUS_STOPPED,
@@ -567,7 +567,7 @@ fn a_skip_over_the_bound_is_corrupt_not_an_allocation() {
 
 #[test]
 fn removed_containers_are_pruned_after_the_grace_period_only() {
-    use log_capturer::positions::STATUS_REMOVED;
+    use log_capturer::state::positions::STATUS_REMOVED;
     use std::time::Duration;
 
     let dir = tempdir("prune");
@@ -626,7 +626,7 @@ fn in_memory_store_writes_nothing() {
 
 #[test]
 fn records_of_containers_gone_while_down_are_marked_removed() {
-    use log_capturer::positions::STATUS_REMOVED;
+    use log_capturer::state::positions::STATUS_REMOVED;
 
     let mut store = PositionStore::in_memory();
     let resume = Resume {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use log_capturer::decode::StreamKind;
-use log_capturer::entry::{Labels, LogEntry};
-use log_capturer::processing::{Grouper, Processor, Source};
+use log_capturer::pipeline::entry::{Labels, LogEntry};
+use log_capturer::pipeline::processing::{Grouper, Processor, Source};
 
 fn fixture(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -17,14 +17,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use log_capturer::api::SinkTimings;
 use log_capturer::decode::StreamKind;
 use log_capturer::dispatch::{DispatchOptions, DispatchStats, Dispatcher};
-use log_capturer::entry::{Labels, LogEntry};
+use log_capturer::pipeline::entry::{Labels, LogEntry};
 use log_capturer::pipeline::{queue, Batch, Checkpoint};
-use log_capturer::positions::{PositionStore, Resume};
 use log_capturer::sink::local_file::{FileOps, PATH_ATTEMPTS};
 use log_capturer::sink::{LocalFileOptions, LocalFileSink, LokiOptions, LokiSink, Sink, SinkError};
+use log_capturer::state::positions::{PositionStore, Resume};
+use log_capturer::telemetry::SinkTimings;
 
 const ID_A: &str = "aaaaaaaaaaaa0000000000000000000000000000000000000000000000000000";
 const ID_B: &str = "bbbbbbbbbbbb0000000000000000000000000000000000000000000000000000";

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use log_capturer::api::SinkTimings;
 use log_capturer::decode::StreamKind;
 use log_capturer::dispatch::{DispatchOptions, DispatchStats, Dispatcher};
-use log_capturer::entry::LogEntry;
+use log_capturer::pipeline::entry::LogEntry;
 use log_capturer::pipeline::{queue, Batch, Checkpoint};
-use log_capturer::positions::{PositionStore, Resume};
 use log_capturer::sink::{Sink, SinkError};
+use log_capturer::state::positions::{PositionStore, Resume};
+use log_capturer::telemetry::SinkTimings;
 
 const ID: &str = "aaaaaaaaaaaa0000000000000000000000000000000000000000000000000000";
 

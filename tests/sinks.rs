@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use log_capturer::decode::timestamp::parse_rfc3339_nanos;
 use log_capturer::decode::StreamKind;
-use log_capturer::entry::{Labels, LogEntry};
+use log_capturer::pipeline::entry::{Labels, LogEntry};
 use log_capturer::sink::format::{json_line, GoLayout, TextFormatter};
 use log_capturer::sink::{
     BlackholeSink, LocalFileOptions, LocalFileSink, LokiAuth, LokiOptions, LokiSink, OutputFormat,

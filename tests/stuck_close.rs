@@ -21,13 +21,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use log_capturer::capture::{Capture, CaptureOptions, CaptureStats, DRAIN_DEADLINE};
-use log_capturer::discovery::ContainerEvent;
-use log_capturer::docker::Client;
 use log_capturer::io::epoll::EpollEngine;
 use log_capturer::io::{Engine, EngineKind, Event, IoStats, StreamId};
 use log_capturer::pipeline::{queue_bounded, Received};
-use log_capturer::reader::LogReader;
+use log_capturer::sources::docker::capture::{
+    Capture, CaptureOptions, CaptureStats, DRAIN_DEADLINE,
+};
+use log_capturer::sources::docker::discovery::ContainerEvent;
+use log_capturer::sources::docker::reader::LogReader;
+use log_capturer::sources::docker::Client;
 
 mod support;
 use support::{docker, remove_containers, socket, IMAGE};

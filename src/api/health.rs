@@ -27,9 +27,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{json, Map, Value};
 
-use super::{procinfo, ApiState, DEGRADED_RATIO};
+use super::{ApiState, DEGRADED_RATIO};
 use crate::config::format_duration;
-use crate::docker::{DockerStatus, Reachability};
+use crate::sources::docker::{DockerStatus, Reachability};
+use crate::telemetry::procinfo;
 
 /// The engine as the client sees it, for `/health` and `/debug/goroutines`.
 pub(super) fn docker_object(docker: &DockerStatus) -> Value {
@@ -53,7 +54,7 @@ pub(super) fn docker_object(docker: &DockerStatus) -> Value {
 
 /// A note, not a degradation: containers whose logging driver cannot be read (by name, with
 /// their short id), which the capturer does not read until they are recreated.
-fn unreadable_check(capture: &crate::capture::CaptureStats) -> Value {
+fn unreadable_check(capture: &crate::sources::docker::capture::CaptureStats) -> Value {
     let unreadable = capture.unreadable.lock().unwrap();
     let containers: Map<String, Value> = unreadable
         .iter()
@@ -296,11 +297,11 @@ mod tests {
 
     use super::*;
     use crate::api::ApiOptions;
+    use crate::api::Shared;
     use crate::config::Config;
-    use crate::daemon::Shared;
     use crate::io::{EngineKind, IoStats, OpKind, Selection};
     use crate::pipeline::queue;
-    use crate::positions::PositionStore;
+    use crate::state::positions::PositionStore;
 
     #[test]
     fn ops_outrunning_streams_degrade() {
@@ -349,7 +350,7 @@ mod tests {
     fn docker_unreachable_degrades_and_says_why() {
         let dir = std::env::temp_dir().join(format!("logcap-health-d-{}", std::process::id()));
         let (tx, _rx) = queue(10);
-        let docker = Arc::new(crate::docker::DockerStatus::default());
+        let docker = Arc::new(crate::sources::docker::DockerStatus::default());
         let shared = Shared {
             capture: Arc::default(),
             dispatch: Arc::default(),

@@ -1,14 +1,15 @@
 //! `GET /metrics`: the Go version's metric names, labels and help texts (no prefix), then
-//! ours. Every value is read at scrape time from [`crate::daemon::Shared`]. Where the reader
+//! ours. Every value is read at scrape time from [`crate::api::Shared`]. Where the reader
 //! or dispatcher has not recorded the per-container or per-sink figure (see
-//! [`super::registry`]), the family is still written, with the totals that exist.
+//! [`crate::telemetry::registry`]), the family is still written, with the totals that exist.
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::prom::{Kind, Text};
-use super::{procinfo, ApiState};
-use crate::capture::Discard;
+use super::ApiState;
 use crate::io::{OpKind, CANCEL_BUCKETS_NANOS};
+use crate::sources::docker::capture::Discard;
+use crate::telemetry::procinfo;
+use crate::telemetry::prom::{Kind, Text};
 
 /// The `pipeline` label of `logs_processed_total`: there are no processing pipelines here.
 const PIPELINE: &str = "default";
@@ -397,7 +398,7 @@ pub fn render(state: &ApiState) -> String {
         "docker_up",
         "1 when the last call to the Docker engine reached it (and its API versions meet ours)",
         Kind::Gauge,
-        if docker.reachability() == crate::docker::Reachability::Up {
+        if docker.reachability() == crate::sources::docker::Reachability::Up {
             1.0
         } else {
             0.0
@@ -476,7 +477,7 @@ pub fn render(state: &ApiState) -> String {
         .0
         .write(&mut t, "log_stream_first_byte_seconds", &[]);
     let processing = state.processor.as_ref().map(|p| p.stats().clone());
-    let count = |f: fn(&crate::processing::ProcessingStats) -> u64| {
+    let count = |f: fn(&crate::pipeline::processing::ProcessingStats) -> u64| {
         processing.as_deref().map_or(0.0, |s| f(s) as f64)
     };
     t.single(

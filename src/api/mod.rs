@@ -14,12 +14,8 @@
 
 mod health;
 mod metrics;
-mod procinfo;
-mod prom;
-mod registry;
 mod routes;
 pub mod server;
-mod tracker;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,13 +25,41 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::daemon::Shared;
+use crate::dispatch::DispatchStats;
+use crate::io::{IoStats, Selection};
+use crate::pipeline::QueueGauge;
 use crate::pipeline::QueueSender;
+use crate::sources::docker::capture::CaptureStats;
+use crate::sources::docker::DockerStatus;
+use crate::state::positions::PositionStore;
 
+pub use crate::telemetry::prom::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 pub use health::{HealthReport, IO_OPS_SLACK};
-pub use prom::{Histogram, CONTENT_TYPE as METRICS_CONTENT_TYPE};
-pub use registry::{ContainerRecord, ContainerRegistry, SinkTimings};
-pub use tracker::{ThreadTracker, TrackerStats};
+
+use crate::telemetry::{procinfo, prom, Histogram, ThreadTracker};
+
+/// The engine that runs, and its live counters.
+pub type EngineInfo = (Arc<IoStats>, Selection);
+
+/// Everything the HTTP API and metrics read, shared across threads. The daemon fills it in
+/// from the counters each layer keeps.
+#[derive(Clone)]
+pub struct Shared {
+    pub capture: Arc<CaptureStats>,
+    pub dispatch: Arc<DispatchStats>,
+    pub positions: Arc<Mutex<PositionStore>>,
+    /// Set once the capture thread has chosen its engine.
+    pub io: Arc<Mutex<Option<EngineInfo>>>,
+    pub queue: Arc<QueueGauge>,
+    /// Per-container lines and monitored state, for the metrics (updated by capture).
+    pub containers: Arc<crate::telemetry::ContainerRegistry>,
+    /// Time spent in each sink's `write_batch`, for the metrics (updated by dispatch).
+    pub sink_timings: Arc<crate::telemetry::SinkTimings>,
+    /// The Docker engine as the client sees it: reachable, API version, failed calls.
+    pub docker: Arc<DockerStatus>,
+    /// The monitored files (`crate::sources::files`): lines read, files and where they are read up to.
+    pub files: Arc<crate::sources::files::FileStats>,
+}
 
 /// How often server and sampler threads look at the stop flag.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -58,7 +82,7 @@ pub struct ApiOptions {
     pub thread_count: fn() -> usize,
     /// `processing`: the entries of `POST /api/v1/logs` go through it, and its counters are
     /// in `/metrics` (the daemon passes the capture's, so they count every source).
-    pub processor: Option<Arc<crate::processing::Processor>>,
+    pub processor: Option<Arc<crate::pipeline::processing::Processor>>,
 }
 
 impl Default for ApiOptions {
@@ -103,7 +127,7 @@ pub struct ApiState {
     sinks: Vec<&'static str>,
     /// `processing`, for the entries of `POST /api/v1/logs` (mapped by their `source_type`
     /// and labels, like any source's).
-    processor: Option<Arc<crate::processing::Processor>>,
+    processor: Option<Arc<crate::pipeline::processing::Processor>>,
 }
 
 impl ApiState {

@@ -10,12 +10,13 @@ use serde_json::{json, Value};
 
 use super::health::health;
 use super::server::{Incoming, Reply};
-use super::{metrics, procinfo, prom, ApiState};
+use super::{metrics, ApiState};
 use crate::decode::timestamp::{format_rfc3339_nanos, parse_rfc3339_nanos};
 use crate::decode::StreamKind;
-use crate::entry::{Labels, LogEntry};
 use crate::io::OpKind;
+use crate::pipeline::entry::{Labels, LogEntry};
 use crate::pipeline::Batch;
+use crate::telemetry::{procinfo, prom};
 
 type Handler = fn(&ApiState) -> Reply;
 
@@ -269,7 +270,7 @@ fn stats(state: &ApiState) -> Reply {
             "containers_unreadable": c.unreadable.lock().unwrap().len(),
             "stream_probes": c.stream_probes.load(Relaxed),
             "windows_widened": c.windows_widened.load(Relaxed),
-            "lines_before_window": c.discarded(crate::capture::Discard::Window),
+            "lines_before_window": c.discarded(crate::sources::docker::capture::Discard::Window),
             "clock_steps_back": c.clock_steps_back.load(Relaxed),
         },
         "containers": s.containers.snapshot(),
@@ -438,7 +439,7 @@ fn ingest(state: &ApiState, rq: &mut Incoming<'_>) -> Reply {
         labels: Arc::new(labels),
     };
     if let Some(p) = &state.processor {
-        let source = crate::processing::Source {
+        let source = crate::pipeline::processing::Source {
             source_type,
             labels: &entry.labels,
             path: None,

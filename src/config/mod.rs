@@ -233,7 +233,7 @@ pub struct ContainerMonitorConfig {
     pub stream_idle_timeout: Duration,
     /// Ours: how far before the newest line read a reopened stream starts (default 1s): the
     /// skew between stdout and stderr it absorbs, and the wall-clock step back it survives
-    /// (see `crate::resume`, `crate::clock_step`).
+    /// (see `crate::sources::docker::resume`, `crate::sources::docker::clock_step`).
     #[serde(serialize_with = "ser_duration")]
     pub since_overlap: Duration,
     /// Ours: where a container never seen before starts.
@@ -292,7 +292,7 @@ impl ContainerMonitorConfig {
     }
 }
 
-/// `processing`: the Go pipelines file applied to every entry (see `crate::processing`).
+/// `processing`: the Go pipelines file applied to every entry (see `crate::pipeline::processing`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProcessingConfig {
     pub enabled: bool,
@@ -309,7 +309,7 @@ pub struct ProcessingConfig {
 /// Go's `processing.pipelines_file` default.
 pub const DEFAULT_PIPELINES_FILE: &str = "/app/configs/pipelines.yaml";
 
-/// `file_monitor_service` and `files_config` (the files to tail: see `crate::files`).
+/// `file_monitor_service` and `files_config` (the files to tail: see `crate::sources::files`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FileMonitorConfig {
     /// `file_monitor_service.enabled` (default false).

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{Sink, SinkError};
-use crate::entry::LogEntry;
+use crate::pipeline::entry::LogEntry;
 
 /// Counters readable from any thread while the sink runs on its own.
 #[derive(Debug, Default)]

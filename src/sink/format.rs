@@ -15,7 +15,7 @@
 use std::fmt::Write as _;
 
 use crate::decode::timestamp::{civil_from_days, days_from_civil};
-use crate::entry::LogEntry;
+use crate::pipeline::entry::LogEntry;
 
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 const SECS_PER_DAY: i64 = 86_400;

@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 
 use super::format::{civil, json_line, TextFormatOptions, TextFormatter};
 use super::{Sink, SinkError};
-use crate::entry::LogEntry;
+use crate::pipeline::entry::LogEntry;
 
 const SINK: &str = "local_file";
 

@@ -35,7 +35,7 @@ use flate2::Compression;
 use super::format::write_json_str;
 use super::{Sink, SinkError};
 use crate::decode::StreamKind;
-use crate::entry::LogEntry;
+use crate::pipeline::entry::LogEntry;
 
 const SINK: &str = "loki";
 

@@ -20,12 +20,12 @@
 //! - [`blackhole::BlackholeSink`]: counts and discards.
 //! - [`loki::LokiSink`]: Loki push API (JSON, gzip at 1 KiB and over).
 //!
-//! Formats are in [`format`], the retry policy in [`retry`].
+//! Formats are in [`format`](mod@format), the retry policy in [`retry`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::entry::LogEntry;
+use crate::pipeline::entry::LogEntry;
 
 pub mod blackhole;
 pub mod format;

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use super::format::json_line;
 use super::{Sink, SinkError};
-use crate::entry::LogEntry;
+use crate::pipeline::entry::LogEntry;
 
 /// Writes one JSON line per entry; each batch is written whole and then flushed.
 pub struct StdoutSink<W: Write + Send = std::io::Stdout> {

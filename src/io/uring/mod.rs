@@ -28,6 +28,9 @@ use slab::Slab;
 use super::table::StreamTable;
 use super::{Engine, EngineKind, Event, IoStats, OpKind, StreamId};
 
+// The receive-mode experiment (benches/recv_modes.rs) is built only when asked for: it is a
+// measurement harness, not part of the engine, and it needs this module's unsafe licence.
+#[cfg(feature = "recv-modes-experiment")]
 #[doc(hidden)]
 pub mod recv_modes;
 

@@ -2,7 +2,7 @@
 //! `{{<label>}}` substituted per entry (Go wrote the braces literally; see COMPATIBILITY.md).
 //! Split into parts once, at load.
 
-use crate::entry::Labels;
+use crate::pipeline::entry::Labels;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Part {

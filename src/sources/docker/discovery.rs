@@ -78,7 +78,7 @@ use serde::Deserialize;
 use crate::config::ContainerMonitorConfig;
 use crate::decode::http::{Event, ResponseDecoder};
 use crate::decode::timestamp::format_since;
-use crate::docker::{Client, ContainerInfo};
+use crate::sources::docker::{Client, ContainerInfo};
 
 /// What discovery tells the rest of the capturer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 //! container named `sql`). A source no rule maps goes through the pipeline named `default`,
 //! when there is one.
 
-use crate::entry::Labels;
+use crate::pipeline::entry::Labels;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pattern {

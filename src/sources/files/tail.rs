@@ -16,7 +16,7 @@ use crate::decode::lines::LineAssembler;
 use crate::decode::LogLine;
 use crate::decode::Span;
 
-use super::identity::Identity;
+use crate::state::file_identity::Identity;
 
 pub struct Tailer {
     file: File,

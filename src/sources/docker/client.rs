@@ -93,7 +93,7 @@ pub struct ContainerInfo {
     /// for a container never started, or when the text does not parse.
     pub started: Option<i64>,
     /// dockerd rotates the container's log file (`--log-opt max-size`, or the daemon's
-    /// default): lines can be deleted before a reader got them (see `crate::replay`).
+    /// default): lines can be deleted before a reader got them (see `crate::sources::docker::replay`).
     pub log_rotates: bool,
 }
 

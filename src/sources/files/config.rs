@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::FileMonitorConfig;
-use crate::entry::Labels;
+use crate::pipeline::entry::Labels;
 
 /// A file named in `files:`.
 #[derive(Clone, Debug, PartialEq)]

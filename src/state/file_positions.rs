@@ -28,10 +28,11 @@
 //! at least that long; otherwise the file is read from its start.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::identity::Identity;
+use super::file_identity::Identity;
 
 /// Name of the file inside `positions.directory`.
 pub const FILE_POSITIONS_FILE: &str = "file_positions.json";
@@ -45,13 +46,13 @@ pub struct FilePosition {
     /// The file's size when the delivered lines were read.
     #[serde(default)]
     pub size: u64,
-    #[serde(default, with = "crate::positions::go_time")]
+    #[serde(default, with = "crate::state::positions::go_time")]
     pub last_modified: Option<i64>,
     #[serde(default)]
     pub inode: u64,
     #[serde(default)]
     pub device: u64,
-    #[serde(default, with = "crate::positions::go_time")]
+    #[serde(default, with = "crate::state::positions::go_time")]
     pub last_read: Option<i64>,
     /// Lines delivered, cumulative.
     #[serde(default)]
@@ -107,6 +108,27 @@ pub fn parse(data: &[u8]) -> Result<FileRecords, serde_json::Error> {
         }
     }
     Ok(records)
+}
+
+/// Where a monitored file stands once every entry of the batch (and of the batches before
+/// it) is delivered: the byte just past its last line in the batch, in the file identified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileCheckpoint {
+    pub path: Arc<str>,
+    /// The entries' `source_id`, so that a batch given up freezes the file as it does a
+    /// container.
+    pub source_id: Arc<str>,
+    pub identity: Identity,
+    pub offset: u64,
+    /// The file's size and modification time when read.
+    pub size: u64,
+    pub modified_ns: i64,
+    /// Entries and message bytes of this file in the batch.
+    pub lines: u64,
+    pub bytes: u64,
+    /// The file rotated away from the path that is still being read to its end, and the
+    /// byte just past its last line in the batch.
+    pub rotated: Option<(Identity, u64)>,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use regex::Regex;
 
 use super::template::{Scope, Template};
 use super::timefmt::{Layout, Zone};
-use crate::entry::Labels;
+use crate::pipeline::entry::Labels;
 
 /// One entry while its pipeline runs: a copy, written back only when the pipeline is done.
 pub struct Work<'a> {

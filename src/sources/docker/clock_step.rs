@@ -1,7 +1,7 @@
 //! Wall-clock steps back, detected by comparing the realtime clock with the monotonic one.
 //!
 //! dockerd stamps lines with the host's wall clock, and a reopened stream resumes from
-//! `since = newest - overlap` ([`crate::resume`]). When the clock steps back by more than the
+//! `since = newest - overlap` ([`crate::sources::docker::resume`]). When the clock steps back by more than the
 //! overlap (an NTP correction, a VM restored), lines written after the step are stamped
 //! before `since` and a reopen does not return them: about the step's size of lines is lost
 //! (`container_monitor.since_overlap` sets the overlap). Nothing here can tell those lines

@@ -11,8 +11,6 @@
 
 pub mod config;
 pub mod glob;
-pub mod identity;
-pub mod positions;
 pub mod source;
 pub mod tail;
 pub mod watch;
@@ -21,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Mutex;
 
-pub use identity::Identity;
+pub use crate::state::file_identity::Identity;
 
 /// What the API shows of a monitored file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decode::{DecodeError, DecodeOptions, LogDecoder, LogLine};
-use crate::docker::{attach_request, logs_request, DockerStatus, LogsQuery};
 use crate::io::{Engine, Event, StreamId};
+use crate::sources::docker::{attach_request, logs_request, DockerStatus, LogsQuery};
 
 /// Which container's log to read, and how.
 #[derive(Clone, Debug)]
@@ -91,7 +91,7 @@ impl LogReader {
     }
 
     /// Takes the API version of every stream opened from here on from `docker` (without it:
-    /// [`crate::docker::ApiVersion::FALLBACK`]).
+    /// [`crate::sources::docker::ApiVersion::FALLBACK`]).
     pub fn with_docker_status(mut self, docker: Arc<DockerStatus>) -> Self {
         self.docker = docker;
         self

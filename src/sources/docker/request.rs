@@ -28,7 +28,7 @@ pub struct LogsQuery {
     pub since_ns: Option<i64>,
     /// Only the last this many lines of the log, then (with `follow`) what comes after them.
     /// dockerd finds them from the end of the file, where `since` alone decodes the file
-    /// from its start (see `crate::window`). `None`: every line (`tail=all`).
+    /// from its start (see `crate::sources::docker::window`). `None`: every line (`tail=all`).
     pub tail: Option<u64>,
 }
 
@@ -54,7 +54,7 @@ pub fn logs_request(version: ApiVersion, container_id: &str, query: LogsQuery) -
 /// `POST /containers/{id}/attach?stream=1&stdout=1&stderr=1`: the container's output from
 /// the moment dockerd registers the attach on, as multiplexed frames (raw for a TTY) without
 /// timestamps, until the container exits. On a created container it waits for the start, so
-/// an attach made at `create` carries every line (see `crate::safety_net`). No `logs=1`:
+/// an attach made at `create` carries every line (see `crate::sources::docker::safety_net`). No `logs=1`:
 /// dockerd reads the log file and then attaches, with nothing tying the two together.
 pub fn attach_request(version: ApiVersion, container_id: &str) -> Bytes {
     let target = format!(

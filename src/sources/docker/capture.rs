@@ -3,7 +3,7 @@
 //!
 //! - A stream is reopened from its container's [`ResumeTracker`] after a hang, an idle
 //!   timeout or an error; the lines a reopened stream repeats are dropped there. It asks
-//!   dockerd for the last lines of the log (`tail`, see [`crate::window`]) rather than for
+//!   dockerd for the last lines of the log (`tail`, see [`crate::sources::docker::window`]) rather than for
 //!   everything `since` the resume point, which costs dockerd a decode of the whole file.
 //! - Rotation exists to recover from dockerd's hung follow streams (moby#23913, #37646), not
 //!   to bound a stream's life: a stream that delivered within `rotation` is left alone. One
@@ -11,9 +11,9 @@
 //!   through the same engine (the thread never blocks). Only if the probe's line is newer
 //!   than anything the stream delivered is the stream hung and reopened (`rotations`). The
 //!   idle timeout reopens a silent stream whatever the probe says.
-//! - A wall-clock step back is logged once per step with its size (see [`crate::clock_step`]).
+//! - A wall-clock step back is logged once per step with its size (see [`crate::sources::docker::clock_step`]).
 //! - The lines dockerd sends again after its own log rotation are dropped before the tracker
-//!   counts them ([`crate::replay`]). At such a replay the stream is reopened, and the lines
+//!   counts them ([`crate::sources::docker::replay`]). At such a replay the stream is reopened, and the lines
 //!   dockerd's follow reader skipped are delivered from the reopened stream; a container whose
 //!   log rotates is read once more from its resume point when it stops.
 //! - A container that stops ends its stream by itself (EOF); its position stays, and the next
@@ -25,7 +25,7 @@
 //! - On stop, every stream is closed (reads cancelled and reaped) and what was read is queued.
 //! - Short-lived containers: a container seen at `create` (discovery's `Created`) and read
 //!   from its first line gets an attach stream besides its log stream, a bounded safety net
-//!   (see [`crate::safety_net`]). Once the log stream has caught up with it and stayed open
+//!   (see [`crate::sources::docker::safety_net`]). Once the log stream has caught up with it and stayed open
 //!   [`NET_HOLD`], or the container ended with nothing missing, the attach is closed. When the
 //!   container is removed and its log stream is over, the attach lines the log stream never
 //!   delivered are queued, stamped with their capture time and labelled
@@ -44,7 +44,7 @@
 //!   ([`crate::failure`]).
 //! - Every line the reader hands over is either queued (`lines_read`) or discarded on purpose
 //!   and counted by [`Discard`] reason.
-//! - Processing ([`crate::processing`]): each entry goes through its container's pipeline
+//! - Processing ([`crate::pipeline::processing`]): each entry goes through its container's pipeline
 //!   before it is batched. A pipeline with `multiline` holds lines in the container's
 //!   [`Grouper`] until their group is complete; its checkpoint is then the position after the
 //!   last line released, not the tracker's. At a stop the groups still open are dropped (the
@@ -58,21 +58,21 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::api::{ContainerRegistry, Histogram};
-use crate::clock_step::StepDetector;
 use crate::decode::{LogLine, StreamKind};
-use crate::discovery::ContainerEvent;
-use crate::docker::{ContainerInfo, LogsQuery};
-use crate::entry::{Labels, LogEntry};
 use crate::io::StreamId;
+use crate::pipeline::entry::{Labels, LogEntry};
+use crate::pipeline::processing::{Grouper, PipelineId, Processor, Source};
 use crate::pipeline::{Batch, Checkpoint, QueueSender};
-use crate::positions::Resume;
-use crate::processing::{Grouper, PipelineId, Processor, Source};
-use crate::reader::{LogReader, ReadError, ReaderEvent, StreamSpec};
-use crate::replay::{ReplayFilter, Verdict};
-use crate::resume::ResumeTracker;
-use crate::safety_net::{AttachLine, SafetyNet};
-use crate::window::{self, Ask, Window};
+use crate::sources::docker::clock_step::StepDetector;
+use crate::sources::docker::discovery::ContainerEvent;
+use crate::sources::docker::reader::{LogReader, ReadError, ReaderEvent, StreamSpec};
+use crate::sources::docker::replay::{ReplayFilter, Verdict};
+use crate::sources::docker::resume::ResumeTracker;
+use crate::sources::docker::safety_net::{AttachLine, SafetyNet};
+use crate::sources::docker::window::{self, Ask, Window};
+use crate::sources::docker::{ContainerInfo, LogsQuery};
+use crate::state::positions::Resume;
+use crate::telemetry::{ContainerRegistry, Histogram};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 
@@ -133,9 +133,9 @@ pub struct CaptureOptions {
     pub rotation: Duration,
     /// Reopen a stream silent this long while its container runs; zero: never.
     pub idle_timeout: Duration,
-    /// See [`crate::resume`].
+    /// See [`crate::sources::docker::resume`].
     pub overlap: Duration,
-    /// Reopen with a tail window ([`crate::window`]) and rotate only hung streams (the
+    /// Reopen with a tail window ([`crate::sources::docker::window`]) and rotate only hung streams (the
     /// probe). `false`: the plain `since` query and rotation on time, kept for the bench's
     /// "before" (`LOGCAP_REOPEN_WINDOW=off`).
     pub reopen_window: bool,
@@ -162,9 +162,9 @@ pub struct CaptureStats {
     /// `tail=1` probes of streams silent for a rotation interval.
     pub stream_probes: AtomicU64,
     /// Reopens whose tail window could not be shown to reach the resume point, reopened
-    /// wider (see [`crate::window`]).
+    /// wider (see [`crate::sources::docker::window`]).
     pub windows_widened: AtomicU64,
-    /// Steps back of the wall clock seen (see [`crate::clock_step`]).
+    /// Steps back of the wall clock seen (see [`crate::sources::docker::clock_step`]).
     pub clock_steps_back: AtomicU64,
     pub stream_errors: AtomicU64,
     pub streams_opened: AtomicU64,
@@ -180,7 +180,7 @@ pub struct CaptureStats {
     pub lines_from_attach: AtomicU64,
     /// Time from a container's start (while the capturer runs) to its log stream's answer.
     pub first_byte: FirstByteLatency,
-    /// Lines dockerd sent again after its own log rotation, dropped (see [`crate::replay`]).
+    /// Lines dockerd sent again after its own log rotation, dropped (see [`crate::sources::docker::replay`]).
     pub lines_replayed: AtomicU64,
     /// Lines stamped at or before their stream's newest delivered line that the replay window
     /// does not hold (a clock step, or a replay older than the window): delivered.
@@ -215,10 +215,10 @@ pub enum Discard {
     /// poll as the close: the reopened stream reads them again.
     Closing,
     /// Lines dockerd sent again after its own log rotation (`lines_replayed`, see
-    /// [`crate::replay`]).
+    /// [`crate::sources::docker::replay`]).
     Replay,
     /// Lines of a reopened stream's tail window stamped before its resume point (what
-    /// `since` would not have sent, see [`crate::window`]).
+    /// `since` would not have sent, see [`crate::sources::docker::window`]).
     Window,
 }
 
@@ -357,7 +357,7 @@ struct Container {
     /// Its processing pipeline (`source_mapping`), chosen once.
     pipeline: Option<PipelineId>,
     /// The pipeline's `multiline` groups, held until complete, with the position after
-    /// each line (see `crate::processing::multiline`).
+    /// each line (see `crate::pipeline::processing::multiline`).
     grouper: Option<Grouper<Position>>,
     /// The position after the last group released: its checkpoint, instead of the
     /// tracker's, which also covers the lines still held.
@@ -525,7 +525,7 @@ impl Capture {
         self
     }
 
-    /// Every entry goes through its container's pipeline (see [`crate::processing`]).
+    /// Every entry goes through its container's pipeline (see [`crate::pipeline::processing`]).
     pub fn set_processor(&mut self, processor: Arc<Processor>) {
         self.processor = Some(processor);
     }
@@ -1604,7 +1604,7 @@ impl Capture {
             }
         }
         // Before the tracker: a line dockerd replays must not count as one more line of the
-        // file, while the lines a reopened stream repeats must (see `crate::replay`). Among
+        // file, while the lines a reopened stream repeats must (see `crate::sources::docker::replay`). Among
         // those, a line dockerd's follow reader had skipped is delivered now.
         let mut recovered = false;
         if c.tracker.skipping() > 0 {

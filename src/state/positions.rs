@@ -88,7 +88,7 @@
 //! # Files
 //!
 //! With file monitoring on ([`PositionStore::load_files`]), the same store keeps the files'
-//! records (`crate::files::positions`) and each commit writes `file_positions.json` the same
+//! records (`crate::state::file_positions`) and each commit writes `file_positions.json` the same
 //! way (its own `.tmp` and `.bak`) right after `container_positions.json`: one commit covers
 //! both. With it off, `file_positions.json` is never read, written or removed.
 
@@ -101,10 +101,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::files::positions::{
+use super::file_positions::FileCheckpoint;
+use crate::state::file_positions::{
     parse as files_parse, FilePosition, FileRecords, FILE_POSITIONS_FILE,
 };
-use crate::pipeline::FileCheckpoint;
 
 /// Name of the positions file inside `positions.directory`.
 pub const CONTAINER_POSITIONS_FILE: &str = "container_positions.json";
@@ -122,8 +122,7 @@ pub const STATUS_RESTARTED: &str = "restarted";
 /// Go's status of a destroyed container.
 pub const STATUS_REMOVED: &str = "removed";
 
-/// Length of the short container id Go keys its records by.
-pub const SHORT_ID_LEN: usize = 12;
+pub use crate::telemetry::registry::SHORT_ID_LEN;
 
 /// Where to resume one container's log stream.
 ///
@@ -611,9 +610,13 @@ impl PositionStore {
         r.inode = c.identity.inode;
         r.fingerprint = Some(c.identity.fingerprint);
         r.fingerprint_len = c.identity.fingerprint_len;
-        r.rotated = c.rotated.map(
-            |(identity, offset)| crate::files::positions::RotatedPosition { identity, offset },
-        );
+        r.rotated =
+            c.rotated.map(
+                |(identity, offset)| crate::state::file_positions::RotatedPosition {
+                    identity,
+                    offset,
+                },
+            );
         if c.modified_ns != 0 {
             r.last_modified = Some(c.modified_ns);
         }

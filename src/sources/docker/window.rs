@@ -13,9 +13,9 @@
 //! same filter (`ts >= since`) is applied here ([`Window::line`]).
 //!
 //! When the window covers the resume point: the stream must return every line of the file
-//! stamped at or after `since`, in file order (what [`crate::resume`] counts on). A line L
+//! stamped at or after `since`, in file order (what [`crate::sources::docker::resume`] counts on). A line L
 //! before the window's first line F in the file is stamped at most `overlap` after F (the
-//! skew bound [`crate::resume`] assumes). So once any line of the window is stamped before
+//! skew bound [`crate::sources::docker::resume`] assumes). So once any line of the window is stamped before
 //! `since - overlap` (the guard), no line before the window can be at or after `since`, and
 //! the window covers. The decision is taken at the first line stamped at or after `since`,
 //! before anything is admitted: covered if an earlier line of the window was older than the

@@ -39,7 +39,7 @@ pub use mapping::Source;
 pub use multiline::{Grouper, MultilineSpec, Released};
 
 use crate::config::ProcessingConfig;
-use crate::entry::LogEntry;
+use crate::pipeline::entry::LogEntry;
 
 /// A pipeline chosen for a source.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -188,7 +188,7 @@ pub(crate) fn text(bytes: &[u8]) -> Cow<'_, str> {
 mod tests {
     use super::*;
     use crate::decode::StreamKind;
-    use crate::entry::Labels;
+    use crate::pipeline::entry::Labels;
 
     fn entry(msg: &str, labels: &[(&str, &str)]) -> LogEntry {
         LogEntry {

@@ -26,15 +26,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::decode::{LogLine, StreamKind};
-use crate::entry::{Labels, LogEntry};
+use crate::pipeline::entry::{Labels, LogEntry};
 use crate::pipeline::{Batch, FileCheckpoint, QueueSender};
 
 use super::config::Plan;
-use super::identity::{Identity, Same};
-use super::positions::{FilePosition, FileRecords};
 use super::tail::Tailer;
 use super::watch::{self, Waker};
 use super::FileStats;
+use crate::state::file_identity::{Identity, Same};
+use crate::state::file_positions::{FilePosition, FileRecords};
 
 /// Bytes of one file read per pass at most.
 pub const PASS_BUDGET: u64 = 1 << 20;

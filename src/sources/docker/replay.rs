@@ -9,7 +9,7 @@
 //!
 //! Within one stream (stdout or stderr) of one container dockerd's timestamps only go back at
 //! such a replay; across the two streams they do not follow each other (see
-//! [`crate::resume`]), so each stream has its own window. A line is a replay when its
+//! [`crate::sources::docker::resume`]), so each stream has its own window. A line is a replay when its
 //! timestamp is not after the newest one its stream delivered and the window holds a line with
 //! the same timestamp and the same text. A line stamped earlier with new text (the host's clock
 //! stepped back) is delivered and remembered in its place, so the window stays sorted by
@@ -24,7 +24,7 @@
 //! ([`ReplayFilter::take_replay_seen`], [`ReplayFilter::take_rotation_seen`]): the capture then
 //! reopens the stream from its resume point, and, among the lines the reopened stream repeats,
 //! [`ReplayFilter::recover`] tells the ones never delivered (the window spans their timestamp
-//! but lacks them) so that they are delivered, late, instead of skipped (see `crate::capture`).
+//! but lacks them) so that they are delivered, late, instead of skipped (see `crate::sources::docker::capture`).
 //!
 //! The window is bounded per stream by count ([`WINDOW_LINES`]) and by age behind the stream's
 //! newest line ([`WINDOW_AGE_NS`]): at most 512 KiB per stream. A replay reaching further back
@@ -157,7 +157,7 @@ impl ReplayFilter {
         }
     }
 
-    /// A line of the part a reopened stream repeats (see [`crate::resume`]): true when the
+    /// A line of the part a reopened stream repeats (see [`crate::sources::docker::resume`]): true when the
     /// window spans its timestamp and does not hold it, so it was never delivered (dockerd's
     /// follow reader had skipped it); it is remembered then. False: delivered before, or not
     /// known (older than the window, or newer than its stream's newest line).
@@ -175,7 +175,7 @@ impl ReplayFilter {
         true
     }
 
-    /// A line delivered before that a reopened stream repeats (see [`crate::resume`]): it is
+    /// A line delivered before that a reopened stream repeats (see [`crate::sources::docker::resume`]): it is
     /// not checked, only remembered if the window does not have it yet, so that a replay of
     /// it after a restart of the capturer is recognised.
     pub fn remember(&mut self, stream: StreamKind, ts: i64, text: &[u8]) {

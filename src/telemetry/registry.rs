@@ -1,5 +1,5 @@
 //! Counters the metrics need that the reader and the dispatcher update. They live in
-//! [`crate::daemon::Shared`]; the metrics read them at scrape time.
+//! [`crate::api::Shared`]; the metrics read them at scrape time.
 //!
 //! - [`ContainerRegistry`]: which containers are read (`containers_monitored`,
 //!   `total_containers_monitored`) and lines per container (`logs_processed_total`).
@@ -17,7 +17,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::prom::{Histogram, SINK_SEND_BUCKETS};
-use crate::positions::SHORT_ID_LEN;
+/// Docker's short container id: what positions, metrics and entries call a container.
+pub const SHORT_ID_LEN: usize = 12;
 
 /// One container as the metrics show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

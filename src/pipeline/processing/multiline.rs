@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use regex::Regex;
 
 use crate::decode::StreamKind;
-use crate::entry::LogEntry;
+use crate::pipeline::entry::LogEntry;
 
 #[derive(Clone, Debug)]
 pub struct MultilineSpec {

@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 
-use crate::positions::Resume;
+use crate::state::positions::Resume;
 
 #[derive(Clone, Debug)]
 pub struct ResumeTracker {

@@ -8,13 +8,16 @@
 //! `max_queue_bytes` bytes, whichever comes first ([`QueueGauge::should_pause`]): with 1 MiB
 //! lines an entry count alone would let memory grow to `queue_size` MiB.
 
+pub mod entry;
+pub mod processing;
+
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::entry::LogEntry;
-use crate::positions::Resume;
+use crate::pipeline::entry::LogEntry;
+use crate::state::positions::Resume;
 
 /// Where a container stands once every entry of the batch (and of the batches before it) is
 /// delivered.
@@ -29,26 +32,7 @@ pub struct Checkpoint {
     pub bytes: u64,
 }
 
-/// Where a monitored file stands once every entry of the batch (and of the batches before
-/// it) is delivered: the byte just past its last line in the batch, in the file identified.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileCheckpoint {
-    pub path: Arc<str>,
-    /// The entries' `source_id`, so that a batch given up freezes the file as it does a
-    /// container.
-    pub source_id: Arc<str>,
-    pub identity: crate::files::Identity,
-    pub offset: u64,
-    /// The file's size and modification time when read.
-    pub size: u64,
-    pub modified_ns: i64,
-    /// Entries and message bytes of this file in the batch.
-    pub lines: u64,
-    pub bytes: u64,
-    /// The file rotated away from the path that is still being read to its end, and the
-    /// byte just past its last line in the batch.
-    pub rotated: Option<(crate::files::Identity, u64)>,
-}
+pub use crate::state::file_positions::FileCheckpoint;
 
 #[derive(Debug, Default)]
 pub struct Batch {

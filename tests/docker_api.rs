@@ -291,8 +291,10 @@ fn captured(out: &Path) -> BTreeMap<String, Vec<usize>> {
     for entry in entries {
         let path = entry.unwrap().path();
         let text = fs::read_to_string(&path).unwrap();
+        // The sink may be writing: a last line without its newline is not complete yet.
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
         let mut seqs = Vec::new();
-        for line in text.lines() {
+        for line in complete.lines() {
             let v: Value = serde_json::from_str(line).unwrap();
             let msg = v["message"].as_str().unwrap();
             let seq = msg

@@ -38,6 +38,9 @@ pub use stats::{CancelHistogram, IoStats, OpKind, StatsSnapshot, CANCEL_BUCKETS_
 /// A coalescing [`Engine::poll`] returns early once this many completions are in.
 pub const COALESCE_COMPLETIONS: usize = 64;
 
+/// Receives smaller than this are followed by the pacing delay ([`Engine::set_pacing`]).
+pub const PACE_BELOW: usize = 8 * 1024;
+
 /// Names one stream of one engine. Ids are never reused while the engine lives: a stale id
 /// (its stream already closed) is ignored by every call.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -119,6 +122,21 @@ pub trait Engine {
     /// many slow streams each wakeup otherwise carries one line: 1000 streams at 20 lines/s
     /// were 20 000 wakeups a second.
     fn set_coalesce(&mut self, window: Duration);
+
+    /// After a receive of less than [`PACE_BELOW`] bytes on a stream marked live
+    /// ([`Engine::set_live`]), arm the stream's next receive only `delay` later (zero, the
+    /// default: at once). A slow stream's lines then wait in its socket and come several per
+    /// receive instead of one receive (and one kernel poll arm/wake cycle) each, which is most
+    /// of the CPU a line costs with many slow streams; a busy stream's receives are large and
+    /// never wait. Data already queued when the delay ends is read by that receive.
+    fn set_pacing(&mut self, delay: Duration);
+
+    /// Marks a stream live (true: what it delivers is current, so pacing can only delay it)
+    /// or not (false, the default for a new stream: it is never paced). The caller decides:
+    /// the engine sees bytes, not how old the lines in them are. A stream behind its writer
+    /// must not be paced: dockerd sends next to nothing to a reader that is not waiting in a
+    /// receive while it catches up (see `crate::reader`).
+    fn set_live(&mut self, id: StreamId, live: bool);
 
     /// Streams opened and not yet reported `Closed`.
     fn live_streams(&self) -> usize;

@@ -64,10 +64,11 @@ const QUEUE_AFTER: Duration = Duration::from_millis(10);
 /// no extra syscall): 1000 streams at 20 lines/s woke the thread 20 000 times a second for a
 /// line each, and a wakeup costs more than the line. Far below any sink's batch timeout.
 const POLL_COALESCE: Duration = Duration::from_millis(2);
-/// A stream whose last receive was small reads again only this much later (see
-/// [`crate::io::Engine::set_pacing`]): at 1000 streams x 20 lines/s, a receive per line was
-/// half the CPU of a line, in the kernel. A quarter second is nothing next to the sinks' batch
-/// timeouts (the dispatcher's default is 5 s); a busy stream never waits.
+/// A live stream whose last receive was small reads again only this much later (see
+/// [`crate::io::Engine::set_pacing`]; live: [`crate::reader::LIVE_WITHIN`]): at 1000 streams
+/// x 20 lines/s, a receive per line was half the CPU of a line, in the kernel. A quarter
+/// second is nothing next to the sinks' batch timeouts (the dispatcher's default is 5 s); a
+/// busy stream, or one behind its writer, never waits.
 const READ_PACING: Duration = Duration::from_millis(250);
 /// Each stream rotates after `rotation x (1 - ROTATION_SPREAD x random)`: never later than the
 /// configured interval, and streams opened together (a start, a reconnect) drift apart instead

@@ -14,7 +14,9 @@
 //!   [`Event::Closed`], and only after [`Engine::close`] was called for that stream;
 //! - after `close`, no `Data`, `Eof` or `Error` event is delivered for the stream;
 //! - `Closed` means the fd is closed and no operation of the stream is left anywhere;
-//! - [`IoStats`] counts ops in flight per kind, live streams, and cancellations at all times.
+//! - [`IoStats`] counts ops in flight per kind, live streams, and cancellations at all times;
+//! - pacing ([`Engine::set_pacing`]) only delays a receive: a stream waiting out its delay has
+//!   nothing in flight, so `close` ends it at once, and what arrived meanwhile is read next.
 //!
 //! Engines are single-threaded: create one on the thread that polls it.
 

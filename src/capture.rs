@@ -524,6 +524,10 @@ impl Capture {
                     if c.info != info {
                         c.labels = Arc::new(labels_of(&info));
                         c.name = Arc::from(info.name.as_str());
+                        if info.log_rotates {
+                            // A container first seen at `create` is inspected at `start`.
+                            c.replay.turn_on();
+                        }
                         c.info = info;
                     }
                     match (c.stream, c.closing, c.next) {
@@ -589,9 +593,13 @@ impl Capture {
             source_id: Arc::from(&info.id[..info.id.len().min(12)]),
             name: Arc::from(info.name.as_str()),
             running: info.running,
+            replay: if info.log_rotates {
+                ReplayFilter::new()
+            } else {
+                ReplayFilter::off()
+            },
             info,
             tracker,
-            replay: ReplayFilter::new(),
             reread: false,
             stream: None,
             closing: false,

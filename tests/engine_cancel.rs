@@ -542,7 +542,7 @@ fn head_then_two_chunks_at_gates(conn: &mut UnixStream) {
     CHUNKS_SENT.fetch_add(1, SeqCst);
 }
 
-/// With pacing, a small receive on a stream marked live is not followed by another recv
+/// With pacing, a small receive on a slow stream marked live is not followed by another recv
 /// until the delay is over: the next chunk waits in the socket, nothing is in flight, and a
 /// close completes at once.
 fn paced_stream_waits_in_the_socket(choice: EngineChoice) {
@@ -552,12 +552,16 @@ fn paced_stream_waits_in_the_socket(choice: EngineChoice) {
     CHUNKS_SENT.store(0, SeqCst);
     let server = SilentServer::start(head_then_two_chunks_at_gates);
     let mut engine = engine(choice);
-    engine.set_pacing(Duration::from_secs(3600));
+    engine.set_pacing(Duration::from_secs(20));
     let stats = engine.stats();
     let ids = open_streams(&mut *engine, &server.path, 1);
     let id = *ids.iter().next().unwrap();
     engine.set_live(id, true);
     assert_eq!(stats.snapshot().recv_in_flight, 1, "the head is not paced");
+    // Only a stream with a measured rate is paced: the first window (1 s from the head's
+    // receive) must be over when the chunk is received; at the head and 10 bytes in 1.1 s it
+    // is slow enough that 20 s of it queue under `PACE_BELOW`.
+    thread::sleep(Duration::from_millis(1100));
     open_gate(&GATE, true);
     let mut got = Vec::new();
     poll_until(

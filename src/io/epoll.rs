@@ -49,6 +49,8 @@ struct Stream {
     paced: bool,
     /// The caller says the stream is live ([`Engine::set_live`]): only then is it paced.
     live: bool,
+    /// Whether it is slow enough to pace ([`super::RateMeter`]).
+    rate: super::RateMeter,
 }
 
 pub struct EpollEngine {
@@ -200,7 +202,8 @@ impl EpollEngine {
                     self.stats.received(n);
                     events.push(Event::Data(id, Bytes::copy_from_slice(&self.scratch)));
                     reads += 1;
-                    if n < super::PACE_BELOW && !self.pacing.is_zero() && stream.live {
+                    stream.rate.record(n, self.now);
+                    if stream.live && stream.rate.may_pace(n, self.pacing) {
                         stream.paced = true;
                         self.paced.push_back((self.now + self.pacing, id));
                         return Ok(());
@@ -283,6 +286,7 @@ impl Engine for EpollEngine {
             waiting: None,
             paced: false,
             live: false,
+            rate: super::RateMeter::default(),
         });
         self.stats.stream_opened();
         let mut events = std::mem::take(&mut self.pending);
@@ -301,6 +305,7 @@ impl Engine for EpollEngine {
             paused: false,
             paced: false,
             live: false,
+            rate: super::RateMeter::default(),
             registered: None,
             waiting: None,
         });

@@ -40,8 +40,49 @@ pub use stats::{CancelHistogram, IoStats, OpKind, StatsSnapshot, CANCEL_BUCKETS_
 /// A coalescing [`Engine::poll`] returns early once this many completions are in.
 pub const COALESCE_COMPLETIONS: usize = 64;
 
-/// Receives smaller than this are followed by the pacing delay ([`Engine::set_pacing`]).
+/// Receives smaller than this are followed by the pacing delay ([`Engine::set_pacing`]), on
+/// a stream slow enough that the delay queues less than this in its socket.
 pub const PACE_BELOW: usize = 8 * 1024;
+
+/// A stream's receive rate, measured over windows of at least [`RateMeter::WINDOW`]: pacing
+/// is for slow streams only. A busy stream's receives can be small too (each wakes on the
+/// first message in), and pacing it let dockerd's writes fill the socket and block its follow
+/// reader, which then skipped whole rotated files (`tests/docker_rotation.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct RateMeter {
+    since: Option<std::time::Instant>,
+    bytes: u64,
+    /// Bytes per second over the last whole window; `None` until one is complete.
+    rate: Option<u64>,
+}
+
+impl RateMeter {
+    pub(crate) const WINDOW: Duration = Duration::from_secs(1);
+
+    pub(crate) fn record(&mut self, n: usize, now: std::time::Instant) {
+        let since = *self.since.get_or_insert(now);
+        self.bytes += n as u64;
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= Self::WINDOW {
+            let nanos = elapsed.as_nanos().max(1);
+            self.rate = Some(
+                u64::try_from(u128::from(self.bytes) * 1_000_000_000 / nanos).unwrap_or(u64::MAX),
+            );
+            self.since = Some(now);
+            self.bytes = 0;
+        }
+    }
+
+    /// True when a receive of `n` bytes may be followed by `delay`: it was small, and at the
+    /// last window's rate the delay queues under [`PACE_BELOW`].
+    pub(crate) fn may_pace(&self, n: usize, delay: Duration) -> bool {
+        n < PACE_BELOW
+            && !delay.is_zero()
+            && self.rate.is_some_and(|rate| {
+                u128::from(rate) * delay.as_nanos() < PACE_BELOW as u128 * 1_000_000_000
+            })
+    }
+}
 
 /// Names one stream of one engine. Ids are never reused while the engine lives: a stale id
 /// (its stream already closed) is ignored by every call.
@@ -145,4 +186,44 @@ pub trait Engine {
 
     /// The engine's counters, shareable with other threads (metrics, health).
     fn stats(&self) -> Arc<IoStats>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RateMeter, PACE_BELOW};
+    use std::time::{Duration, Instant};
+
+    const DELAY: Duration = Duration::from_millis(250);
+
+    /// `lines` receives of `size` bytes spread evenly over `secs` seconds.
+    fn meter(size: usize, per_sec: u32, secs: u32) -> RateMeter {
+        let mut m = RateMeter::default();
+        let start = Instant::now();
+        for i in 0..=per_sec * secs {
+            m.record(size, start + Duration::from_secs(1) / per_sec * i);
+        }
+        m
+    }
+
+    #[test]
+    fn no_pacing_before_a_whole_window() {
+        let m = meter(130, 20, 0);
+        assert!(!m.may_pace(130, DELAY));
+    }
+
+    #[test]
+    fn a_slow_stream_is_paced_after_small_receives_only() {
+        let m = meter(130, 20, 2);
+        assert!(m.may_pace(130, DELAY));
+        assert!(!m.may_pace(PACE_BELOW, DELAY), "a large receive");
+        assert!(!m.may_pace(130, Duration::ZERO), "pacing off");
+    }
+
+    /// 15,000 lines/s arriving a few per receive: small receives, never paced (the delay would
+    /// queue 490 KB in the socket and block dockerd's writer).
+    #[test]
+    fn a_busy_stream_with_small_receives_is_not_paced() {
+        let m = meter(130 * 3, 5_000, 2);
+        assert!(!m.may_pace(130 * 3, DELAY));
+    }
 }

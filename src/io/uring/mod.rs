@@ -193,6 +193,8 @@ struct Stream {
     paced: bool,
     /// The caller says the stream is live ([`Engine::set_live`]): only then is it paced.
     live: bool,
+    /// Whether it is slow enough to pace ([`super::RateMeter`]).
+    rate: super::RateMeter,
     /// Size of the next receive buffer: [`RECV_BUFFER_MIN`]..=[`RECV_BUFFER`], by use.
     recv_size: usize,
     paused: bool,
@@ -522,7 +524,10 @@ impl UringEngine {
                     stream.nonempty = cqueue::sock_nonempty(flags);
                     self.stats.received(n);
                     events.push(Event::Data(id, data));
-                    if n < super::PACE_BELOW && !self.pacing.is_zero() && self.stream(id).live {
+                    let (now, pacing) = (self.now, self.pacing);
+                    let stream = self.stream_mut(id);
+                    stream.rate.record(n, now);
+                    if stream.live && stream.rate.may_pace(n, pacing) {
                         self.stream_mut(id).paced = true;
                         self.paced.push_back((self.now + self.pacing, id));
                         Ok(())
@@ -776,6 +781,7 @@ impl Engine for UringEngine {
             nonempty: false,
             paced: false,
             live: false,
+            rate: super::RateMeter::default(),
             paused: false,
             closing: None,
             cancel_owed: false,
@@ -803,6 +809,7 @@ impl Engine for UringEngine {
             nonempty: false,
             paced: false,
             live: false,
+            rate: super::RateMeter::default(),
             paused: false,
             closing: None,
             cancel_owed: false,

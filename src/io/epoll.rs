@@ -203,7 +203,7 @@ impl EpollEngine {
                     events.push(Event::Data(id, Bytes::copy_from_slice(&self.scratch)));
                     reads += 1;
                     stream.rate.record(n, self.now);
-                    if stream.live && stream.rate.may_pace(n, self.pacing) {
+                    if stream.live && stream.rate.may_pace(n, self.pacing, self.now) {
                         stream.paced = true;
                         self.paced.push_back((self.now + self.pacing, id));
                         return Ok(());

@@ -73,14 +73,22 @@ impl RateMeter {
         }
     }
 
-    /// True when a receive of `n` bytes may be followed by `delay`: it was small, and at the
-    /// last window's rate the delay queues under [`PACE_BELOW`].
-    pub(crate) fn may_pace(&self, n: usize, delay: Duration) -> bool {
+    /// True when a receive of `n` bytes at `now` may be followed by `delay`: it was small, and
+    /// at the last window's rate, and at the current one's so far (a burst shows within its
+    /// first [`PACE_BELOW`] bytes, not a window later), the delay queues under `PACE_BELOW`.
+    pub(crate) fn may_pace(&self, n: usize, delay: Duration, now: std::time::Instant) -> bool {
+        let queues = |bytes: u64, over: Duration| {
+            u128::from(bytes) * delay.as_nanos() >= PACE_BELOW as u128 * over.as_nanos().max(1)
+        };
+        let so_far = self
+            .since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
         n < PACE_BELOW
             && !delay.is_zero()
-            && self.rate.is_some_and(|rate| {
-                u128::from(rate) * delay.as_nanos() < PACE_BELOW as u128 * 1_000_000_000
-            })
+            && self
+                .rate
+                .is_some_and(|rate| !queues(rate, Duration::from_secs(1)))
+            && !queues(self.bytes, so_far.max(delay))
     }
 }
 
@@ -195,35 +203,51 @@ mod tests {
 
     const DELAY: Duration = Duration::from_millis(250);
 
-    /// `lines` receives of `size` bytes spread evenly over `secs` seconds.
-    fn meter(size: usize, per_sec: u32, secs: u32) -> RateMeter {
+    /// Receives of `size` bytes, `per_sec` a second for `secs` seconds; the meter and the
+    /// time of its last receive.
+    fn meter(size: usize, per_sec: u32, secs: u32) -> (RateMeter, Instant) {
         let mut m = RateMeter::default();
         let start = Instant::now();
+        let mut at = start;
         for i in 0..=per_sec * secs {
-            m.record(size, start + Duration::from_secs(1) / per_sec * i);
+            at = start + Duration::from_secs(1) / per_sec * i;
+            m.record(size, at);
         }
-        m
+        (m, at)
     }
 
     #[test]
     fn no_pacing_before_a_whole_window() {
-        let m = meter(130, 20, 0);
-        assert!(!m.may_pace(130, DELAY));
+        let (m, now) = meter(130, 20, 0);
+        assert!(!m.may_pace(130, DELAY, now));
     }
 
     #[test]
     fn a_slow_stream_is_paced_after_small_receives_only() {
-        let m = meter(130, 20, 2);
-        assert!(m.may_pace(130, DELAY));
-        assert!(!m.may_pace(PACE_BELOW, DELAY), "a large receive");
-        assert!(!m.may_pace(130, Duration::ZERO), "pacing off");
+        let (m, now) = meter(130, 20, 2);
+        assert!(m.may_pace(130, DELAY, now));
+        assert!(!m.may_pace(PACE_BELOW, DELAY, now), "a large receive");
+        assert!(!m.may_pace(130, Duration::ZERO, now), "pacing off");
     }
 
     /// 15,000 lines/s arriving a few per receive: small receives, never paced (the delay would
     /// queue 490 KB in the socket and block dockerd's writer).
     #[test]
     fn a_busy_stream_with_small_receives_is_not_paced() {
-        let m = meter(130 * 3, 5_000, 2);
-        assert!(!m.may_pace(130 * 3, DELAY));
+        let (m, now) = meter(130 * 3, 5_000, 2);
+        assert!(!m.may_pace(130 * 3, DELAY, now));
+    }
+
+    /// A slow stream that starts a burst: not paced once the burst's first `PACE_BELOW` bytes
+    /// are in, without waiting for the window to end.
+    #[test]
+    fn a_burst_ends_pacing_within_its_first_bytes() {
+        let (mut m, mut now) = meter(130, 20, 2);
+        assert!(m.may_pace(130, DELAY, now));
+        for _ in 0..(PACE_BELOW / 390 + 1) {
+            now += Duration::from_micros(200);
+            m.record(390, now);
+        }
+        assert!(!m.may_pace(390, DELAY, now));
     }
 }

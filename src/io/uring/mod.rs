@@ -527,7 +527,7 @@ impl UringEngine {
                     let (now, pacing) = (self.now, self.pacing);
                     let stream = self.stream_mut(id);
                     stream.rate.record(n, now);
-                    if stream.live && stream.rate.may_pace(n, pacing) {
+                    if stream.live && stream.rate.may_pace(n, pacing, now) {
                         self.stream_mut(id).paced = true;
                         self.paced.push_back((self.now + self.pacing, id));
                         Ok(())

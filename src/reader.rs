@@ -264,3 +264,23 @@ impl LogReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{is_live, LIVE_WITHIN};
+
+    #[test]
+    fn live_means_stamped_within_a_second_of_the_clock_either_way() {
+        let now = 1_800_000_000_000_000_000_i64;
+        let limit = LIVE_WITHIN.as_nanos() as i64;
+        assert!(is_live(now, now));
+        assert!(
+            is_live(now - 250_000_000, now),
+            "a paced receive's newest line"
+        );
+        assert!(!is_live(now - limit, now), "a stream catching up");
+        assert!(is_live(now + limit - 1, now), "a clock slightly ahead");
+        assert!(!is_live(now + limit, now));
+        assert!(!is_live(i64::MIN, now));
+    }
+}

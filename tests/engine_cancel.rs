@@ -455,12 +455,7 @@ static CHUNKS_SENT: AtomicUsize = AtomicUsize::new(0);
 
 fn head_then_chunk_at_gate(conn: &mut UnixStream) {
     conn.write_all(HEAD).unwrap();
-    let (open, opened) = &GATE;
-    let mut guard = open.lock().unwrap();
-    while !*guard {
-        guard = opened.wait(guard).unwrap();
-    }
-    drop(guard);
+    wait_gate(&GATE);
     conn.write_all(b"5\r\nhello\r\n").unwrap();
     CHUNKS_SENT.fetch_add(1, SeqCst);
 }
@@ -470,7 +465,7 @@ fn head_then_chunk_at_gate(conn: &mut UnixStream) {
 /// the next poll, except for streams closed in between: after `close`, only `Closed`.
 fn close_while_data_waits(choice: EngineChoice) {
     let _serial = serial();
-    *GATE.0.lock().unwrap() = false;
+    open_gate(&GATE, false);
     CHUNKS_SENT.store(0, SeqCst);
     let server = SilentServer::start(head_then_chunk_at_gate);
     let mut engine = engine(choice);
@@ -480,8 +475,7 @@ fn close_while_data_waits(choice: EngineChoice) {
         .collect();
     ids.sort();
     let (a, b, c) = (ids[0], ids[1], ids[2]);
-    *GATE.0.lock().unwrap() = true;
-    GATE.1.notify_all();
+    open_gate(&GATE, true);
     // Once written, the chunks are in the client sockets: nothing is polled from here on.
     wait_for("the chunks to be sent", || CHUNKS_SENT.load(SeqCst) == 3);
 
@@ -521,4 +515,137 @@ fn uring_close_completes_before_returning() {
 #[test]
 fn epoll_close_completes_before_returning() {
     close_while_data_waits(EngineChoice::Epoll);
+}
+
+/// Opened by `paced_stream_waits_in_the_socket` after the first chunk was read.
+static GATE2: (Mutex<bool>, std::sync::Condvar) = (Mutex::new(false), std::sync::Condvar::new());
+
+fn wait_gate(gate: &(Mutex<bool>, std::sync::Condvar)) {
+    let mut open = gate.0.lock().unwrap();
+    while !*open {
+        open = gate.1.wait(open).unwrap();
+    }
+}
+
+fn open_gate(gate: &(Mutex<bool>, std::sync::Condvar), open: bool) {
+    *gate.0.lock().unwrap() = open;
+    gate.1.notify_all();
+}
+
+fn head_then_two_chunks_at_gates(conn: &mut UnixStream) {
+    conn.write_all(HEAD).unwrap();
+    wait_gate(&GATE);
+    conn.write_all(b"5\r\nhello\r\n").unwrap();
+    CHUNKS_SENT.fetch_add(1, SeqCst);
+    wait_gate(&GATE2);
+    conn.write_all(b"5\r\nworld\r\n").unwrap();
+    CHUNKS_SENT.fetch_add(1, SeqCst);
+}
+
+/// With pacing, a small receive on a slow stream marked live is not followed by another recv
+/// until the delay is over: the next chunk waits in the socket, nothing is in flight, and a
+/// close completes at once.
+fn paced_stream_waits_in_the_socket(choice: EngineChoice) {
+    let _serial = serial();
+    open_gate(&GATE, false);
+    open_gate(&GATE2, false);
+    CHUNKS_SENT.store(0, SeqCst);
+    let server = SilentServer::start(head_then_two_chunks_at_gates);
+    let mut engine = engine(choice);
+    engine.set_pacing(Duration::from_secs(20));
+    let stats = engine.stats();
+    let ids = open_streams(&mut *engine, &server.path, 1);
+    let id = *ids.iter().next().unwrap();
+    engine.set_live(id, true);
+    assert_eq!(stats.snapshot().recv_in_flight, 1, "the head is not paced");
+    // Only a stream with a measured rate is paced: the first window (1 s from the head's
+    // receive) must be over when the chunk is received; at the head and 10 bytes in 1.1 s it
+    // is slow enough that 20 s of it queue under `PACE_BELOW`.
+    thread::sleep(Duration::from_millis(1100));
+    open_gate(&GATE, true);
+    let mut got = Vec::new();
+    poll_until(
+        &mut *engine,
+        "the first chunk",
+        |event| match event {
+            Event::Data(_, data) => got.extend_from_slice(&data),
+            other => panic!("unexpected {other:?}"),
+        },
+        || CHUNKS_SENT.load(SeqCst) == 1 && stats.snapshot().bytes_received as usize > HEAD.len(),
+    );
+    assert_eq!(got, b"5\r\nhello\r\n");
+    assert_eq!(stats.snapshot().ops_in_flight(), 0, "no recv while paced");
+    open_gate(&GATE2, true);
+    wait_for("the second chunk to be sent", || {
+        CHUNKS_SENT.load(SeqCst) == 2
+    });
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        engine
+            .poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+    }
+    assert!(events.is_empty(), "read during the delay: {events:?}");
+    engine.close(id);
+    assert_eq!(engine.live_streams(), 0);
+    engine.poll(&mut events, Some(Duration::ZERO)).unwrap();
+    assert!(
+        matches!(events[..], [Event::Closed(c)] if c == id),
+        "{events:?}"
+    );
+    assert_eq!(stats.snapshot().ops_in_flight(), 0);
+}
+
+#[test]
+fn uring_paced_stream_waits_in_the_socket() {
+    paced_stream_waits_in_the_socket(EngineChoice::Uring);
+}
+
+#[test]
+fn epoll_paced_stream_waits_in_the_socket() {
+    paced_stream_waits_in_the_socket(EngineChoice::Epoll);
+}
+
+/// A stream the caller did not mark live (or unmarked: it fell behind its writer) is never
+/// paced, however small its receives: the second chunk is read as soon as it is sent.
+fn stream_not_live_is_not_paced(choice: EngineChoice) {
+    let _serial = serial();
+    open_gate(&GATE, false);
+    open_gate(&GATE2, false);
+    CHUNKS_SENT.store(0, SeqCst);
+    let server = SilentServer::start(head_then_two_chunks_at_gates);
+    let mut engine = engine(choice);
+    engine.set_pacing(Duration::from_secs(3600));
+    let stats = engine.stats();
+    let ids = open_streams(&mut *engine, &server.path, 1);
+    let id = *ids.iter().next().unwrap();
+    // Marked live, then unmarked, as the reader does when a stream's lines grow old.
+    engine.set_live(id, true);
+    engine.set_live(id, false);
+    let mut got = Vec::new();
+    let mut on_data = |event| match event {
+        Event::Data(_, data) => got.extend_from_slice(&data),
+        other => panic!("unexpected {other:?}"),
+    };
+    open_gate(&GATE, true);
+    poll_until(&mut *engine, "the first chunk", &mut on_data, || {
+        stats.snapshot().bytes_received as usize == HEAD.len() + 10
+    });
+    open_gate(&GATE2, true);
+    poll_until(&mut *engine, "the second chunk", &mut on_data, || {
+        stats.snapshot().bytes_received as usize == HEAD.len() + 20
+    });
+    assert_eq!(got, b"5\r\nhello\r\n5\r\nworld\r\n");
+    assert_eq!(stats.snapshot().recv_in_flight, 1, "re-armed at once");
+    engine.close(id);
+}
+
+#[test]
+fn uring_stream_not_live_is_not_paced() {
+    stream_not_live_is_not_paced(EngineChoice::Uring);
+}
+
+#[test]
+fn epoll_stream_not_live_is_not_paced() {
+    stream_not_live_is_not_paced(EngineChoice::Epoll);
 }

@@ -94,6 +94,12 @@ impl Engine for Withholding {
     fn set_coalesce(&mut self, window: Duration) {
         self.inner.set_coalesce(window)
     }
+    fn set_pacing(&mut self, delay: Duration) {
+        self.inner.set_pacing(delay)
+    }
+    fn set_live(&mut self, id: StreamId, live: bool) {
+        self.inner.set_live(id, live)
+    }
     fn live_streams(&self) -> usize {
         // A withheld stream is still open as far as its user can tell.
         self.inner.live_streams() + self.held.len() + self.sticking.len()

@@ -9,11 +9,15 @@
 #
 #   bash scripts/bench/many_streams.sh
 #   MANY_CONTAINERS=1000 MANY_RATE=20 MANY_SECONDS=30 MANY_WARMUP=6 bash scripts/bench/many_streams.sh
+#   LOGCAP_BIN_BEFORE=/path/old/log_capturer MANY_READERS=ac bash scripts/bench/many_streams.sh
+# LOGCAP_BIN_BEFORE adds (p): that binary on io_uring, in the same runs (before/after ratio);
+# MANY_READERS picks among a, b, c (default abc).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 N="${MANY_CONTAINERS:-1000}"
 R="${MANY_RATE:-20}"
 SECS="${MANY_SECONDS:-30}"
 WARM="${MANY_WARMUP:-6}"
+READERS="${MANY_READERS:-abc}"
 ulimit -n 16384
 
 need_tools
@@ -47,9 +51,12 @@ measure() { # VARIANT CMD...
 
 for run in $(seq 1 "$RUNS"); do
     log "run $run/$RUNS (load:$(cut -d' ' -f1-3 /proc/loadavg))"
-    measure a "$BIN" --config "$WORK/cfg.yaml" --io-engine uring
-    measure b "$BIN" --config "$WORK/cfg.yaml" --io-engine epoll
-    measure c "$BOL" --socket "$SOCK" --follow
+    if [[ -n "${LOGCAP_BIN_BEFORE:-}" ]]; then
+        measure p "$LOGCAP_BIN_BEFORE" --config "$WORK/cfg.yaml" --io-engine uring
+    fi
+    [[ $READERS == *a* ]] && measure a "$BIN" --config "$WORK/cfg.yaml" --io-engine uring
+    [[ $READERS == *b* ]] && measure b "$BIN" --config "$WORK/cfg.yaml" --io-engine epoll
+    [[ $READERS == *c* ]] && measure c "$BOL" --socket "$SOCK" --follow
 done
 
 python3 - "$RES" "$N" "$R" "$SECS" "$CLK_TCK" <<'PY'
@@ -59,23 +66,30 @@ rows = {}
 for line in open(res):
     v, ticks, lines, sysc, rss, opened = line.split()
     rows.setdefault(v, []).append((int(ticks) / tck, int(lines), int(sysc), int(rss) / 1024, int(opened)))
-names = {"a": "(a) log_capturer io_uring", "b": "(b) log_capturer epoll", "c": "(c) bollard + tokio"}
-print(f"\nmany streams: {n} containers x {r} lines/s, {secs} s window, median of {len(rows['a'])} runs")
+names = {"p": "(p) before: LOGCAP_BIN_BEFORE", "a": "(a) log_capturer io_uring", "b": "(b) log_capturer epoll", "c": "(c) bollard + tokio"}
+print(f"\nmany streams: {n} containers x {r} lines/s, {secs} s window, median of {len(next(iter(rows.values())))} runs")
 print(f"{'reader':28} {'streams':>7} {'CPU s':>6} {'CPU %':>6} {'lines/s':>8} {'µs CPU/line':>11} {'syscalls/line':>13} {'RSS MiB':>8}")
-for v in "abc":
+for v in "pabc":
+    if v not in rows:
+        continue
     x = rows[v]
     cpu = st.median(a[0] for a in x); lines = st.median(a[1] for a in x)
     spl = st.median(a[2] / max(a[1], 1) for a in x); rss = st.median(a[3] for a in x)
     print(f"{names[v]:28} {st.median(a[4] for a in x):7.0f} {cpu:6.2f} {100*cpu/secs:6.1f} {lines/secs:8.0f} "
           f"{1e6*cpu/max(lines,1):11.2f} {spl:13.2f} {rss:8.1f}")
 def ratio(x, y, k=0):
+    # CPU per line, so that a reader that fell behind is not credited for reading less.
+    if k == 0:
+        return st.median((a[0] / max(a[1], 1)) / (b[0] / max(b[1], 1)) for a, b in zip(rows[x], rows[y]) if b[0] > 0)
     return st.median(a[k] / b[k] for a, b in zip(rows[x], rows[y]) if b[k] > 0)
-ab, ac = ratio("a", "b"), ratio("a", "c")
-print(f"ratios (CPU, median of per-run ratios): a/b {ab:.2f}  a/c {ac:.2f}  b/c {ratio('b','c'):.2f};"
-      f" syscalls a/b {ratio('a','b',2):.2f}  a/c {ratio('a','c',2):.2f}")
 v = lambda ok: "PASS" if ok else "MISS"
-rss_a = st.median(a[3] for a in rows["a"])
-print(f"verdict: (a) CPU <= 0.5x (b): {ab:.2f}x -> {v(ab <= 0.5)}")
-print(f"verdict: (a) CPU <= 0.5x (c): {ac:.2f}x -> {v(ac <= 0.5)}")
-print(f"verdict: RSS with {n} streams < 64 MiB: (a) {rss_a:.1f} MiB -> {v(rss_a < 64)}")
+pairs = [(x, y) for x, y in (("a", "b"), ("a", "c"), ("b", "c"), ("a", "p"), ("p", "c")) if x in rows and y in rows]
+print("ratios (CPU per line, median of per-run ratios): " + "  ".join(f"{x}/{y} {ratio(x, y):.2f}" for x, y in pairs))
+if "a" in rows:
+    rss_a = st.median(a[3] for a in rows["a"])
+    if "b" in rows:
+        print(f"verdict: (a) CPU <= 0.5x (b): {ratio('a', 'b'):.2f}x -> {v(ratio('a', 'b') <= 0.5)}")
+    if "c" in rows:
+        print(f"verdict: (a) CPU <= 0.5x (c): {ratio('a', 'c'):.2f}x -> {v(ratio('a', 'c') <= 0.5)}")
+    print(f"verdict: RSS with {n} streams < 32 MiB: (a) {rss_a:.1f} MiB -> {v(rss_a < 32)}")
 PY

@@ -6,6 +6,7 @@
 //! Received bytes are read into one scratch buffer per engine and copied out to exactly the
 //! size received: no unsafe code and no per-stream receive buffer.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,12 @@ struct Stream {
     registered: Option<epoll::EventFlags>,
     /// The operation this stream waits to perform: what the counters call in flight.
     waiting: Option<OpKind>,
+    /// Waiting in [`EpollEngine::paced`] before it reads again (see [`Engine::set_pacing`]).
+    paced: bool,
+    /// The caller says the stream is live ([`Engine::set_live`]): only then is it paced.
+    live: bool,
+    /// Whether it is slow enough to pace ([`super::RateMeter`]).
+    rate: super::RateMeter,
 }
 
 pub struct EpollEngine {
@@ -55,6 +62,11 @@ pub struct EpollEngine {
     ready: Vec<epoll::Event>,
     /// See [`Engine::set_coalesce`].
     coalesce: Duration,
+    /// See [`Engine::set_pacing`]: a paced stream is taken out of the epoll set until due.
+    pacing: Duration,
+    paced: VecDeque<(Instant, StreamId)>,
+    /// Taken once per poll.
+    now: Instant,
 }
 
 fn key(id: StreamId) -> u64 {
@@ -78,6 +90,9 @@ impl EpollEngine {
             scratch: Vec::with_capacity(SCRATCH),
             ready: Vec::with_capacity(1024),
             coalesce: Duration::ZERO,
+            pacing: Duration::ZERO,
+            paced: VecDeque::new(),
+            now: Instant::now(),
         })
     }
 
@@ -124,11 +139,13 @@ impl EpollEngine {
         let (waiting, flags) = match stream.phase {
             Phase::Connecting => (Some(OpKind::Connect), None),
             Phase::Sending => (Some(OpKind::Send), Some(epoll::EventFlags::OUT)),
-            Phase::Receiving if !stream.paused => (
+            // Paused or paced: out of the epoll set, nothing it waits to do.
+            Phase::Receiving if stream.paused || stream.paced => (None, None),
+            Phase::Receiving => (
                 Some(OpKind::Recv),
                 Some(epoll::EventFlags::IN | epoll::EventFlags::RDHUP),
             ),
-            Phase::Receiving | Phase::Finished => (None, None),
+            Phase::Finished => (None, None),
         };
         self.set_waiting(id, waiting);
         if let Err(e) = self.register(id, flags) {
@@ -167,7 +184,11 @@ impl EpollEngine {
             }
         }
         let mut reads = 0;
-        while stream.phase == Phase::Receiving && !stream.paused && reads < READS_PER_WAKEUP {
+        while stream.phase == Phase::Receiving
+            && !stream.paused
+            && !stream.paced
+            && reads < READS_PER_WAKEUP
+        {
             self.scratch.clear();
             match rustix::io::read(
                 &stream.fd,
@@ -181,6 +202,12 @@ impl EpollEngine {
                     self.stats.received(n);
                     events.push(Event::Data(id, Bytes::copy_from_slice(&self.scratch)));
                     reads += 1;
+                    stream.rate.record(n, self.now);
+                    if stream.live && stream.rate.may_pace(n, self.pacing, self.now) {
+                        stream.paced = true;
+                        self.paced.push_back((self.now + self.pacing, id));
+                        return Ok(());
+                    }
                     if n < SCRATCH {
                         // A short read took all the socket held: the next read would only
                         // say EAGAIN (a syscall per line when lines come one at a time), and
@@ -257,6 +284,9 @@ impl Engine for EpollEngine {
             paused: false,
             registered: None,
             waiting: None,
+            paced: false,
+            live: false,
+            rate: super::RateMeter::default(),
         });
         self.stats.stream_opened();
         let mut events = std::mem::take(&mut self.pending);
@@ -273,6 +303,9 @@ impl Engine for EpollEngine {
             phase: Phase::Receiving,
             request: Bytes::new(),
             paused: false,
+            paced: false,
+            live: false,
+            rate: super::RateMeter::default(),
             registered: None,
             waiting: None,
         });
@@ -315,6 +348,23 @@ impl Engine for EpollEngine {
 
     fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         events.append(&mut self.pending);
+        self.now = Instant::now();
+        let mut due_streams = Vec::new();
+        let mut next_due = None;
+        while let Some(&(due, id)) = self.paced.front() {
+            if due > self.now {
+                next_due = Some(due - self.now);
+                break;
+            }
+            self.paced.pop_front();
+            if let Some(stream) = self.streams.get_mut(id) {
+                stream.paced = false;
+                due_streams.push(id);
+            }
+        }
+        for id in due_streams {
+            self.drive(id, events);
+        }
         // Connecting streams wait on no readiness (a unix connect is retried): the scan of
         // every stream only runs while the counters say one is connecting.
         let connecting: Vec<StreamId> = if self.stats.in_flight(OpKind::Connect) > 0 {
@@ -333,6 +383,9 @@ impl Engine for EpollEngine {
         };
         if !connecting.is_empty() {
             timeout = Some(timeout.map_or(CONNECT_RETRY, |t| t.min(CONNECT_RETRY)));
+        }
+        if let Some(until) = next_due {
+            timeout = Some(timeout.map_or(until, |t| t.min(until)));
         }
         self.wait(timeout)?;
         if !self.coalesce.is_zero() && !self.ready.is_empty() && self.ready.len() < self.want() {
@@ -353,6 +406,16 @@ impl Engine for EpollEngine {
 
     fn set_coalesce(&mut self, window: Duration) {
         self.coalesce = window;
+    }
+
+    fn set_pacing(&mut self, delay: Duration) {
+        self.pacing = delay;
+    }
+
+    fn set_live(&mut self, id: StreamId, live: bool) {
+        if let Some(stream) = self.streams.get_mut(id) {
+            stream.live = live;
+        }
     }
 
     fn live_streams(&self) -> usize {

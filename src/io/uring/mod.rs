@@ -10,6 +10,7 @@
 //! This is the only module of the crate with `unsafe` code.
 #![allow(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -191,6 +192,12 @@ struct Stream {
     recv_armed: bool,
     /// The last recv's completion said the socket had more queued (`F_SOCK_NONEMPTY`).
     nonempty: bool,
+    /// Waiting in [`UringEngine::paced`] for its next recv.
+    paced: bool,
+    /// The caller says the stream is live ([`Engine::set_live`]): only then is it paced.
+    live: bool,
+    /// Whether it is slow enough to pace ([`super::RateMeter`]).
+    rate: super::RateMeter,
     /// Size of the next receive buffer: [`RECV_BUFFER_MIN`]..=[`RECV_BUFFER`], by use.
     recv_size: usize,
     paused: bool,
@@ -249,6 +256,13 @@ pub struct UringEngine {
     /// Tests: the next waits fail with this errno.
     #[cfg(test)]
     fail_enters: (u32, i32),
+    /// See [`Engine::set_pacing`].
+    pacing: Duration,
+    /// Streams whose next recv waits for the pacing delay, in the order they are due (one
+    /// delay for all, so a queue is enough). Stale ids (closed since) are skipped.
+    paced: VecDeque<(Instant, StreamId)>,
+    /// Taken once per poll: what a paced stream's delay counts from.
+    now: Instant,
     _single_thread: PhantomData<*const ()>,
 }
 
@@ -273,6 +287,9 @@ impl UringEngine {
             fail_submits: 0,
             #[cfg(test)]
             fail_enters: (0, 0),
+            pacing: Duration::ZERO,
+            paced: VecDeque::new(),
+            now: Instant::now(),
             _single_thread: PhantomData,
         })
     }
@@ -356,6 +373,7 @@ impl UringEngine {
         let poll_first = self.support.poll_first;
         let stream = self.stream_mut(id);
         if stream.recv_armed
+            || stream.paced
             || stream.paused
             || stream.phase != Phase::Receiving
             || stream.closing.is_some()
@@ -509,7 +527,16 @@ impl UringEngine {
                     stream.nonempty = cqueue::sock_nonempty(flags);
                     self.stats.received(n);
                     events.push(Event::Data(id, data));
-                    self.arm_recv(id)
+                    let (now, pacing) = (self.now, self.pacing);
+                    let stream = self.stream_mut(id);
+                    stream.rate.record(n, now);
+                    if stream.live && stream.rate.may_pace(n, pacing, now) {
+                        self.stream_mut(id).paced = true;
+                        self.paced.push_back((self.now + self.pacing, id));
+                        Ok(())
+                    } else {
+                        self.arm_recv(id)
+                    }
                 } else if result == 0 {
                     stream.buf = buf;
                     stream.phase = Phase::Finished;
@@ -625,6 +652,27 @@ impl UringEngine {
         None
     }
 
+    /// Arms the recvs whose pacing delay is over; returns when the next one is due.
+    fn arm_paced(&mut self, events: &mut Vec<Event>) -> Option<Instant> {
+        while let Some(&(due, id)) = self.paced.front() {
+            if due > self.now {
+                return Some(due);
+            }
+            self.paced.pop_front();
+            let Some(stream) = self.streams.get_mut(id) else {
+                continue;
+            };
+            stream.paced = false;
+            // Whatever came during the delay is queued: the recv should try at once, not
+            // arm a poll first.
+            stream.nonempty = true;
+            if let Err(e) = self.arm_recv(id) {
+                self.fail(id, e, events);
+            }
+        }
+        None
+    }
+
     fn retry_owed_cancels(&mut self) {
         if self.owed.is_empty() {
             return;
@@ -734,6 +782,9 @@ impl Engine for UringEngine {
             recv_size: RECV_BUFFER_MIN,
             recv_armed: false,
             nonempty: false,
+            paced: false,
+            live: false,
+            rate: super::RateMeter::default(),
             paused: false,
             closing: None,
             cancel_owed: false,
@@ -759,6 +810,9 @@ impl Engine for UringEngine {
             recv_size: RECV_BUFFER_MIN,
             recv_armed: false,
             nonempty: false,
+            paced: false,
+            live: false,
+            rate: super::RateMeter::default(),
             paused: false,
             closing: None,
             cancel_owed: false,
@@ -826,6 +880,12 @@ impl Engine for UringEngine {
     fn poll(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         self.retry_owed_cancels();
         events.append(&mut self.pending);
+        self.now = Instant::now();
+        let mut timeout = timeout;
+        if let Some(due) = self.arm_paced(events) {
+            let until = due - self.now;
+            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+        }
         let ready = !events.is_empty() || !self.ring.completion().is_empty();
         let waited = self.injected_enter_failure().unwrap_or_else(|| {
             if ready {
@@ -859,6 +919,16 @@ impl Engine for UringEngine {
 
     fn set_coalesce(&mut self, window: Duration) {
         self.coalesce = window;
+    }
+
+    fn set_pacing(&mut self, delay: Duration) {
+        self.pacing = delay;
+    }
+
+    fn set_live(&mut self, id: StreamId, live: bool) {
+        if let Some(stream) = self.streams.get_mut(id) {
+            stream.live = live;
+        }
     }
 
     fn live_streams(&self) -> usize {

@@ -90,6 +90,12 @@ const QUEUE_AFTER: Duration = Duration::from_millis(10);
 /// no extra syscall): 1000 streams at 20 lines/s woke the thread 20 000 times a second for a
 /// line each, and a wakeup costs more than the line. Far below any sink's batch timeout.
 const POLL_COALESCE: Duration = Duration::from_millis(2);
+/// A live stream whose last receive was small reads again only this much later (see
+/// [`crate::io::Engine::set_pacing`]; live: [`crate::sources::docker::reader::LIVE_WITHIN`]): at 1000 streams
+/// x 20 lines/s, a receive per line was half the CPU of a line, in the kernel. A quarter
+/// second is nothing next to the sinks' batch timeouts (the dispatcher's default is 5 s); a
+/// busy stream, or one behind its writer, never waits.
+const READ_PACING: Duration = Duration::from_millis(250);
 /// Each stream rotates after `rotation x (1 - ROTATION_SPREAD x random)`: never later than the
 /// configured interval, and streams opened together (a start, a reconnect) drift apart instead
 /// of being cancelled all in the same tick forever: 1000 cancels at once take ~20 ms to reap,
@@ -481,6 +487,16 @@ impl Capture {
         registry: Arc<ContainerRegistry>,
     ) -> Self {
         reader.set_coalesce(POLL_COALESCE);
+        if options.follow {
+            // Without follow every stream ends soon anyway: waiting would only delay the end.
+            // A stream must read between rotations: with rotation every 200 ms and a 250 ms
+            // delay, streams were rotated before their second receive, forever.
+            let mut pacing = READ_PACING;
+            if !options.rotation.is_zero() {
+                pacing = pacing.min(options.rotation / 8);
+            }
+            reader.set_pacing(pacing);
+        }
         Capture {
             reader,
             options,
@@ -703,6 +719,10 @@ impl Capture {
                     if c.info != info {
                         c.labels = Arc::new(labels_of(&info));
                         c.name = Arc::from(info.name.as_str());
+                        if info.log_rotates {
+                            // A container first seen at `create` is inspected at `start`.
+                            c.replay.turn_on();
+                        }
                         c.info = info;
                     }
                     match (c.stream, c.closing, c.next) {
@@ -783,9 +803,13 @@ impl Capture {
             source_id: Arc::from(&info.id[..info.id.len().min(12)]),
             name: Arc::from(info.name.as_str()),
             running: info.running,
+            replay: if info.log_rotates {
+                ReplayFilter::new()
+            } else {
+                ReplayFilter::off()
+            },
             info,
             tracker,
-            replay: ReplayFilter::new(),
             reread: false,
             stream: None,
             closing: false,

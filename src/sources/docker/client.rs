@@ -93,7 +93,9 @@ pub struct ContainerInfo {
     /// for a container never started, or when the text does not parse.
     pub started: Option<i64>,
     /// dockerd rotates the container's log file (`--log-opt max-size`, or the daemon's
-    /// default): lines can be deleted before a reader got them (see `crate::sources::docker::replay`).
+    /// default, which dockerd copies into the container's config at create; or the `local`
+    /// driver): lines can be deleted before a reader got them (see `crate::sources::docker::replay`). Only
+    /// then does the capture keep a replay window for it.
     pub log_rotates: bool,
 }
 
@@ -121,6 +123,8 @@ struct InspectHostConfig {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 struct InspectLogConfig {
+    #[serde(default, rename = "Type")]
+    driver: String,
     #[serde(default)]
     config: Option<BTreeMap<String, String>>,
 }
@@ -322,11 +326,13 @@ impl Client {
             started: crate::decode::timestamp::parse_rfc3339_nanos(raw.state.started_at.as_bytes())
                 .ok()
                 .filter(|&ns| ns > 0),
-            log_rotates: raw
-                .host_config
-                .log_config
-                .config
-                .is_some_and(|c| c.get("max-size").is_some_and(|s| !s.is_empty())),
+            // The `local` driver rotates without being asked (20 MB files by default).
+            log_rotates: raw.host_config.log_config.driver == "local"
+                || raw
+                    .host_config
+                    .log_config
+                    .config
+                    .is_some_and(|c| c.get("max-size").is_some_and(|s| !s.is_empty())),
         })
     }
 

@@ -108,6 +108,8 @@ pub struct ReplayFilter {
     rotation_seen: bool,
     /// The same, for [`ReplayFilter::take_replay_seen`].
     replay_seen: bool,
+    /// Off ([`ReplayFilter::off`]): nothing is remembered and every line is new.
+    off: bool,
 }
 
 fn hash(text: &[u8]) -> u64 {
@@ -128,8 +130,28 @@ impl ReplayFilter {
         ReplayFilter::default()
     }
 
+    /// A filter for a container whose log dockerd never rotates (json-file without
+    /// `max-size`): its follow reader has no rotation to replay or skip lines at, so there is
+    /// nothing to remember. Without this every container kept up to 5 minutes of its lines'
+    /// hashes: 1000 containers at 20 lines/s held 100 MiB after 4 minutes.
+    pub fn off() -> Self {
+        ReplayFilter {
+            off: true,
+            ..ReplayFilter::default()
+        }
+    }
+
+    /// Turns a filter made [`off`](Self::off) on (the inspect at `start` found the log
+    /// rotates); one that is on stays as it is.
+    pub fn turn_on(&mut self) {
+        self.off = false;
+    }
+
     /// A line of the current stream: is it new, or a replay of one delivered before?
     pub fn check(&mut self, stream: StreamKind, ts: i64, text: &[u8]) -> Verdict {
+        if self.off {
+            return Verdict::New;
+        }
         let w = &mut self.streams[index(stream)];
         let hash = hash(text);
         match w.newest() {
@@ -162,6 +184,9 @@ impl ReplayFilter {
     /// follow reader had skipped it); it is remembered then. False: delivered before, or not
     /// known (older than the window, or newer than its stream's newest line).
     pub fn recover(&mut self, stream: StreamKind, ts: i64, text: &[u8]) -> bool {
+        if self.off {
+            return false;
+        }
         let w = &mut self.streams[index(stream)];
         let spans = match (w.recent.front(), w.recent.back()) {
             (Some(&(oldest, _)), Some(&(newest, _))) => oldest <= ts && ts <= newest,
@@ -179,6 +204,9 @@ impl ReplayFilter {
     /// not checked, only remembered if the window does not have it yet, so that a replay of
     /// it after a restart of the capturer is recognised.
     pub fn remember(&mut self, stream: StreamKind, ts: i64, text: &[u8]) {
+        if self.off {
+            return;
+        }
         let w = &mut self.streams[index(stream)];
         if w.newest().is_none_or(|newest| ts > newest) {
             w.push(ts, hash(text));
@@ -329,6 +357,35 @@ mod tests {
         assert_eq!(f.len(), 2);
         assert_eq!(f.check(Stdout, 0, b"old"), Verdict::Unknown);
         assert_eq!(f.check(Stdout, 1, b"old too"), Verdict::Replay);
+    }
+
+    /// A container whose log never rotates keeps nothing (1000 of them at 20 lines/s held
+    /// 100 MiB of windows after 4 minutes); turned on, the filter works as one made on.
+    #[test]
+    fn a_filter_made_off_keeps_nothing_until_turned_on() {
+        let mut f = ReplayFilter::off();
+        for n in 0..100 {
+            let (ts, text) = line(n);
+            assert_eq!(f.check(Stdout, ts, &text), Verdict::New);
+            f.remember(Stdout, ts, &text);
+            assert!(!f.recover(Stdout, ts, &text));
+        }
+        let (ts, text) = line(50);
+        assert_eq!(
+            f.check(Stdout, ts, &text),
+            Verdict::New,
+            "nothing remembered"
+        );
+        assert_eq!(f.len(), 0);
+        assert!(!f.take_replay_seen());
+        f.turn_on();
+        for n in 100..105 {
+            let (ts, text) = line(n);
+            assert_eq!(f.check(Stdout, ts, &text), Verdict::New);
+        }
+        let (ts, text) = line(102);
+        assert_eq!(f.check(Stdout, ts, &text), Verdict::Replay);
+        assert_eq!(f.len(), 5);
     }
 
     #[test]

@@ -10,24 +10,16 @@
 
 use std::fs;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod support;
-use support::docker;
+use support::{docker, wait_for};
 #[path = "support/capturer.rs"]
 mod capturer;
 use capturer::{get_json, Env, POLL};
 
 fn numbers(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
     range.map(|n| n.to_string()).collect()
-}
-
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        thread::sleep(POLL);
-    }
 }
 
 fn capture_stat(addr: &str, key: &str) -> u64 {

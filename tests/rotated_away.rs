@@ -14,14 +14,13 @@
 //! printed: dockerd deleted them, the capturer cannot tell their number.
 
 use std::collections::BTreeSet;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod support;
-use support::docker;
+use support::{docker, wait_for};
 #[path = "support/capturer.rs"]
 mod capturer;
-use capturer::{Env, POLL};
+use capturer::Env;
 
 /// Every line is `N tag`, N counting up across the phases: `a` while the capturer runs, `b`
 /// the burst while it is down, `c` after it is back.
@@ -42,14 +41,6 @@ fn numbers(lines: &[String]) -> Vec<u64> {
                 .unwrap_or_else(|| panic!("not a numbered line: {l:?}"))
         })
         .collect()
-}
-
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(POLL);
-    }
 }
 
 #[test]

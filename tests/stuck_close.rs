@@ -32,7 +32,7 @@ use log_capturer::sources::docker::reader::LogReader;
 use log_capturer::sources::docker::Client;
 
 mod support;
-use support::{docker, remove_containers, socket, IMAGE};
+use support::{docker, remove_containers, socket, wait_for, IMAGE};
 
 /// What the test tells the wrapper.
 #[derive(Default)]
@@ -106,14 +106,6 @@ impl Engine for Withholding {
     }
     fn stats(&self) -> Arc<IoStats> {
         self.inner.stats()
-    }
-}
-
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -8,13 +8,13 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod support;
-use support::docker;
+use support::{docker, wait_for};
 #[path = "support/capturer.rs"]
 mod capturer;
-use capturer::{get_json, Env, POLL};
+use capturer::{get_json, Env};
 
 /// How long the capturer is watched for a retry it must not make: the code before this
 /// change retried after 1 s, then 2 s, so it asked at least twice more within this.
@@ -28,14 +28,6 @@ fn metric(addr: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
-}
-
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(POLL);
-    }
 }
 
 #[test]

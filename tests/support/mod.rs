@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// The image `scripts/docker-engine.sh` imports: busybox with every applet.
 pub const IMAGE: &str = "local/busybox:latest";
@@ -57,4 +59,13 @@ pub fn remove_containers<S: AsRef<str>>(ids: &[S]) {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status();
+}
+
+/// Waits until `done` (asked every 20 ms) holds, failing the test with `what` after `within`.
+pub fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -152,9 +152,10 @@ impl Processor {
         let pipeline = &self.pipelines[id.0];
         self.stats.entries.fetch_add(1, Relaxed);
         let bytes = entry.message.clone();
+        let shared = entry.labels.clone();
         let mut work = steps::Work {
             message: text(&bytes),
-            labels: (*entry.labels).clone(),
+            labels: Cow::Borrowed(&*shared),
             timestamp_ns: entry.timestamp_ns,
             source_path,
         };
@@ -181,7 +182,9 @@ impl Processor {
         if let Cow::Owned(m) = work.message {
             entry.message = Bytes::from(m);
         }
-        entry.labels = Arc::new(work.labels);
+        if let Cow::Owned(labels) = work.labels {
+            entry.labels = Arc::new(labels);
+        }
         entry.timestamp_ns = work.timestamp_ns;
     }
 }
@@ -246,6 +249,33 @@ pipelines:
             assert_eq!(e.labels.get("t").map(String::as_str), Some("not a date"));
             assert_eq!(p.stats().failed.load(Relaxed), 1);
         }
+    }
+
+    /// A line no step changes keeps the source's label map (no copy); one a step writes to
+    /// gets its own, the source's left as it was.
+    #[test]
+    fn labels_are_copied_only_when_a_step_writes() {
+        let file = r#"
+pipelines:
+  - name: p
+    steps:
+      - name: lvl
+        type: log_level_extract
+        config: { pattern: 'level=(\w+)', field: level }
+      - name: gone
+        type: field_remove
+        config: { fields: [absent] }
+"#;
+        let p = Processor::from_str(file, Path::new("t.yaml"), true).unwrap();
+        let mut e = entry("no level here", &[("container_name", "web")]);
+        let shared = e.labels.clone();
+        p.apply(PipelineId(0), &mut e, "");
+        assert!(Arc::ptr_eq(&e.labels, &shared), "copied though unchanged");
+        let mut e = entry("level=WARN", &[("container_name", "web")]);
+        let shared = e.labels.clone();
+        p.apply(PipelineId(0), &mut e, "");
+        assert_eq!(e.labels.get("level").map(String::as_str), Some("warn"));
+        assert_eq!(shared.get("level"), None);
     }
 
     #[test]

@@ -907,9 +907,11 @@ fn a_multiline_pipeline_for_files_is_refused_at_start() {
     )
     .unwrap();
     let cfg = config_processing(&s, &pipeline(&listed, &dir), &pipelines);
+    // `--once`: were it not refused, the run would end by itself (exit 0), not hang the test.
     let out = Command::new(BIN)
         .arg("--config")
         .arg(&cfg)
+        .arg("--once")
         .env_remove("RUST_LOG")
         .output()
         .unwrap();

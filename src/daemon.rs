@@ -378,12 +378,15 @@ pub fn run(
     // --- Monitored files (file_monitor_service): their own thread, the same queue.
     let files = match file_plan {
         Some(plan) => {
-            let source = crate::sources::files::source::FileSource::new(
+            let mut source = crate::sources::files::source::FileSource::new(
                 plan,
                 files_tx,
                 shared.files.clone(),
                 file_records,
             );
+            if let Some(processor) = &options.processor {
+                source.set_processor(processor.clone());
+            }
             let files_stop = stop.clone();
             let once = options.once;
             Some(

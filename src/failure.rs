@@ -12,7 +12,8 @@
 //!   [`EXIT_SOFTWARE`] without waiting for them.
 //! - `LOGCAP_TEST_PANIC=COMPONENT` (read once, at the first [`test_panic_point`]) makes that
 //!   component's thread panic `LOGCAP_TEST_PANIC_AFTER_MS` (default 1000) after the process
-//!   started: the tests' way to panic a real thread. `LOGCAP_TEST_HANG=capture` makes the
+//!   started: the tests' way to panic a real thread (`capture`, `dispatcher`, `discovery`,
+//!   `files`). `LOGCAP_TEST_HANG=capture` makes the
 //!   capture thread hang once stop is set, to show the shutdown deadline;
 //!   `LOGCAP_TEST_PANIC=engine` makes the capture thread's io engine poll fail instead (after
 //!   the same delay), as a broken ring would. Unset (always, outside tests) they do nothing.

@@ -148,9 +148,15 @@ fn panicking_thread_fails_the_process(component: &str, docker: bool) {
     let s = Scratch::new("failures", component);
     let port = free_port();
     let config = config(&s, port, docker);
+    watch_panic(&s, port, &config, component);
+}
+
+/// Runs the capturer on `config` with the panic hook set for `component` and checks what
+/// [`panicking_thread_fails_the_process`] says.
+fn watch_panic(s: &Scratch, port: u16, config: &std::path::Path, component: &str) {
     let mut child = spawn(
-        &s,
-        &config,
+        s,
+        config,
         &[
             ("LOGCAP_TEST_PANIC", component),
             ("LOGCAP_TEST_PANIC_AFTER_MS", "1500"),
@@ -158,7 +164,7 @@ fn panicking_thread_fails_the_process(component: &str, docker: bool) {
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let seen = watch(&mut child, addr, Duration::from_secs(40));
-    let text = log(&s);
+    let text = log(s);
     assert!(
         seen.healthy_first,
         "never healthy before the panic:\n{text}"
@@ -269,4 +275,26 @@ fn a_shutdown_past_its_deadline_exits_70_naming_what_did_not_finish() {
         took >= Duration::from_secs(29),
         "exited {took:?} after the signal"
     );
+}
+
+// --- The files thread (file_monitor_service) ---
+
+/// The files thread panics (`LOGCAP_TEST_PANIC=files`) while it tails a file: health 503
+/// naming `files`, exit 70, like the other threads.
+#[test]
+fn a_files_thread_panic_turns_health_503_and_exits_70() {
+    let s = Scratch::new("failures", "files");
+    let port = free_port();
+    let path = config(&s, port, false);
+    let logs = s.0.join("logs");
+    fs::create_dir_all(&logs).unwrap();
+    fs::write(logs.join("app.log"), "one\ntwo\n").unwrap();
+    let mut yaml = fs::read_to_string(&path).unwrap();
+    yaml.push_str(&format!(
+        "files_config:\n  watch_directories: [\"{}\"]\n  include_patterns: [\"*.log\"]\n\
+         file_monitor_service:\n  enabled: true\n  read_interval: 100ms\n",
+        logs.display()
+    ));
+    fs::write(&path, yaml).unwrap();
+    watch_panic(&s, port, &path, "files");
 }

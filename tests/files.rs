@@ -721,3 +721,204 @@ fn a_go_file_positions_json_is_resumed_from() {
     assert_eq!(positions[&key]["offset"], text.len());
     assert_eq!(positions[&key]["log_count"], 10);
 }
+
+// --- Processing pipelines on file entries ---
+
+/// [`config`] with `processing` on, through the pipelines file at `pipelines`.
+fn config_processing(s: &Scratch, pipeline: &str, pipelines: &Path) -> PathBuf {
+    let path = config(s, pipeline);
+    let mut yaml = fs::read_to_string(&path).unwrap();
+    yaml.push_str(&format!(
+        "processing:\n  enabled: true\n  pipelines_file: {}\n  skip_failed_logs: true\n",
+        pipelines.display()
+    ));
+    fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// The `labels` of an entry, as text.
+fn labels(v: &Value) -> BTreeMap<String, String> {
+    v["labels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Two files mapped in the pipelines file's order: the listed one by its `file_path`, the
+/// one found in a directory by `source_type:file`; templates filled from the file's path and
+/// labels. Exact labels out in the file sink's JSON.
+#[test]
+fn file_entries_go_through_the_pipeline_their_path_or_type_maps_to() {
+    let s = Scratch::new("files", "processing");
+    let listed = s.0.join("listed").join("app.log");
+    let dir = s.0.join("dir");
+    fs::create_dir_all(listed.parent().unwrap()).unwrap();
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(&listed, "GET /a 200\nno status here\n").unwrap();
+    fs::write(dir.join("web.log"), "level=WARN disk low\n").unwrap();
+    let pipelines = s.0.join("pipelines.yaml");
+    fs::write(
+        &pipelines,
+        format!(
+            r#"
+pipelines:
+  - name: by_path
+    steps:
+      - name: status
+        type: regex_extract
+        config: {{ pattern: '^(\S+) (\S+) (\d+)$', fields: [method, url, status] }}
+      - name: where
+        type: field_add
+        config:
+          fields: {{ src: "{{{{source_path}}}}", fname: "{{{{source_filename}}}}", owner: "{{{{team}}}}-x", status: "none" }}
+      - name: drop_team
+        type: field_remove
+        config: {{ fields: [team] }}
+  - name: any_file
+    steps:
+      - name: level
+        type: log_level_extract
+        config: {{ pattern: 'level=(\w+)', field: level }}
+      - name: kind
+        type: field_add
+        config: {{ fields: {{ kind: "file:{{{{file_name}}}}" }} }}
+source_mapping:
+  by_path: ["file_path:{listed}"]
+  any_file: ["source_type:file"]
+"#,
+            listed = listed.display()
+        ),
+    )
+    .unwrap();
+    let cfg = config_processing(&s, &pipeline(&listed, &dir), &pipelines);
+    let log = Daemon::start_args(&s, &cfg, 1, &["--once"]).wait_exit();
+    assert!(
+        log.contains(&format!(
+            "monitoring file {} (pipeline by_path)",
+            listed.display()
+        )),
+        "{log}"
+    );
+
+    let app = captured(&s, "app");
+    assert_eq!(messages(&app), ["GET /a 200", "no status here"], "{log}");
+    let path = listed.display().to_string();
+    let want = |extra: &[(&str, &str)]| -> BTreeMap<String, String> {
+        let mut m: BTreeMap<String, String> = [
+            ("file_path", path.as_str()),
+            ("file_name", "app.log"),
+            ("src", path.as_str()),
+            ("fname", "app.log"),
+            ("owner", "core-x"),
+            ("stream", "stdout"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        m.remove("team");
+        m
+    };
+    assert_eq!(
+        labels(&app[0]),
+        want(&[("method", "GET"), ("url", "/a"), ("status", "200")])
+    );
+    assert_eq!(labels(&app[1]), want(&[("status", "none")]));
+    assert!(app.iter().all(|e| e["source_type"] == "file"));
+
+    let web = captured(&s, "web");
+    assert_eq!(messages(&web), ["level=WARN disk low"], "{log}");
+    let web_path = dir.join("web.log").display().to_string();
+    let want: BTreeMap<String, String> = [
+        ("file_path", web_path.as_str()),
+        ("file_name", "web.log"),
+        ("log_type", "app"),
+        ("level", "warn"),
+        ("kind", "file:web.log"),
+        ("stream", "stdout"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(labels(&web[0]), want);
+}
+
+/// The Go team's pipelines file (the fixture): its `syslog` pipeline is mapped to
+/// `source_type:file`, so a monitored file's syslog lines get its fields and timestamp.
+#[test]
+fn the_go_pipelines_file_maps_files_to_its_syslog_pipeline() {
+    let s = Scratch::new("files", "processing-go");
+    let listed = s.0.join("syslog");
+    let dir = s.0.join("dir");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        &listed,
+        "2026-11-30T04:00:00.123456+00:00 host1 sshd[42]: error: connection reset\nplain\n",
+    )
+    .unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go_pipelines.yaml");
+    let cfg = config_processing(&s, &pipeline(&listed, &dir), &fixture);
+    let log = Daemon::start_args(&s, &cfg, 1, &["--once"]).wait_exit();
+    let out = captured(&s, "syslog");
+    assert_eq!(out.len(), 2, "{log}");
+    let l = labels(&out[0]);
+    for (k, v) in [
+        ("_temp_hostname", "host1"),
+        ("_temp_process", "sshd[42]"),
+        ("msg", "error: connection reset"),
+        ("level", "error"),
+        ("service", "system"),
+        ("component", "syslog"),
+        ("team", "core"),
+    ] {
+        assert_eq!(l.get(k).map(String::as_str), Some(v), "{k} in {l:?}");
+    }
+    assert_eq!(
+        out[0]["timestamp"], "2026-11-30T04:00:00.123456Z",
+        "{}",
+        out[0]
+    );
+    let l = labels(&out[1]);
+    assert_eq!(
+        (
+            l["msg"].as_str(),
+            l["level"].as_str(),
+            l.get("_temp_hostname")
+        ),
+        ("plain", "info", None)
+    );
+}
+
+/// A `multiline` pipeline mapped to files is refused at start (exit 2, naming it): its
+/// groups could not be resumed whole from a file's offset.
+#[test]
+fn a_multiline_pipeline_for_files_is_refused_at_start() {
+    let s = Scratch::new("files", "processing-multiline");
+    let listed = s.0.join("app.log");
+    let dir = s.0.join("dir");
+    fs::create_dir_all(&dir).unwrap();
+    let pipelines = s.0.join("pipelines.yaml");
+    fs::write(
+        &pipelines,
+        "pipelines:\n  - name: traces\n    steps:\n      - name: join\n        type: multiline\n        \
+         config: { firstline: '^\\d' }\nsource_mapping:\n  traces: [\"source_type:file\"]\n",
+    )
+    .unwrap();
+    let cfg = config_processing(&s, &pipeline(&listed, &dir), &pipelines);
+    // `--once`: were it not refused, the run would end by itself (exit 0), not hang the test.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--once")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("pipeline \"traces\" has a multiline step") && err.contains("files"),
+        "{err}"
+    );
+}

@@ -3,9 +3,11 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BIN="${LOGCAP_BIN:-$ROOT/target/release/log_capturer}"
-SRV="$ROOT/target/release/examples/fake_dockerd"
-RAW="$ROOT/target/release/examples/bench_rawcopy"
+# CARGO_TARGET_DIR (honoured by the scripts' cargo builds too) moves the release binaries.
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN="${LOGCAP_BIN:-$TARGET/release/log_capturer}"
+SRV="$TARGET/release/examples/fake_dockerd"
+RAW="$TARGET/release/examples/bench_rawcopy"
 BOL="$ROOT/benches/bollard_baseline/target/release/bollard_baseline"
 RUNS="${BENCH_RUNS:-3}"
 WORK="$(mktemp -d /tmp/logcap-bench.XXXXXX)"

@@ -8,7 +8,11 @@
 # Prints per-line CPU, the median of per-run on/off ratios, and the verdict (target: processing
 # adds at most 30 % to the CPU per line).
 #
+# LOGCAP_BIN_BEFORE=/path/to/an/older/log_capturer adds a third variant, that binary with the
+# pipelines, run back to back with the other two: the before/after of a change to processing.
+#
 #   bash scripts/bench/processing.sh
+#   LOGCAP_BIN_BEFORE=/tmp/before/release/log_capturer bash scripts/bench/processing.sh
 #   BULK_LINES=200000 MANY_CONTAINERS=500 MANY_SECONDS=15 BENCH_RUNS=3 bash scripts/bench/processing.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 C="${BULK_CONTAINERS:-4}"
@@ -23,6 +27,12 @@ ulimit -n 16384
 need_tools
 log "building (release): log_capturer, example fake_dockerd"
 (cd "$ROOT" && cargo build --release -q --bin log_capturer --example fake_dockerd)
+BEFORE="${LOGCAP_BIN_BEFORE:-}"
+VARIANTS="off on"
+[ -n "$BEFORE" ] && VARIANTS="off on before"
+# The binary of a variant: `before` is the older one, with the pipelines.
+bin_of() { if [ "$1" = before ]; then echo "$BEFORE"; else echo "$BIN"; fi; }
+cfg_of() { if [ "$1" = before ]; then echo on; else echo "$1"; fi; }
 machine
 RES="$WORK/results"
 : >"$RES"
@@ -36,7 +46,7 @@ configs() {
 
 bulk() { # VARIANT
     rm -rf "$WORK/positions"
-    /usr/bin/time -f "%U %S" -o "$WORK/time" "$BIN" --config "$WORK/$1.yaml" --once >"$WORK/out" 2>"$WORK/err" || {
+    /usr/bin/time -f "%U %S" -o "$WORK/time" "$(bin_of "$1")" --config "$WORK/$(cfg_of "$1").yaml" --once >"$WORK/out" 2>"$WORK/err" || {
         log "bulk $1 failed: $(tail -3 "$WORK/err")"
         exit 1
     }
@@ -47,7 +57,7 @@ bulk() { # VARIANT
 
 many() { # VARIANT
     rm -rf "$WORK/positions"
-    "$BIN" --config "$WORK/$1.yaml" >"$WORK/out" 2>"$WORK/err" &
+    "$(bin_of "$1")" --config "$WORK/$(cfg_of "$1").yaml" >"$WORK/out" 2>"$WORK/err" &
     local pid=$!
     sleep "$WARM"
     local l0 t0 l1 t1
@@ -65,8 +75,7 @@ start_server bulk --containers "$C" --lines "$L"
 configs
 for run in $(seq 1 "$RUNS"); do
     log "bulk run $run/$RUNS (load:$(cut -d' ' -f1-3 /proc/loadavg))"
-    bulk off
-    bulk on
+    for v in $VARIANTS; do bulk "$v"; done
 done
 stop_server
 
@@ -74,8 +83,7 @@ start_server steady --containers "$N" --rate "$R"
 configs '  stream_rotation_interval: "0"'
 for run in $(seq 1 "$RUNS"); do
     log "many-streams run $run/$RUNS (load:$(cut -d' ' -f1-3 /proc/loadavg))"
-    many off
-    many on
+    for v in $VARIANTS; do many "$v"; done
 done
 
 python3 - "$RES" "$C" "$L" "$N" "$R" "$SECS" <<'PY'
@@ -89,17 +97,23 @@ titles = {"bulk": f"bulk: {c} containers x {l} lines, read to the end (--once)",
           "many": f"many streams: {n} containers x {r} lines/s, {secs} s window"}
 worst = 0.0
 for w in ("bulk", "many"):
-    off, on = rows[(w, "off")], rows[(w, "on")]
+    off, on, before = rows[(w, "off")], rows[(w, "on")], rows.get((w, "before"))
     print(f"\n{titles[w]}, median of {len(off)} runs")
-    print(f"{'processing':12} {'CPU s':>7} {'lines':>9} {'µs CPU/line':>12}")
-    for name, x in (("off", off), ("on (Go file)", on)):
+    print(f"{'processing':18} {'CPU s':>7} {'lines':>9} {'µs CPU/line':>12}")
+    shown = [("off", off), ("on (Go file)", on)] + ([("on, before binary", before)] if before else [])
+    for name, x in shown:
         cpu = st.median(a[0] for a in x); lines = st.median(a[1] for a in x)
-        print(f"{name:12} {cpu:7.2f} {lines:9.0f} {1e6 * cpu / max(lines, 1):12.3f}")
-    # Per-line CPU, on over off, per run (the two ran back to back), then the median.
-    ratio = st.median((b[0] / max(b[1], 1)) / (a[0] / max(a[1], 1)) for a, b in zip(off, on) if a[0] > 0)
+        print(f"{name:18} {cpu:7.2f} {lines:9.0f} {1e6 * cpu / max(lines, 1):12.3f}")
+    # Per-line CPU, on over off, per run (they ran back to back), then the median.
+    def ratio_of(xs):
+        return st.median((b[0] / max(b[1], 1)) / (a[0] / max(a[1], 1)) for a, b in zip(off, xs) if a[0] > 0)
+    ratio = ratio_of(on)
     worst = max(worst, ratio)
     print(f"ratio on/off (CPU per line, median of per-run ratios): {ratio:.2f}"
           f"  -> processing adds {100 * (ratio - 1):.0f} %")
+    if before:
+        rb = ratio_of(before)
+        print(f"before binary, on/off: {rb:.2f} -> adds {100 * (rb - 1):.0f} %")
 print(f"\nverdict: processing adds <= 30 % CPU per line on both workloads: worst {100 * (worst - 1):.0f} % -> "
       f"{'PASS' if worst <= 1.30 else 'MISS'}")
 PY

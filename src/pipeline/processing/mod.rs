@@ -135,15 +135,27 @@ impl Processor {
         self.pipelines[id.0].multiline.as_ref()
     }
 
+    /// The pipelines with a `multiline` step that a `source_mapping` pattern meant for files
+    /// (`source_type:file`, `file_path:`, `file_name:`) maps to.
+    pub fn multiline_for_files(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .filter(|r| r.patterns.iter().any(mapping::Pattern::names_files))
+            .map(|r| &self.pipelines[r.pipeline])
+            .filter(|p| p.multiline.is_some())
+            .map(|p| p.name.as_str())
+    }
+
     /// Runs the pipeline's steps on one entry. `source_path`: a monitored file's path (for
     /// `{{source_path}}`), "" for containers.
     pub fn apply(&self, id: PipelineId, entry: &mut LogEntry, source_path: &str) {
         let pipeline = &self.pipelines[id.0];
         self.stats.entries.fetch_add(1, Relaxed);
         let bytes = entry.message.clone();
+        let shared = entry.labels.clone();
         let mut work = steps::Work {
             message: text(&bytes),
-            labels: (*entry.labels).clone(),
+            labels: Cow::Borrowed(&*shared),
             timestamp_ns: entry.timestamp_ns,
             source_path,
         };
@@ -170,7 +182,9 @@ impl Processor {
         if let Cow::Owned(m) = work.message {
             entry.message = Bytes::from(m);
         }
-        entry.labels = Arc::new(work.labels);
+        if let Cow::Owned(labels) = work.labels {
+            entry.labels = Arc::new(labels);
+        }
         entry.timestamp_ns = work.timestamp_ns;
     }
 }
@@ -235,6 +249,33 @@ pipelines:
             assert_eq!(e.labels.get("t").map(String::as_str), Some("not a date"));
             assert_eq!(p.stats().failed.load(Relaxed), 1);
         }
+    }
+
+    /// A line no step changes keeps the source's label map (no copy); one a step writes to
+    /// gets its own, the source's left as it was.
+    #[test]
+    fn labels_are_copied_only_when_a_step_writes() {
+        let file = r#"
+pipelines:
+  - name: p
+    steps:
+      - name: lvl
+        type: log_level_extract
+        config: { pattern: 'level=(\w+)', field: level }
+      - name: gone
+        type: field_remove
+        config: { fields: [absent] }
+"#;
+        let p = Processor::from_str(file, Path::new("t.yaml"), true).unwrap();
+        let mut e = entry("no level here", &[("container_name", "web")]);
+        let shared = e.labels.clone();
+        p.apply(PipelineId(0), &mut e, "");
+        assert!(Arc::ptr_eq(&e.labels, &shared), "copied though unchanged");
+        let mut e = entry("level=WARN", &[("container_name", "web")]);
+        let shared = e.labels.clone();
+        p.apply(PipelineId(0), &mut e, "");
+        assert_eq!(e.labels.get("level").map(String::as_str), Some("warn"));
+        assert_eq!(shared.get("level"), None);
     }
 
     #[test]

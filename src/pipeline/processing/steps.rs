@@ -12,10 +12,12 @@ use super::template::{Scope, Template};
 use super::timefmt::{Layout, Zone};
 use crate::pipeline::entry::Labels;
 
-/// One entry while its pipeline runs: a copy, written back only when the pipeline is done.
+/// One entry while its pipeline runs, written back only when the pipeline is done. The
+/// labels are the source's shared map until a step writes one (`Cow`): a line no step
+/// changes costs no copy of them.
 pub struct Work<'a> {
     pub message: Cow<'a, str>,
-    pub labels: Labels,
+    pub labels: Cow<'a, Labels>,
     pub timestamp_ns: i64,
     pub source_path: &'a str,
 }
@@ -81,7 +83,9 @@ impl Step {
                 if let Some(caps) = re.captures(&w.message) {
                     for (name, group) in fields.iter().zip(caps.iter().skip(1)) {
                         if let Some(g) = group {
-                            w.labels.insert(name.clone(), g.as_str().to_string());
+                            w.labels
+                                .to_mut()
+                                .insert(name.clone(), g.as_str().to_string());
                         }
                     }
                 }
@@ -96,12 +100,14 @@ impl Step {
                         source_path: w.source_path,
                         labels: &w.labels,
                     });
-                    w.labels.insert(name.clone(), value);
+                    w.labels.to_mut().insert(name.clone(), value);
                 }
             }
             Op::FieldRemove { fields } => {
                 for name in fields {
-                    w.labels.remove(name);
+                    if w.labels.contains_key(name) {
+                        w.labels.to_mut().remove(name);
+                    }
                 }
             }
             Op::TimestampParse {
@@ -131,13 +137,15 @@ impl Step {
                     // Go's RFC3339Nano, as the file sink writes `timestamp`.
                     let mut text = String::with_capacity(36);
                     crate::sink::format::push_rfc3339_nano_go(&mut text, ns);
-                    w.labels.insert(t.clone(), text);
+                    w.labels.to_mut().insert(t.clone(), text);
                 }
             }
             Op::LogLevelExtract { re, field } => {
                 if let Some(caps) = re.captures(&w.message) {
                     let m = caps.get(1).or_else(|| caps.get(0)).expect("group 0");
-                    w.labels.insert(field.clone(), m.as_str().to_lowercase());
+                    w.labels
+                        .to_mut()
+                        .insert(field.clone(), m.as_str().to_lowercase());
                 }
             }
             Op::JsonParse { field } => {
@@ -155,7 +163,7 @@ impl Step {
                 };
                 let mut out = Vec::new();
                 flatten("", map, &mut out);
-                w.labels.extend(out);
+                w.labels.to_mut().extend(out);
             }
         }
         Ok(())

@@ -13,6 +13,13 @@
 //! - the path gone: the open file is read to its end and kept as above; a listed path that
 //!   is missing is a warning, and is picked up when it appears.
 //!
+//! Processing: each file's pipeline is chosen once, when it is first tracked
+//! (`source_type: "file"`, its labels and its path, see
+//! [`crate::pipeline::processing::mapping`]), and every entry goes through it before it is
+//! batched, `{{source_path}}` being the file's path. A pipeline with `multiline` is refused
+//! for files at start ([`check_processing`]): a file's resume point is only known per read,
+//! not per line, so a group held across a restart could not be read again whole.
+//!
 //! Reading pauses while the queue is full (the containers' rule), and a pass reads at most
 //! [`PASS_BUDGET`] bytes (or [`PASS_LINES`] lines) of a file, so a large file does not hold
 //! back the others and batches stay small.
@@ -27,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::decode::{LogLine, StreamKind};
 use crate::pipeline::entry::{Labels, LogEntry};
+use crate::pipeline::processing::{PipelineId, Processor, Source};
 use crate::pipeline::{Batch, FileCheckpoint, QueueSender};
 
 use super::config::Plan;
@@ -60,6 +68,8 @@ struct Tracked {
     key: Arc<str>,
     source_id: Arc<str>,
     labels: Arc<Labels>,
+    /// Its processing pipeline, chosen once.
+    pipeline: Option<PipelineId>,
     listed: bool,
     current: Option<Tailer>,
     draining: Vec<Draining>,
@@ -122,6 +132,51 @@ pub struct FileSource {
     warned_max: bool,
     /// Where the next pass starts.
     next: usize,
+    processor: Option<Arc<Processor>>,
+}
+
+/// Refuses a `multiline` pipeline for files (see the module doc): one that a pattern meant for
+/// files maps to, or that a listed file or a directory's files (by their labels, or as the
+/// `default` pipeline) would go through.
+pub fn check_processing(plan: &Plan, processor: &Processor) -> Result<(), String> {
+    let refuse = |name: &str, what: &str| {
+        Err(format!(
+            "processing: pipeline {name:?} has a multiline step and {what}: multiline is not \
+             supported for monitored files (COMPATIBILITY.md, Processing pipelines); map the \
+             files to a pipeline without it"
+        ))
+    };
+    if let Some(name) = processor.multiline_for_files().next() {
+        return refuse(name, "source_mapping maps files to it");
+    }
+    for f in &plan.files {
+        let labels = labels_for(&f.path, &f.labels);
+        let path = f.path.display().to_string();
+        let source = Source {
+            source_type: "file",
+            labels: &labels,
+            path: Some(&path),
+        };
+        if let Some(id) = processor.select(&source) {
+            if processor.multiline(id).is_some() {
+                return refuse(processor.name(id), &format!("file {path} goes through it"));
+            }
+        }
+    }
+    for d in &plan.directories {
+        let source = Source {
+            source_type: "file",
+            labels: &d.labels,
+            path: None,
+        };
+        if let Some(id) = processor.select(&source) {
+            if processor.multiline(id).is_some() {
+                let what = format!("the files of directory {} go through it", d.path.display());
+                return refuse(processor.name(id), &what);
+            }
+        }
+    }
+    Ok(())
 }
 
 impl FileSource {
@@ -149,7 +204,13 @@ impl FileSource {
             lines: Vec::new(),
             warned_max: false,
             next: 0,
+            processor: None,
         }
+    }
+
+    /// Runs every file's entries through its pipeline (`processing`).
+    pub fn set_processor(&mut self, processor: Arc<Processor>) {
+        self.processor = Some(processor);
     }
 
     fn track(&mut self, path: PathBuf, configured: &Labels, listed: bool) {
@@ -158,11 +219,38 @@ impl FileSource {
         }
         let key: Arc<str> = Arc::from(path.display().to_string());
         let resume = self.records.get(&*key).cloned();
-        tracing::info!("monitoring file {}", path.display());
+        let labels = labels_for(&path, configured);
+        let pipeline = self.processor.as_ref().and_then(|p| {
+            let id = p.select(&Source {
+                source_type: "file",
+                labels: &labels,
+                path: Some(&key),
+            })?;
+            if p.multiline(id).is_some() {
+                // Mapped through a label only this file has: the start could not see it.
+                tracing::warn!(
+                    "{key}: pipeline {:?} has a multiline step, not supported for files: its \
+                     other steps run, lines are not joined",
+                    p.name(id)
+                );
+            }
+            Some(id)
+        });
+        match (&self.processor, pipeline) {
+            (Some(p), Some(id)) => {
+                tracing::info!(
+                    "monitoring file {} (pipeline {})",
+                    path.display(),
+                    p.name(id)
+                )
+            }
+            _ => tracing::info!("monitoring file {}", path.display()),
+        }
         self.by_path.insert(path.clone(), self.tracked.len());
         self.tracked.push(Tracked {
             source_id: Arc::from(source_id(&key)),
-            labels: Arc::new(labels_for(&path, configured)),
+            labels: Arc::new(labels),
+            pipeline,
             key,
             path,
             listed,
@@ -246,6 +334,7 @@ impl FileSource {
         self.scan();
         let mut last_scan = Instant::now();
         loop {
+            crate::failure::test_panic_point("files");
             let stopping = stop.load(Relaxed);
             let more = self.pass(stopping);
             self.flush();
@@ -376,7 +465,7 @@ impl FileSource {
         let mut bytes = 0u64;
         for line in lines.drain(..) {
             bytes += line.message.len() as u64;
-            self.entries.push(LogEntry {
+            let mut entry = LogEntry {
                 timestamp_ns: now,
                 processed_at_ns: now,
                 message: line.message,
@@ -384,7 +473,11 @@ impl FileSource {
                 source_type: "file",
                 source_id: t.source_id.clone(),
                 labels: t.labels.clone(),
-            });
+            };
+            if let (Some(p), Some(id)) = (&self.processor, t.pipeline) {
+                p.apply(id, &mut entry, &t.key);
+            }
+            self.entries.push(entry);
         }
         self.lines = lines;
         self.stats.lines_read.fetch_add(n, Relaxed);

@@ -191,6 +191,7 @@ fn entries(n: usize) -> Batch {
     Batch {
         entries: (0..n)
             .map(|i| LogEntry {
+                fields: Default::default(),
                 timestamp_ns: i as i64,
                 processed_at_ns: i as i64,
                 message: Bytes::from(format!("line {i}")),
@@ -428,8 +429,8 @@ fn post_logs_is_accepted_into_the_queue() {
     assert_eq!(&e.message[..], b"hello from api");
     assert_eq!(e.source_type, "webhook");
     assert_eq!(&*e.source_id, "svc-1");
-    assert_eq!(e.labels.get("team").map(String::as_str), Some("core"));
-    assert_eq!(e.labels.get("level").map(String::as_str), Some("warn"));
+    assert_eq!(e.label("team"), Some("core"));
+    assert_eq!(e.label("level"), Some("warn"));
     assert_eq!(e.timestamp_ns, 1_705_314_600_123_456_789);
     assert!(e.processed_at_ns > e.timestamp_ns);
 
@@ -775,11 +776,7 @@ fn post_logs_go_through_the_pipeline_their_source_type_maps() {
     let Received::Batch(batch) = rx.recv(Duration::from_secs(5)) else {
         panic!("no batch")
     };
-    let labels: Vec<(&str, &str)> = batch.entries[0]
-        .labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let labels: Vec<(&str, &str)> = batch.entries[0].labels_iter().collect();
     assert_eq!(
         labels,
         [("service", "json"), ("team", "core"), ("user.id", "7")]

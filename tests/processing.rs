@@ -37,6 +37,7 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 
 fn entry(msg: &str, stream: StreamKind, source_type: &'static str, l: &Labels) -> LogEntry {
     LogEntry {
+        fields: Default::default(),
         timestamp_ns: 7,
         processed_at_ns: 8,
         message: Bytes::copy_from_slice(msg.as_bytes()),
@@ -226,7 +227,7 @@ fn run_cases(p: &Processor, cases: &[Case]) {
         p.apply(id, &mut e, case.path.unwrap_or(""));
         let mut want = case.source.clone();
         want.extend(labels(case.fields));
-        assert_eq!(*e.labels, want, "{:?}", case.message);
+        assert_eq!(e.label_map(), want, "{:?}", case.message);
         assert_eq!(e.message, case.message_out.as_bytes(), "{:?}", case.message);
         assert_eq!(e.timestamp_ns, case.timestamp_ns, "{:?}", case.message);
     }
@@ -370,10 +371,10 @@ fn every_step_type_golden() {
         ("service", "java-app"),
         ("summary", "error: job failed"),
     ]));
-    assert_eq!(*trace.labels, want);
+    assert_eq!(trace.label_map(), want);
     assert_eq!(out[1].stream, StreamKind::Stderr);
-    assert_eq!(out[1].labels.get("level").unwrap(), "warn");
-    assert_eq!(out[2].labels.get("msg").unwrap(), "next");
+    assert_eq!(out[1].label("level").unwrap(), "warn");
+    assert_eq!(out[2].label("msg").unwrap(), "next");
 
     // json_parse flattens; field_remove; an entry that is not JSON goes out as it came.
     let json = container("json-logger");
@@ -402,11 +403,11 @@ fn every_step_type_golden() {
         ("service", "json"),
         ("tags", "[\"a\"]"),
     ]));
-    assert_eq!(*e.labels, want);
+    assert_eq!(e.label_map(), want);
     let failed = p.stats().failed.load(Relaxed);
     let mut e = entry("plain text", StreamKind::Stdout, "docker", &json);
     p.apply(id, &mut e, "");
-    assert_eq!(*e.labels, json);
+    assert_eq!(e.label_map(), json);
     assert_eq!(p.stats().failed.load(Relaxed), failed + 1);
 
     // Unmapped: default.
@@ -422,7 +423,7 @@ fn every_step_type_golden() {
     p.apply(id, &mut e, "");
     let mut want = other.clone();
     want.extend(labels(&[("level", "error"), ("service", "other")]));
-    assert_eq!(*e.labels, want);
+    assert_eq!(e.label_map(), want);
 }
 
 /// `field_add` templates: Go wrote `{{message}}` literally.
@@ -461,7 +462,7 @@ source_mapping:
         ("msg", "hello"),
         ("where", "h1/x.log"),
     ]);
-    assert_eq!(*e.labels, want);
+    assert_eq!(e.label_map(), want);
 }
 
 #[path = "support/scratch.rs"]

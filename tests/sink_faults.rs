@@ -43,6 +43,7 @@ fn entries(name: &str, id: &str, prefix: &str, n: usize) -> Vec<LogEntry> {
     let source_id: Arc<str> = Arc::from(&id[..12]);
     (0..n)
         .map(|i| LogEntry {
+            fields: Default::default(),
             timestamp_ns: 1_764_460_800_000_000_000 + i as i64,
             processed_at_ns: 1_764_460_800_000_000_000,
             message: Bytes::from(format!("{prefix}-{i}")),

@@ -87,6 +87,7 @@ fn failing_sink_is_logged_when_it_starts_and_when_it_recovers() {
     );
     let entries: Vec<LogEntry> = (0..2)
         .map(|i| LogEntry {
+            fields: Default::default(),
             timestamp_ns: i,
             processed_at_ns: i,
             message: Bytes::from(format!("m-{i}")),

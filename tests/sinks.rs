@@ -47,6 +47,7 @@ fn web_labels() -> Arc<Labels> {
 
 fn entry(time: &str, msg: &[u8], stream: StreamKind, labels: &Arc<Labels>) -> LogEntry {
     LogEntry {
+        fields: Default::default(),
         timestamp_ns: ts(time),
         processed_at_ns: ts("2026-11-27T22:23:12.8Z"),
         message: Bytes::copy_from_slice(msg),

@@ -430,6 +430,7 @@ fn ingest(state: &ApiState, rq: &mut Incoming<'_>) -> Reply {
         labels.insert("level".into(), level);
     }
     let mut entry = LogEntry {
+        fields: Default::default(),
         timestamp_ns,
         processed_at_ns,
         message: Bytes::from(message),

@@ -1,8 +1,11 @@
 //! A log entry: one line with where and when it came from, as the sinks receive it.
 //!
 //! Container-level labels are shared (`Arc`) by every entry of a container: a line costs its
-//! message and two timestamps, not a map.
+//! message and two timestamps, not a map. What a processing pipeline adds, overrides or
+//! removes goes in the entry's own [`Fields`] beside them; sinks read the two through
+//! [`LogEntry::label`] and [`LogEntry::labels_iter`], never `labels` alone.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -31,4 +34,154 @@ pub struct LogEntry {
     /// `container_id`, `container_name`, `image`, `compose_service` (when present), ...;
     /// `stream` is added by the sinks from [`LogEntry::stream`].
     pub labels: Arc<Labels>,
+    /// What a pipeline wrote over `labels` (empty when no step wrote).
+    pub fields: Fields,
+}
+
+/// What a pipeline set or removed, beside the source's shared labels (which it leaves
+/// untouched): sorted by key, one item a key, `None` for a label `field_remove` took away.
+/// Keys are interned when the pipelines file is loaded, so a field costs its value only;
+/// an entry no step wrote to has an empty vector (no allocation).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fields(Vec<(Arc<str>, Option<String>)>);
+
+impl Fields {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+    }
+
+    /// `Some(None)`: removed; `None`: the fields say nothing of `key`.
+    pub fn get(&self, key: &str) -> Option<Option<&str>> {
+        self.find(key).ok().map(|i| self.0[i].1.as_deref())
+    }
+
+    pub fn set(&mut self, key: &Arc<str>, value: String) {
+        self.put(key, Some(value));
+    }
+
+    pub fn remove(&mut self, key: &Arc<str>) {
+        self.put(key, None);
+    }
+
+    fn put(&mut self, key: &Arc<str>, value: Option<String>) {
+        match self.find(key) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (Arc::clone(key), value)),
+        }
+    }
+
+    /// The keys written or removed, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+}
+
+impl LogEntry {
+    /// A label as the sinks see it: the pipeline's fields first, then the source's labels.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        match self.fields.get(key) {
+            Some(v) => v,
+            None => self.labels.get(key).map(String::as_str),
+        }
+    }
+
+    /// Every label as the sinks see it, in key order: a merge of the two sorted sources.
+    pub fn labels_iter(&self) -> Merged<'_> {
+        Merged {
+            labels: self.labels.iter().peekable(),
+            fields: self.fields.0.iter().peekable(),
+        }
+    }
+
+    /// The merged view as a map (tests, and callers that keep it).
+    pub fn label_map(&self) -> Labels {
+        self.labels_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+/// See [`LogEntry::labels_iter`].
+pub struct Merged<'a> {
+    labels: std::iter::Peekable<std::collections::btree_map::Iter<'a, String, String>>,
+    fields: std::iter::Peekable<std::slice::Iter<'a, (Arc<str>, Option<String>)>>,
+}
+
+impl<'a> Iterator for Merged<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        loop {
+            let order = match (self.labels.peek(), self.fields.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((lk, _)), Some((fk, _))) => lk.as_str().cmp(&**fk),
+            };
+            if order == Ordering::Less {
+                let (k, v) = self.labels.next().expect("peeked");
+                return Some((k, v));
+            }
+            if order == Ordering::Equal {
+                self.labels.next();
+            }
+            let (k, v) = self.fields.next().expect("peeked");
+            if let Some(v) = v {
+                return Some((k, v));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_merged_view_puts_fields_over_labels_in_key_order() {
+        let labels: Labels = [("b", "1"), ("d", "2"), ("f", "3")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut e = LogEntry {
+            timestamp_ns: 0,
+            processed_at_ns: 0,
+            message: Bytes::new(),
+            stream: StreamKind::Stdout,
+            source_type: "docker",
+            source_id: Arc::from("x"),
+            labels: Arc::new(labels),
+            fields: Fields::default(),
+        };
+        for (k, v) in [
+            ("g", Some("5")),
+            ("a", Some("0")),
+            ("d", Some("4")),
+            ("f", None),
+        ] {
+            let key: Arc<str> = Arc::from(k);
+            match v {
+                Some(v) => e.fields.set(&key, v.to_string()),
+                None => e.fields.remove(&key),
+            }
+        }
+        let got: Vec<(&str, &str)> = e.labels_iter().collect();
+        assert_eq!(
+            got,
+            [("a", "0"), ("b", "1"), ("d", "4"), ("g", "5")],
+            "fields win, removals hide, keys sorted"
+        );
+        assert_eq!(e.label("d"), Some("4"));
+        assert_eq!(e.label("f"), None);
+        assert_eq!(e.label("b"), Some("1"));
+        assert_eq!(
+            e.labels.get("d").map(String::as_str),
+            Some("2"),
+            "shared map untouched"
+        );
+    }
 }

@@ -195,6 +195,7 @@ mod tests {
 
     fn entry(len: usize) -> LogEntry {
         LogEntry {
+            fields: Default::default(),
             timestamp_ns: 0,
             processed_at_ns: 0,
             message: Bytes::from(vec![b'x'; len]),

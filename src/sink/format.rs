@@ -186,8 +186,8 @@ pub fn json_line(out: &mut Vec<u8>, e: &LogEntry) {
         out.push(b':');
         write_json_str(out, v.as_bytes());
     };
-    for (k, v) in e.labels.iter() {
-        if !stream_done && k.as_str() >= "stream" {
+    for (k, v) in e.labels_iter() {
+        if !stream_done && k >= "stream" {
             emit(out, "stream", stream);
             stream_done = true;
             if k == "stream" {
@@ -292,7 +292,7 @@ impl TextFormatter {
         if self.opts.include_labels {
             let mut any = false;
             for k in TEXT_LABELS {
-                if let Some(v) = e.labels.get(k) {
+                if let Some(v) = e.label(k) {
                     s.push(if any { ',' } else { '{' });
                     any = true;
                     s.push_str(k);

@@ -223,13 +223,11 @@ impl LocalFileOptions {
     pub fn file_name(&self, e: &LogEntry) -> String {
         let c = civil(e.timestamp_ns);
         let date = format!("{:04}-{:02}-{:02}", c.year, c.month, c.day);
-        let labels = &e.labels;
-        let legacy_name = if let Some(n) = labels.get("container_name") {
+        let legacy_name = if let Some(n) = e.label("container_name") {
             Some(sanitize_filename(n.trim_start_matches('/')))
         } else {
-            labels
-                .get("filepath")
-                .or_else(|| labels.get("file_path"))
+            e.label("filepath")
+                .or_else(|| e.label("file_path"))
                 .map(|p| sanitize_filename(base_name(p)))
         };
         let pattern = self.pattern_for(e.source_type);
@@ -255,27 +253,24 @@ impl LocalFileOptions {
         sub("{name}", &|| {
             legacy_name.clone().unwrap_or_else(|| "unknown".to_string())
         });
-        sub(
-            "{nomedocontainer}",
-            &|| match labels.get("container_name") {
-                Some(n) => sanitize_filename(n.trim_start_matches('/')),
-                None => "unknown-container".to_string(),
-            },
-        );
+        sub("{nomedocontainer}", &|| match e.label("container_name") {
+            Some(n) => sanitize_filename(n.trim_start_matches('/')),
+            None => "unknown-container".to_string(),
+        });
         sub("{idcontainer}", &|| {
-            let id = match labels.get("container_id") {
-                Some(id) => id.as_str(),
+            let id = match e.label("container_id") {
+                Some(id) => id,
                 None if is_container(e.source_type) && !e.source_id.is_empty() => &e.source_id,
                 None => return "unknown-id".to_string(),
             };
             sanitize_filename(&id.chars().take(12).collect::<String>())
         });
-        sub("{nomedoarquivomonitorado}", &|| match labels
-            .get("file_path")
-            .or_else(|| labels.get("filepath"))
+        sub("{nomedoarquivomonitorado}", &|| match e
+            .label("file_path")
+            .or_else(|| e.label("filepath"))
         {
             Some(p) => sanitize_filename(strip_ext(base_name(p))),
-            None => match labels.get("file_name") {
+            None => match e.label("file_name") {
                 Some(n) => sanitize_filename(strip_ext(n)),
                 None => "unknown-file".to_string(),
             },
@@ -308,8 +303,19 @@ struct Progress {
     dropped_paths: Vec<String>,
 }
 
+/// The labels [`LocalFileOptions::file_name`] reads: a pipeline that writes one of them makes
+/// the entry's name its own.
+const NAMING_LABELS: [&str; 5] = [
+    "container_name",
+    "container_id",
+    "file_path",
+    "filepath",
+    "file_name",
+];
+
 /// Remembers the file of the previous entry within one batch: entries of one container in one
-/// hour share their name.
+/// hour share their name, unless a pipeline wrote one of the labels names are made of.
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct NameKey {
     labels: usize,
@@ -620,15 +626,16 @@ impl Sink for LocalFileSink {
                 source_type: e.source_type,
                 hour: e.timestamp_ns.div_euclid(3_600_000_000_000),
             };
+            let named_by_fields = e.fields.keys().any(|k| NAMING_LABELS.contains(&k));
             let gi = match memo {
-                Some((k, gi)) if k == key => gi,
+                Some((k, gi)) if k == key && !named_by_fields => gi,
                 _ => {
                     let path = self.path_for(e);
                     let gi = *index.entry(path.clone()).or_insert_with(|| {
                         groups.push((path, Vec::new(), 0));
                         groups.len() - 1
                     });
-                    memo = Some((key, gi));
+                    memo = (!named_by_fields).then_some((key, gi));
                     gi
                 }
             };

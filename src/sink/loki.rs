@@ -286,9 +286,9 @@ impl LokiSink {
         for (k, v) in &self.default_labels {
             l.insert(k.clone(), v.clone());
         }
-        for (k, v) in e.labels.iter() {
+        for (k, v) in e.labels_iter() {
             if !should_drop_label(k) {
-                l.insert(sanitize_label_name(k), v.clone());
+                l.insert(sanitize_label_name(k), v.to_string());
             }
         }
         l.insert("stream".to_string(), e.stream.as_str().to_string());
@@ -300,12 +300,20 @@ impl LokiSink {
     /// The JSON push body of a batch (before compression).
     pub fn push_body(&self, entries: &[LogEntry]) -> Vec<u8> {
         // (labels Arc, stream) -> stream index, then label set -> stream index (entries with
-        // equal labels in different Arcs share a stream).
+        // equal labels in different Arcs share a stream). An entry with pipeline fields has
+        // its own set: only the second map.
+        let mut none = HashMap::new();
         let mut by_ptr: HashMap<(usize, StreamKind), usize> = HashMap::new();
         let mut by_set: HashMap<BTreeMap<String, String>, usize> = HashMap::new();
         let mut streams: Vec<(BTreeMap<String, String>, Vec<u8>)> = Vec::new();
         for e in entries {
             let key = (Arc::as_ptr(&e.labels) as usize, e.stream);
+            let by_ptr = if e.fields.is_empty() {
+                &mut by_ptr
+            } else {
+                none.clear();
+                &mut none
+            };
             let si = match by_ptr.get(&key) {
                 Some(&si) => si,
                 None => {

@@ -4,6 +4,7 @@
 //! warnings (Go ignored them silently).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
@@ -247,17 +248,17 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
             re: c
                 .regex(ctx, "pattern")?
                 .ok_or_else(|| ctx.err(format!("{at} config.pattern"), "missing"))?,
-            fields: c.list(ctx, "fields")?.unwrap_or_default(),
+            fields: interned(c.list(ctx, "fields")?),
         },
         "field_add" => Op::FieldAdd {
             fields: c
                 .map(ctx, "fields")?
                 .into_iter()
-                .map(|(k, v)| (k, Template::parse(&v)))
+                .map(|(k, v)| (Arc::from(k), Template::parse(&v)))
                 .collect(),
         },
         "field_remove" => Op::FieldRemove {
-            fields: c.list(ctx, "fields")?.unwrap_or_default(),
+            fields: interned(c.list(ctx, "fields")?),
         },
         "timestamp_parse" => {
             let format = c.string(ctx, "format")?.ok_or_else(|| {
@@ -282,7 +283,10 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
                 layout,
                 zone,
                 use_as_log_timestamp: c.boolean(ctx, "use_as_log_timestamp")?.unwrap_or(false),
-                target_field: c.string(ctx, "target_field")?.filter(|f| !f.is_empty()),
+                target_field: c
+                    .string(ctx, "target_field")?
+                    .filter(|f| !f.is_empty())
+                    .map(Arc::from),
             }
         }
         "log_level_extract" => Op::LogLevelExtract {
@@ -294,7 +298,7 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
                     r"(?i)\b(trace|debug|info|warn|warning|error|fatal|crit|critical)\b",
                 )?,
             },
-            field: c.string(ctx, "field")?.unwrap_or_else(|| "level".into()),
+            field: Arc::from(c.string(ctx, "field")?.unwrap_or_else(|| "level".into())),
         },
         "json_parse" => Op::JsonParse {
             field: c
@@ -492,4 +496,13 @@ fn parse_bool(s: &str) -> Option<bool> {
         "false" | "no" | "off" | "0" => Some(false),
         _ => None,
     }
+}
+
+/// Field names as the entries' fields key them: allocated once here, shared by every line.
+fn interned(names: Option<Vec<String>>) -> Vec<Arc<str>> {
+    names
+        .unwrap_or_default()
+        .into_iter()
+        .map(Arc::from)
+        .collect()
 }

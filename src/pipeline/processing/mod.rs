@@ -11,8 +11,10 @@
 //! - [`multiline`]: the `multiline` step (first step only), joining lines per source and
 //!   stream; the source holds a [`Grouper`] and releases groups with their position.
 //!
-//! Fields are written into the entry's labels, as Go did: the file sink writes them under
-//! `labels`, the Loki sink makes them stream labels after its drop list and sanitizing.
+//! Fields are written into the entry's [`Fields`](crate::pipeline::entry::Fields), beside its
+//! source's shared labels, and sinks read the two as one set of labels, as Go did: the file
+//! sink writes them under `labels`, the Loki sink makes them stream labels after its drop
+//! list and sanitizing.
 //! A line is never dropped here. When a step fails (`timestamp_parse` on text that is no
 //! time, `json_parse` on text that is not a JSON object), the line is counted and goes out as
 //! it came (`skip_failed_logs: true`) or with that step skipped (`false`).
@@ -155,7 +157,8 @@ impl Processor {
         let shared = entry.labels.clone();
         let mut work = steps::Work {
             message: text(&bytes),
-            labels: Cow::Borrowed(&*shared),
+            labels: &shared,
+            fields: entry.fields.clone(),
             timestamp_ns: entry.timestamp_ns,
             source_path,
         };
@@ -182,9 +185,7 @@ impl Processor {
         if let Cow::Owned(m) = work.message {
             entry.message = Bytes::from(m);
         }
-        if let Cow::Owned(labels) = work.labels {
-            entry.labels = Arc::new(labels);
-        }
+        entry.fields = work.fields;
         entry.timestamp_ns = work.timestamp_ns;
     }
 }
@@ -206,6 +207,7 @@ mod tests {
 
     fn entry(msg: &str, labels: &[(&str, &str)]) -> LogEntry {
         LogEntry {
+            fields: Default::default(),
             timestamp_ns: 1,
             processed_at_ns: 2,
             message: Bytes::copy_from_slice(msg.as_bytes()),
@@ -245,16 +247,16 @@ pipelines:
             assert_eq!(id, None, "no mapping and no default pipeline");
             let mut e = entry("m", &[("t", "not a date")]);
             p.apply(PipelineId(0), &mut e, "");
-            assert_eq!(e.labels.get("a").map(String::as_str), want_a);
-            assert_eq!(e.labels.get("t").map(String::as_str), Some("not a date"));
+            assert_eq!(e.label("a"), want_a);
+            assert_eq!(e.label("t"), Some("not a date"));
             assert_eq!(p.stats().failed.load(Relaxed), 1);
         }
     }
 
-    /// A line no step changes keeps the source's label map (no copy); one a step writes to
-    /// gets its own, the source's left as it was.
+    /// Steps never copy or change the source's label map: what they write goes in the
+    /// entry's fields, and a line no step writes to has none.
     #[test]
-    fn labels_are_copied_only_when_a_step_writes() {
+    fn labels_are_never_copied() {
         let file = r#"
 pipelines:
   - name: p
@@ -271,10 +273,15 @@ pipelines:
         let shared = e.labels.clone();
         p.apply(PipelineId(0), &mut e, "");
         assert!(Arc::ptr_eq(&e.labels, &shared), "copied though unchanged");
+        assert!(e.fields.is_empty());
         let mut e = entry("level=WARN", &[("container_name", "web")]);
         let shared = e.labels.clone();
         p.apply(PipelineId(0), &mut e, "");
-        assert_eq!(e.labels.get("level").map(String::as_str), Some("warn"));
+        assert_eq!(e.label("level"), Some("warn"));
+        assert!(
+            Arc::ptr_eq(&e.labels, &shared),
+            "copied though a field was written"
+        );
         assert_eq!(shared.get("level"), None);
     }
 

@@ -233,6 +233,7 @@ mod tests {
 
     fn line(stream: StreamKind, text: &str) -> LogEntry {
         LogEntry {
+            fields: Default::default(),
             timestamp_ns: 0,
             processed_at_ns: 0,
             message: Bytes::copy_from_slice(text.as_bytes()),

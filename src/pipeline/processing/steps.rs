@@ -5,21 +5,33 @@
 //! the Go file's `fallback_*` steps rely on that.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use regex::Regex;
 
 use super::template::{Scope, Template};
 use super::timefmt::{Layout, Zone};
-use crate::pipeline::entry::Labels;
+use crate::pipeline::entry::{Fields, Labels};
 
 /// One entry while its pipeline runs, written back only when the pipeline is done. The
-/// labels are the source's shared map until a step writes one (`Cow`): a line no step
-/// changes costs no copy of them.
+/// source's shared labels are only read; steps write to `fields`, which win over them
+/// (a line costs its written values, never a copy of the map).
 pub struct Work<'a> {
     pub message: Cow<'a, str>,
-    pub labels: Cow<'a, Labels>,
+    pub labels: &'a Labels,
+    pub fields: Fields,
     pub timestamp_ns: i64,
     pub source_path: &'a str,
+}
+
+impl Work<'_> {
+    /// A label as the entry will have it: fields first, then the source's labels.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        match self.fields.get(key) {
+            Some(v) => v,
+            None => self.labels.get(key).map(String::as_str),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -28,14 +40,14 @@ pub enum Op {
     /// Without fields: every match is removed from the message (ANSI colour codes).
     RegexExtract {
         re: Regex,
-        fields: Vec<String>,
+        fields: Vec<Arc<str>>,
     },
     /// Sets each field the entry does not have yet (see COMPATIBILITY.md).
     FieldAdd {
-        fields: Vec<(String, Template)>,
+        fields: Vec<(Arc<str>, Template)>,
     },
     FieldRemove {
-        fields: Vec<String>,
+        fields: Vec<Arc<str>>,
     },
     TimestampParse {
         /// `None`: the start of the message.
@@ -44,12 +56,12 @@ pub enum Op {
         zone: Zone,
         use_as_log_timestamp: bool,
         /// Gets the parsed time as RFC 3339 with nanoseconds.
-        target_field: Option<String>,
+        target_field: Option<Arc<str>>,
     },
     /// The first capture group (else the whole match), lower-cased, into `field`.
     LogLevelExtract {
         re: Regex,
-        field: String,
+        field: Arc<str>,
     },
     /// The JSON object in `field` (`None`: the message) flattened into fields: nested keys
     /// joined with `.`, strings as they are, other values as JSON text.
@@ -83,30 +95,29 @@ impl Step {
                 if let Some(caps) = re.captures(&w.message) {
                     for (name, group) in fields.iter().zip(caps.iter().skip(1)) {
                         if let Some(g) = group {
-                            w.labels
-                                .to_mut()
-                                .insert(name.clone(), g.as_str().to_string());
+                            w.fields.set(name, g.as_str().to_string());
                         }
                     }
                 }
             }
             Op::FieldAdd { fields } => {
                 for (name, template) in fields {
-                    if w.labels.contains_key(name) {
+                    if w.get(name).is_some() {
                         continue;
                     }
                     let value = template.render(&Scope {
                         message: &w.message,
                         source_path: w.source_path,
-                        labels: &w.labels,
+                        labels: w.labels,
+                        fields: &w.fields,
                     });
-                    w.labels.to_mut().insert(name.clone(), value);
+                    w.fields.set(name, value);
                 }
             }
             Op::FieldRemove { fields } => {
                 for name in fields {
-                    if w.labels.contains_key(name) {
-                        w.labels.to_mut().remove(name);
+                    if w.get(name).is_some() {
+                        w.fields.remove(name);
                     }
                 }
             }
@@ -120,7 +131,7 @@ impl Step {
                 let ns = match field {
                     None => layout.parse_prefix(&w.message, zone)?.0,
                     Some(f) => {
-                        let Some(v) = w.labels.get(f) else {
+                        let Some(v) = w.get(f) else {
                             return Ok(());
                         };
                         let (ns, used) = layout.parse_prefix(v, zone)?;
@@ -137,21 +148,19 @@ impl Step {
                     // Go's RFC3339Nano, as the file sink writes `timestamp`.
                     let mut text = String::with_capacity(36);
                     crate::sink::format::push_rfc3339_nano_go(&mut text, ns);
-                    w.labels.to_mut().insert(t.clone(), text);
+                    w.fields.set(t, text);
                 }
             }
             Op::LogLevelExtract { re, field } => {
                 if let Some(caps) = re.captures(&w.message) {
                     let m = caps.get(1).or_else(|| caps.get(0)).expect("group 0");
-                    w.labels
-                        .to_mut()
-                        .insert(field.clone(), m.as_str().to_lowercase());
+                    w.fields.set(field, m.as_str().to_lowercase());
                 }
             }
             Op::JsonParse { field } => {
                 let text: &str = match field {
                     None => &w.message,
-                    Some(f) => match w.labels.get(f) {
+                    Some(f) => match w.get(f) {
                         Some(v) => v,
                         None => return Ok(()),
                     },
@@ -163,7 +172,9 @@ impl Step {
                 };
                 let mut out = Vec::new();
                 flatten("", map, &mut out);
-                w.labels.to_mut().extend(out);
+                for (k, v) in out {
+                    w.fields.set(&Arc::from(k), v);
+                }
             }
         }
         Ok(())

@@ -2,7 +2,7 @@
 //! `{{<label>}}` substituted per entry (Go wrote the braces literally; see COMPATIBILITY.md).
 //! Split into parts once, at load.
 
-use crate::pipeline::entry::Labels;
+use crate::pipeline::entry::{Fields, Labels};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Part {
@@ -23,6 +23,8 @@ pub struct Scope<'a> {
     pub message: &'a str,
     pub source_path: &'a str,
     pub labels: &'a Labels,
+    /// Written by earlier steps; win over `labels`.
+    pub fields: &'a Fields,
 }
 
 impl Template {
@@ -71,7 +73,11 @@ impl Template {
                         .unwrap_or(scope.source_path),
                 ),
                 Part::Label(k) => {
-                    if let Some(v) = scope.labels.get(k) {
+                    let v = match scope.fields.get(k) {
+                        Some(v) => v,
+                        None => scope.labels.get(k).map(String::as_str),
+                    };
+                    if let Some(v) = v {
                         out.push_str(v)
                     }
                 }
@@ -93,6 +99,7 @@ mod tests {
             message: "hello",
             source_path: "/var/log/auth.log",
             labels: &labels,
+            fields: &Fields::default(),
         };
         let t = Template::parse("{{ container_name }}:{{message}} from {{source_filename}} ({{source_path}}){{missing}}");
         assert_eq!(

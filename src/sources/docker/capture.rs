@@ -1069,6 +1069,7 @@ impl Capture {
             }
             queued += 1;
             let mut entry = LogEntry {
+                fields: Default::default(),
                 timestamp_ns: line.received_ns,
                 processed_at_ns,
                 message: line.message,
@@ -1686,6 +1687,7 @@ impl Capture {
         }
         let len = line.message.len() as u64;
         let mut entry = LogEntry {
+            fields: Default::default(),
             timestamp_ns: line.timestamp_ns.unwrap_or(ts),
             processed_at_ns,
             message: line.message,

@@ -466,6 +466,7 @@ impl FileSource {
         for line in lines.drain(..) {
             bytes += line.message.len() as u64;
             let mut entry = LogEntry {
+                fields: Default::default(),
                 timestamp_ns: now,
                 processed_at_ns: now,
                 message: line.message,

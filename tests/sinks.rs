@@ -728,3 +728,93 @@ impl Drop for TempDir {
         }
     }
 }
+
+// --- Pipeline fields (entry.fields beside the shared labels) -------------------------------
+
+/// An entry whose pipeline wrote fields (added before and after `stream` in key order,
+/// overrode one label, removed another, wrote `stream` itself) and the same entry with those
+/// labels in its map: every sink renders the two to the same bytes.
+#[test]
+fn pipeline_fields_render_like_the_same_labels_in_the_map() {
+    let web = web_labels();
+    let plain = entry("2026-11-27T22:23:12Z", b"m", StreamKind::Stdout, &web);
+    let mut fielded = plain.clone();
+    for (k, v) in [
+        ("level", Some("warn")),
+        ("container_name", Some("renamed")),
+        ("image", None),
+        ("a", Some("first")),
+        ("stream", Some("not-the-stream")),
+        ("zz", Some("last")),
+    ] {
+        let key: Arc<str> = Arc::from(k);
+        match v {
+            Some(v) => fielded.fields.set(&key, v.to_string()),
+            None => fielded.fields.remove(&key),
+        }
+    }
+    assert!(Arc::ptr_eq(&fielded.labels, &web), "the shared map stays");
+    let mut flat = plain.clone();
+    flat.labels = Arc::new(fielded.label_map());
+
+    let json = |e: &LogEntry| {
+        let mut out = Vec::new();
+        json_line(&mut out, e);
+        String::from_utf8(out).unwrap()
+    };
+    assert!(
+        json(&fielded).starts_with(concat!(
+            r#"{"labels":{"a":"first","compose_service":"web","container_id":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","#,
+            r#""container_name":"renamed","level":"warn","stream":"stdout","zz":"last"},"message":"m","#
+        )),
+        "{}",
+        json(&fielded)
+    );
+    assert_eq!(json(&fielded), json(&flat));
+
+    let text = TextFormatter::new(TextFormatOptions {
+        include_labels: true,
+        ..TextFormatOptions::default()
+    });
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    text.line(&mut a, &fielded);
+    text.line(&mut b, &flat);
+    assert_eq!(String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+    assert!(String::from_utf8_lossy(&a).contains("{container_name=renamed,level=warn}"));
+
+    let loki = LokiSink::new(LokiOptions::new("http://127.0.0.1:9/loki/api/v1/push")).unwrap();
+    assert_eq!(loki.stream_labels(&fielded), loki.stream_labels(&flat));
+    // Plain entries of the container share a stream; the fielded one has its own, which an
+    // entry with equal labels in another map joins.
+    let body = |batch: &[&LogEntry]| {
+        let batch: Vec<LogEntry> = batch.iter().map(|e| (*e).clone()).collect();
+        String::from_utf8(loki.push_body(&batch)).unwrap()
+    };
+    let got = body(&[&plain, &fielded, &plain, &flat]);
+    assert_eq!(got, body(&[&plain, &flat, &plain, &flat]));
+    let v: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["streams"].as_array().unwrap().len(), 2, "{got}");
+
+    let names = LocalFileOptions {
+        filename_pattern: "{nomedocontainer}.log".into(),
+        ..LocalFileOptions::new("/unused")
+    };
+    assert_eq!(names.file_name(&fielded), "renamed.log");
+    let dir = tempdir("fields");
+    let mut sink = LocalFileSink::new(LocalFileOptions {
+        filename_pattern: "{nomedocontainer}.log".into(),
+        ..LocalFileOptions::new(&*dir)
+    })
+    .unwrap();
+    // Same container, same hour: the name of the previous line must not be reused.
+    sink.write_batch(&[plain.clone(), fielded.clone(), plain.clone()])
+        .unwrap();
+    sink.flush().unwrap();
+    let lines = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!((lines("demo-web-1.log"), lines("renamed.log")), (2, 1));
+}

@@ -43,7 +43,35 @@ pub struct LogEntry {
 /// Keys are interned when the pipelines file is loaded, so a field costs its value only;
 /// an entry no step wrote to has an empty vector (no allocation).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Fields(Vec<(Arc<str>, Option<String>)>);
+pub struct Fields(Vec<(Arc<str>, Option<Value>)>);
+
+/// A field's value: most pipeline fields are a constant of the pipelines file or the whole
+/// message (`msg: "{{message}}"`), which then cost no copy per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Owned(String),
+    /// A constant of the pipelines file, shared by every line.
+    Shared(Arc<str>),
+    /// The entry's message: the pipeline writes its text back as UTF-8, and turns this into
+    /// `Owned` before a step changes the message.
+    Message,
+}
+
+impl Value {
+    /// The text, `message` being the entry's (UTF-8) message.
+    pub fn as_str<'a>(&'a self, message: &'a str) -> &'a str {
+        match self {
+            Value::Owned(s) => s,
+            Value::Shared(s) => s,
+            Value::Message => message,
+        }
+    }
+}
+
+/// The message as [`Value::Message`] reads it (the pipeline left it UTF-8).
+fn message_text(message: &[u8]) -> &str {
+    std::str::from_utf8(message).unwrap_or_default()
+}
 
 impl Fields {
     pub fn is_empty(&self) -> bool {
@@ -55,19 +83,32 @@ impl Fields {
     }
 
     /// `Some(None)`: removed; `None`: the fields say nothing of `key`.
-    pub fn get(&self, key: &str) -> Option<Option<&str>> {
-        self.find(key).ok().map(|i| self.0[i].1.as_deref())
+    pub fn get(&self, key: &str) -> Option<Option<&Value>> {
+        self.find(key).ok().map(|i| self.0[i].1.as_ref())
     }
 
     pub fn set(&mut self, key: &Arc<str>, value: String) {
+        self.put(key, Some(Value::Owned(value)));
+    }
+
+    pub fn set_value(&mut self, key: &Arc<str>, value: Value) {
         self.put(key, Some(value));
+    }
+
+    /// Copies `message` into the fields that are the message, before it changes.
+    pub fn detach_message(&mut self, message: &str) {
+        for (_, v) in &mut self.0 {
+            if *v == Some(Value::Message) {
+                *v = Some(Value::Owned(message.to_string()));
+            }
+        }
     }
 
     pub fn remove(&mut self, key: &Arc<str>) {
         self.put(key, None);
     }
 
-    fn put(&mut self, key: &Arc<str>, value: Option<String>) {
+    fn put(&mut self, key: &Arc<str>, value: Option<Value>) {
         match self.find(key) {
             Ok(i) => self.0[i].1 = value,
             Err(i) => self.0.insert(i, (Arc::clone(key), value)),
@@ -84,7 +125,7 @@ impl LogEntry {
     /// A label as the sinks see it: the pipeline's fields first, then the source's labels.
     pub fn label(&self, key: &str) -> Option<&str> {
         match self.fields.get(key) {
-            Some(v) => v,
+            Some(v) => v.map(|v| v.as_str(message_text(&self.message))),
             None => self.labels.get(key).map(String::as_str),
         }
     }
@@ -94,6 +135,7 @@ impl LogEntry {
         Merged {
             labels: self.labels.iter().peekable(),
             fields: self.fields.0.iter().peekable(),
+            message: &self.message,
         }
     }
 
@@ -108,7 +150,8 @@ impl LogEntry {
 /// See [`LogEntry::labels_iter`].
 pub struct Merged<'a> {
     labels: std::iter::Peekable<std::collections::btree_map::Iter<'a, String, String>>,
-    fields: std::iter::Peekable<std::slice::Iter<'a, (Arc<str>, Option<String>)>>,
+    fields: std::iter::Peekable<std::slice::Iter<'a, (Arc<str>, Option<Value>)>>,
+    message: &'a Bytes,
 }
 
 impl<'a> Iterator for Merged<'a> {
@@ -131,7 +174,7 @@ impl<'a> Iterator for Merged<'a> {
             }
             let (k, v) = self.fields.next().expect("peeked");
             if let Some(v) = v {
-                return Some((k, v));
+                return Some((k, v.as_str(message_text(self.message))));
             }
         }
     }
@@ -150,7 +193,7 @@ mod tests {
         let mut e = LogEntry {
             timestamp_ns: 0,
             processed_at_ns: 0,
-            message: Bytes::new(),
+            message: Bytes::from_static(b"the line"),
             stream: StreamKind::Stdout,
             source_type: "docker",
             source_id: Arc::from("x"),
@@ -169,10 +212,20 @@ mod tests {
                 None => e.fields.remove(&key),
             }
         }
+        e.fields
+            .set_value(&Arc::from("c"), Value::Shared(Arc::from("const")));
+        e.fields.set_value(&Arc::from("m"), Value::Message);
         let got: Vec<(&str, &str)> = e.labels_iter().collect();
         assert_eq!(
             got,
-            [("a", "0"), ("b", "1"), ("d", "4"), ("g", "5")],
+            [
+                ("a", "0"),
+                ("b", "1"),
+                ("c", "const"),
+                ("d", "4"),
+                ("g", "5"),
+                ("m", "the line")
+            ],
             "fields win, removals hide, keys sorted"
         );
         assert_eq!(e.label("d"), Some("4"));

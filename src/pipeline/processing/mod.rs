@@ -285,6 +285,43 @@ pipelines:
         assert_eq!(shared.get("level"), None);
     }
 
+    /// A `{{message}}` field shares the message, yet keeps the text it was set from when a
+    /// later step changes the message; invalid UTF-8 reads as the message written back.
+    #[test]
+    fn a_message_field_keeps_the_text_it_was_set_from() {
+        let file = r#"
+pipelines:
+  - name: p
+    steps:
+      - name: keep
+        type: field_add
+        config: { fields: { msg: "{{message}}", loud: "{{ message }}!", c: "const" } }
+      - name: strip
+        type: regex_extract
+        config: { pattern: '\x1b\[[0-9;]*m' }
+"#;
+        let p = Processor::from_str(file, Path::new("t.yaml"), true).unwrap();
+        let mut e = entry("\u{1b}[31mred\u{1b}[0m", &[]);
+        p.apply(PipelineId(0), &mut e, "");
+        assert_eq!(&e.message[..], b"red");
+        assert_eq!(e.label("msg"), Some("\u{1b}[31mred\u{1b}[0m"));
+        assert_eq!(e.label("loud"), Some("\u{1b}[31mred\u{1b}[0m!"));
+        assert_eq!(e.label("c"), Some("const"));
+        let mut e = entry("plain", &[]);
+        e.message = Bytes::from_static(b"a\xffb");
+        p.apply(PipelineId(0), &mut e, "");
+        assert_eq!(&e.message[..], "a\u{fffd}b".as_bytes());
+        let view: Vec<(&str, &str)> = e.labels_iter().collect();
+        assert_eq!(
+            view,
+            [
+                ("c", "const"),
+                ("loud", "a\u{fffd}b!"),
+                ("msg", "a\u{fffd}b")
+            ]
+        );
+    }
+
     #[test]
     fn load_errors_name_pipeline_step_and_key() {
         let bad = FILE.replace("2006-01-02", "Jan 2006");

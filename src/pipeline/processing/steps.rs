@@ -28,7 +28,7 @@ impl Work<'_> {
     /// A label as the entry will have it: fields first, then the source's labels.
     pub fn get(&self, key: &str) -> Option<&str> {
         match self.fields.get(key) {
-            Some(v) => v,
+            Some(v) => v.map(|v| v.as_str(&self.message)),
             None => self.labels.get(key).map(String::as_str),
         }
     }
@@ -88,6 +88,7 @@ impl Step {
         match &self.op {
             Op::RegexExtract { re, fields } if fields.is_empty() => {
                 if let Cow::Owned(s) = re.replace_all(&w.message, "") {
+                    w.fields.detach_message(&w.message);
                     w.message = Cow::Owned(s);
                 }
             }
@@ -105,13 +106,13 @@ impl Step {
                     if w.get(name).is_some() {
                         continue;
                     }
-                    let value = template.render(&Scope {
+                    let value = template.value(&Scope {
                         message: &w.message,
                         source_path: w.source_path,
                         labels: w.labels,
                         fields: &w.fields,
                     });
-                    w.fields.set(name, value);
+                    w.fields.set_value(name, value);
                 }
             }
             Op::FieldRemove { fields } => {

@@ -2,7 +2,9 @@
 //! `{{<label>}}` substituted per entry (Go wrote the braces literally; see COMPATIBILITY.md).
 //! Split into parts once, at load.
 
-use crate::pipeline::entry::{Fields, Labels};
+use std::sync::Arc;
+
+use crate::pipeline::entry::{Fields, Labels, Value};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Part {
@@ -16,6 +18,8 @@ enum Part {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template {
     parts: Vec<Part>,
+    /// The text when there is no placeholder: shared by every line's field.
+    constant: Option<Arc<str>>,
 }
 
 /// What a template is filled from.
@@ -51,7 +55,23 @@ impl Template {
         if !rest.is_empty() {
             parts.push(Part::Text(rest.to_string()));
         }
-        Template { parts }
+        let constant = match parts.as_slice() {
+            [] => Some(Arc::from("")),
+            [Part::Text(t)] => Some(Arc::from(t.as_str())),
+            _ => None,
+        };
+        Template { parts, constant }
+    }
+
+    /// The field value for one entry: a constant or the bare message without a copy.
+    pub fn value(&self, scope: &Scope<'_>) -> Value {
+        if let Some(c) = &self.constant {
+            return Value::Shared(Arc::clone(c));
+        }
+        if let [Part::Message] = self.parts.as_slice() {
+            return Value::Message;
+        }
+        Value::Owned(self.render(scope))
     }
 
     /// The text for one entry; a label the entry lacks is empty.
@@ -74,7 +94,7 @@ impl Template {
                 ),
                 Part::Label(k) => {
                     let v = match scope.fields.get(k) {
-                        Some(v) => v,
+                        Some(v) => v.map(|v| v.as_str(scope.message)),
                         None => scope.labels.get(k).map(String::as_str),
                     };
                     if let Some(v) = v {

@@ -747,10 +747,9 @@ fn pipeline_fields_render_like_the_same_labels_in_the_map() {
         ("stream", Some("not-the-stream")),
         ("zz", Some("last")),
     ] {
-        let key: Arc<str> = Arc::from(k);
         match v {
-            Some(v) => fielded.fields.set(&key, v.to_string()),
-            None => fielded.fields.remove(&key),
+            Some(v) => fielded.fields.set(k, v.to_string()),
+            None => fielded.fields.remove(k),
         }
     }
     assert!(Arc::ptr_eq(&fielded.labels, &web), "the shared map stays");

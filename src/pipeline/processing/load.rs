@@ -4,7 +4,6 @@
 //! warnings (Go ignored them silently).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
@@ -254,7 +253,7 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
             fields: c
                 .map(ctx, "fields")?
                 .into_iter()
-                .map(|(k, v)| (Arc::from(k), Template::parse(&v)))
+                .map(|(k, v)| (intern(&k), Template::parse(&v)))
                 .collect(),
         },
         "field_remove" => Op::FieldRemove {
@@ -286,7 +285,7 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
                 target_field: c
                     .string(ctx, "target_field")?
                     .filter(|f| !f.is_empty())
-                    .map(Arc::from),
+                    .map(|f| intern(&f)),
             }
         }
         "log_level_extract" => Op::LogLevelExtract {
@@ -298,7 +297,7 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
                     r"(?i)\b(trace|debug|info|warn|warning|error|fatal|crit|critical)\b",
                 )?,
             },
-            field: Arc::from(c.string(ctx, "field")?.unwrap_or_else(|| "level".into())),
+            field: intern(&c.string(ctx, "field")?.unwrap_or_else(|| "level".into())),
         },
         "json_parse" => Op::JsonParse {
             field: c
@@ -499,10 +498,16 @@ fn parse_bool(s: &str) -> Option<bool> {
 }
 
 /// Field names as the entries' fields key them: allocated once here, shared by every line.
-fn interned(names: Option<Vec<String>>) -> Vec<Arc<str>> {
+fn interned(names: Option<Vec<String>>) -> Vec<&'static str> {
     names
         .unwrap_or_default()
         .into_iter()
-        .map(Arc::from)
+        .map(|n| intern(&n))
         .collect()
+}
+
+/// A field name or constant of the pipelines file, kept for the life of the process (the file
+/// is loaded once): entries then refer to it without a count for two threads to update.
+pub(crate) fn intern(s: &str) -> &'static str {
+    Box::leak(s.into())
 }

@@ -5,7 +5,6 @@
 //! the Go file's `fallback_*` steps rely on that.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use regex::Regex;
 
@@ -40,14 +39,14 @@ pub enum Op {
     /// Without fields: every match is removed from the message (ANSI colour codes).
     RegexExtract {
         re: Regex,
-        fields: Vec<Arc<str>>,
+        fields: Vec<&'static str>,
     },
     /// Sets each field the entry does not have yet (see COMPATIBILITY.md).
     FieldAdd {
-        fields: Vec<(Arc<str>, Template)>,
+        fields: Vec<(&'static str, Template)>,
     },
     FieldRemove {
-        fields: Vec<Arc<str>>,
+        fields: Vec<&'static str>,
     },
     TimestampParse {
         /// `None`: the start of the message.
@@ -56,12 +55,12 @@ pub enum Op {
         zone: Zone,
         use_as_log_timestamp: bool,
         /// Gets the parsed time as RFC 3339 with nanoseconds.
-        target_field: Option<Arc<str>>,
+        target_field: Option<&'static str>,
     },
     /// The first capture group (else the whole match), lower-cased, into `field`.
     LogLevelExtract {
         re: Regex,
-        field: Arc<str>,
+        field: &'static str,
     },
     /// The JSON object in `field` (`None`: the message) flattened into fields: nested keys
     /// joined with `.`, strings as they are, other values as JSON text.
@@ -96,7 +95,7 @@ impl Step {
                 if let Some(caps) = re.captures(&w.message) {
                     for (name, group) in fields.iter().zip(caps.iter().skip(1)) {
                         if let Some(g) = group {
-                            w.fields.set(name, g.as_str().to_string());
+                            w.fields.set(*name, g.as_str().to_string());
                         }
                     }
                 }
@@ -112,13 +111,13 @@ impl Step {
                         labels: w.labels,
                         fields: &w.fields,
                     });
-                    w.fields.set_value(name, value);
+                    w.fields.set_value(*name, value);
                 }
             }
             Op::FieldRemove { fields } => {
                 for name in fields {
                     if w.get(name).is_some() {
-                        w.fields.remove(name);
+                        w.fields.remove(*name);
                     }
                 }
             }
@@ -149,13 +148,13 @@ impl Step {
                     // Go's RFC3339Nano, as the file sink writes `timestamp`.
                     let mut text = String::with_capacity(36);
                     crate::sink::format::push_rfc3339_nano_go(&mut text, ns);
-                    w.fields.set(t, text);
+                    w.fields.set(*t, text);
                 }
             }
             Op::LogLevelExtract { re, field } => {
                 if let Some(caps) = re.captures(&w.message) {
                     let m = caps.get(1).or_else(|| caps.get(0)).expect("group 0");
-                    w.fields.set(field, m.as_str().to_lowercase());
+                    w.fields.set(*field, m.as_str().to_lowercase());
                 }
             }
             Op::JsonParse { field } => {
@@ -174,7 +173,7 @@ impl Step {
                 let mut out = Vec::new();
                 flatten("", map, &mut out);
                 for (k, v) in out {
-                    w.fields.set(&Arc::from(k), v);
+                    w.fields.set(k, v);
                 }
             }
         }

@@ -2,8 +2,7 @@
 //! `{{<label>}}` substituted per entry (Go wrote the braces literally; see COMPATIBILITY.md).
 //! Split into parts once, at load.
 
-use std::sync::Arc;
-
+use super::load::intern;
 use crate::pipeline::entry::{Fields, Labels, Value};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +18,7 @@ enum Part {
 pub struct Template {
     parts: Vec<Part>,
     /// The text when there is no placeholder: shared by every line's field.
-    constant: Option<Arc<str>>,
+    constant: Option<&'static str>,
 }
 
 /// What a template is filled from.
@@ -56,8 +55,8 @@ impl Template {
             parts.push(Part::Text(rest.to_string()));
         }
         let constant = match parts.as_slice() {
-            [] => Some(Arc::from("")),
-            [Part::Text(t)] => Some(Arc::from(t.as_str())),
+            [] => Some(""),
+            [Part::Text(t)] => Some(intern(t)),
             _ => None,
         };
         Template { parts, constant }
@@ -66,7 +65,7 @@ impl Template {
     /// The field value for one entry: a constant or the bare message without a copy.
     pub fn value(&self, scope: &Scope<'_>) -> Value {
         if let Some(c) = &self.constant {
-            return Value::Shared(Arc::clone(c));
+            return Value::Shared(c);
         }
         if let [Part::Message] = self.parts.as_slice() {
             return Value::Message;

@@ -168,9 +168,10 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &[u8]) {
 ///
 /// `{"labels":{...},"message":"...","processed_at":"...","source_id":"...","source_type":"docker","timestamp":"..."}`
 ///
-/// `labels` are the entry's labels plus `stream` (from [`LogEntry::stream`], which wins over a
-/// label of that name), sorted by key; the Go version left `labels` out when empty, which cannot
-/// happen here since `stream` is always present.
+/// `labels` are the entry's labels and pipeline fields ([`LogEntry::labels_iter`]) plus
+/// `stream` (from [`LogEntry::stream`], which wins over a label of that name), sorted by key;
+/// the Go version left `labels` out when empty, which cannot happen here since `stream` is
+/// always present.
 pub fn json_line(out: &mut Vec<u8>, e: &LogEntry) {
     let mut ts = String::with_capacity(32);
     out.extend_from_slice(b"{\"labels\":{");

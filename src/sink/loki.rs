@@ -8,8 +8,9 @@
 //! `X-Scope-OrgID: tenant_id` when not empty, and `Authorization` for `auth.type` `basic`
 //! (username and password both set) or `bearer` (token set).
 //!
-//! Stream labels: `default_labels`, then the entry's labels except the high-cardinality and
-//! temporary ones ([`should_drop_label`]), then `stream` (stdout/stderr); every key sanitized
+//! Stream labels: `default_labels`, then the entry's labels and pipeline fields
+//! (`LogEntry::labels_iter`) except the high-cardinality and temporary ones
+//! ([`should_drop_label`]), then `stream` (stdout/stderr); every key sanitized
 //! ([`sanitize_label_name`]); `service` set to `ssw-log-capturer` when absent.
 //!
 //! Errors: no answer is [`SinkError::Connection`], any non-2xx is [`SinkError::Http`] with the

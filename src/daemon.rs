@@ -241,15 +241,8 @@ pub fn run(
         config.dispatcher.max_queue_bytes,
     );
     let shared = Shared {
-        capture: Arc::default(),
-        dispatch: Arc::default(),
-        positions: positions.clone(),
-        io: Arc::default(),
-        queue: tx.gauge().clone(),
-        containers: Arc::default(),
-        sink_timings: Arc::default(),
         docker: docker.clone(),
-        files: Arc::default(),
+        ..Shared::new(positions.clone(), tx.gauge().clone())
     };
     // The HTTP API's sender for POST /api/v1/logs (not in --once: nothing would close it).
     let api_tx = (!options.once).then(|| tx.clone());

@@ -71,23 +71,17 @@ fn test_config() -> Config {
 fn fixture_with(name: &str, capacity: usize, options: ApiOptions) -> Fixture {
     let dir = temp_dir(name);
     let (tx, rx) = queue(capacity);
-    let shared = Shared {
-        capture: Arc::default(),
-        dispatch: Arc::default(),
-        positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
-        io: Arc::new(Mutex::new(Some((
-            Arc::new(IoStats::default()),
-            Selection {
-                kind: EngineKind::Epoll,
-                reason: "test".into(),
-            },
-        )))),
-        queue: tx.gauge().clone(),
-        containers: Arc::default(),
-        sink_timings: Arc::default(),
-        files: Arc::default(),
-        docker: Arc::default(),
-    };
+    let shared = Shared::new(
+        Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+        tx.gauge().clone(),
+    )
+    .with_io(
+        Arc::new(IoStats::default()),
+        Selection {
+            kind: EngineKind::Epoll,
+            reason: "test".into(),
+        },
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let servers = api::start_with(
         &test_config(),
@@ -742,17 +736,10 @@ fn post_logs_go_through_the_pipeline_their_source_type_maps() {
         .unwrap()
         .map(Arc::new);
     let (tx, rx) = queue(100);
-    let shared = Shared {
-        capture: Arc::default(),
-        dispatch: Arc::default(),
-        positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
-        io: Arc::default(),
-        queue: tx.gauge().clone(),
-        containers: Arc::default(),
-        sink_timings: Arc::default(),
-        docker: Arc::default(),
-        files: Arc::default(),
-    };
+    let shared = Shared::new(
+        Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+        tx.gauge().clone(),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let servers = api::start_with(
         &config,

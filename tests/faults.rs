@@ -161,23 +161,17 @@ fn api_with(name: &str, capacity: usize, edit: impl FnOnce(&mut Config)) -> Api 
     config.metrics.enabled = false;
     edit(&mut config);
     let (tx, rx) = queue(capacity);
-    let shared = Shared {
-        capture: Arc::default(),
-        dispatch: Arc::default(),
-        positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
-        io: Arc::new(Mutex::new(Some((
-            Arc::new(IoStats::default()),
-            Selection {
-                kind: EngineKind::Epoll,
-                reason: "test".into(),
-            },
-        )))),
-        queue: tx.gauge().clone(),
-        containers: Arc::default(),
-        sink_timings: Arc::default(),
-        files: Arc::default(),
-        docker: Arc::default(),
-    };
+    let shared = Shared::new(
+        Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+        tx.gauge().clone(),
+    )
+    .with_io(
+        Arc::new(IoStats::default()),
+        Selection {
+            kind: EngineKind::Epoll,
+            reason: "test".into(),
+        },
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let options = ApiOptions {
         thread_count: || 20,

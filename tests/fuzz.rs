@@ -402,23 +402,17 @@ fn server() -> &'static Server {
         config.server.read_timeout = Duration::from_secs(2);
         config.metrics.enabled = false;
         let (tx, rx) = queue(1 << 16);
-        let shared = Shared {
-            capture: Arc::default(),
-            dispatch: Arc::default(),
-            positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
-            io: Arc::new(Mutex::new(Some((
-                Arc::new(IoStats::default()),
-                Selection {
-                    kind: EngineKind::Epoll,
-                    reason: "fuzz".into(),
-                },
-            )))),
-            queue: tx.gauge().clone(),
-            containers: Arc::default(),
-            sink_timings: Arc::default(),
-            files: Arc::default(),
-            docker: Arc::default(),
-        };
+        let shared = Shared::new(
+            Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+            tx.gauge().clone(),
+        )
+        .with_io(
+            Arc::new(IoStats::default()),
+            Selection {
+                kind: EngineKind::Epoll,
+                reason: "fuzz".into(),
+            },
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let options = ApiOptions {
             thread_count: || 20,

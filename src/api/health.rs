@@ -308,23 +308,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("logcap-health-{}", std::process::id()));
         let io = Arc::new(IoStats::default());
         let (tx, _rx) = queue(10);
-        let shared = Shared {
-            capture: Arc::default(),
-            dispatch: Arc::default(),
-            positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
-            io: Arc::new(Mutex::new(Some((
-                io.clone(),
-                Selection {
-                    kind: EngineKind::Uring,
-                    reason: "test".into(),
-                },
-            )))),
-            queue: tx.gauge().clone(),
-            containers: Arc::default(),
-            sink_timings: Arc::default(),
-            files: Arc::default(),
-            docker: Arc::default(),
-        };
+        let shared = Shared::new(
+            Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+            tx.gauge().clone(),
+        )
+        .with_io(
+            io.clone(),
+            Selection {
+                kind: EngineKind::Uring,
+                reason: "test".into(),
+            },
+        );
         let options = ApiOptions {
             thread_count: || 5,
             ..ApiOptions::default()
@@ -352,15 +346,11 @@ mod tests {
         let (tx, _rx) = queue(10);
         let docker = Arc::new(crate::sources::docker::DockerStatus::default());
         let shared = Shared {
-            capture: Arc::default(),
-            dispatch: Arc::default(),
-            positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
-            io: Arc::default(),
-            queue: tx.gauge().clone(),
-            containers: Arc::default(),
-            sink_timings: Arc::default(),
-            files: Arc::default(),
             docker: docker.clone(),
+            ..Shared::new(
+                Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+                tx.gauge().clone(),
+            )
         };
         let options = ApiOptions {
             thread_count: || 5,
@@ -396,15 +386,11 @@ mod tests {
         let (tx, _rx) = queue(10);
         let dispatch = Arc::new(crate::dispatch::DispatchStats::default());
         let shared = Shared {
-            capture: Arc::default(),
             dispatch: dispatch.clone(),
-            positions: Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
-            io: Arc::default(),
-            queue: tx.gauge().clone(),
-            containers: Arc::default(),
-            sink_timings: Arc::default(),
-            files: Arc::default(),
-            docker: Arc::default(),
+            ..Shared::new(
+                Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
+                tx.gauge().clone(),
+            )
         };
         let options = ApiOptions {
             thread_count: || 5,

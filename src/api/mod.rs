@@ -61,6 +61,30 @@ pub struct Shared {
     pub files: Arc<crate::sources::files::FileStats>,
 }
 
+impl Shared {
+    /// Fresh counters around the positions and the queue; the io engine is filled in once the
+    /// capture thread has chosen it ([`Shared::with_io`] where it is known up front).
+    pub fn new(positions: Arc<Mutex<PositionStore>>, queue: Arc<QueueGauge>) -> Shared {
+        Shared {
+            capture: Arc::default(),
+            dispatch: Arc::default(),
+            positions,
+            io: Arc::default(),
+            queue,
+            containers: Arc::default(),
+            sink_timings: Arc::default(),
+            docker: Arc::default(),
+            files: Arc::default(),
+        }
+    }
+
+    /// The engine that runs and its counters, as the capture thread records them.
+    pub fn with_io(self, stats: Arc<IoStats>, selection: Selection) -> Shared {
+        *self.io.lock().unwrap() = Some((stats, selection));
+        self
+    }
+}
+
 /// How often server and sampler threads look at the stop flag.
 pub const POLL: Duration = Duration::from_millis(100);
 /// Largest body `POST /api/v1/logs` accepts (the Go server's `max_header_bytes` default).

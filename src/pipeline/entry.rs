@@ -74,6 +74,16 @@ impl Value {
     }
 }
 
+/// `a.cmp(b)`, deciding on the first byte where it can: field names mostly differ there, and
+/// the call into `memcmp` for a few bytes was the largest item of the processed line's
+/// profile.
+fn key_order(a: &str, b: &str) -> Ordering {
+    match (a.as_bytes().first(), b.as_bytes().first()) {
+        (Some(x), Some(y)) if x != y => x.cmp(y),
+        _ => a.cmp(b),
+    }
+}
+
 /// The message as [`Value::Message`] reads it (the pipeline left it UTF-8).
 fn message_text(message: &[u8]) -> &str {
     std::str::from_utf8(message).unwrap_or_default()
@@ -85,7 +95,7 @@ impl Fields {
     }
 
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+        self.0.binary_search_by(|(k, _)| key_order(k, key))
     }
 
     /// `Some(None)`: removed; `None`: the fields say nothing of `key`.
@@ -112,6 +122,25 @@ impl Fields {
 
     pub fn remove(&mut self, key: impl Into<Key>) {
         self.put(key, None);
+    }
+
+    /// `field_add`'s rule in one search: sets `key` unless the fields have it, or `labels`
+    /// has it and the fields did not remove it. `value` is made only when it is set.
+    pub fn add_if_absent(
+        &mut self,
+        key: &'static str,
+        labels: &Labels,
+        value: impl FnOnce(&Fields) -> Value,
+    ) {
+        match self.find(key) {
+            Ok(i) if self.0[i].1.is_some() => {}
+            Ok(i) => self.0[i].1 = Some(value(self)),
+            Err(_) if labels.contains_key(key) => {}
+            Err(i) => {
+                let v = value(self);
+                self.0.insert(i, (Cow::Borrowed(key), Some(v)));
+            }
+        }
     }
 
     fn put(&mut self, key: impl Into<Key>, value: Option<Value>) {

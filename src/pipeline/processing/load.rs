@@ -9,6 +9,8 @@ use std::time::Duration;
 use regex::Regex;
 use serde_yaml::{Mapping, Value};
 
+use super::go_regex;
+use super::keywords::Keywords;
 use super::mapping::{Pattern, Rule};
 use super::multiline::MultilineSpec;
 use super::steps::{Op, Step};
@@ -288,17 +290,16 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
                     .map(|f| intern(&f)),
             }
         }
-        "log_level_extract" => Op::LogLevelExtract {
-            re: match c.regex(ctx, "pattern")? {
-                Some(re) => re,
-                None => regex(
-                    ctx,
-                    &at,
-                    r"(?i)\b(trace|debug|info|warn|warning|error|fatal|crit|critical)\b",
-                )?,
-            },
-            field: intern(&c.string(ctx, "field")?.unwrap_or_else(|| "level".into())),
-        },
+        "log_level_extract" => {
+            let pattern = c.string(ctx, "pattern")?.unwrap_or_else(|| {
+                r"(?i)\b(trace|debug|info|warn|warning|error|fatal|crit|critical)\b".into()
+            });
+            Op::LogLevelExtract {
+                re: regex(ctx, &c.key("pattern"), &pattern)?,
+                keywords: Keywords::parse(&pattern, intern),
+                field: intern(&c.string(ctx, "field")?.unwrap_or_else(|| "level".into())),
+            }
+        }
         "json_parse" => Op::JsonParse {
             field: c
                 .string(ctx, "field")?
@@ -349,7 +350,7 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
 }
 
 fn regex(ctx: &Ctx<'_>, at: &str, pattern: &str) -> Result<Regex, LoadError> {
-    Regex::new(pattern).map_err(|e| ctx.err(at, format!("bad regex {pattern:?}: {e}")))
+    go_regex::compile(pattern).map_err(|e| ctx.err(at, format!("bad regex {pattern:?}: {e}")))
 }
 
 /// A step's `config`, remembering which keys were read.

@@ -4,6 +4,9 @@
 //!
 //! - [`load`]: the pipelines file, compiled once at start (regexes, time layouts, templates);
 //!   errors name the file, pipeline, step and key.
+//! - [`go_regex`]: its regexes read with Go's meaning (ASCII `\d \w \s \b`).
+//! - [`keywords`]: `(?i)\b(info|error|...)\b`, the level patterns, matched by a word scan
+//!   that finds what the regex would.
 //! - [`mapping`]: `source_mapping`, which pipeline a source goes through, chosen once per
 //!   source ([`Processor::select`]).
 //! - [`steps`]: `regex_extract`, `field_add`, `field_remove`, `timestamp_parse`,
@@ -22,6 +25,8 @@
 //! Any source calls the same two functions: `select` when it learns of a source, `apply` on
 //! each entry (or each joined group) it finishes.
 
+pub mod go_regex;
+pub mod keywords;
 pub mod load;
 pub mod mapping;
 pub mod multiline;
@@ -153,12 +158,16 @@ impl Processor {
     pub fn apply(&self, id: PipelineId, entry: &mut LogEntry, source_path: &str) {
         let pipeline = &self.pipelines[id.0];
         self.stats.entries.fetch_add(1, Relaxed);
-        let bytes = entry.message.clone();
-        let shared = entry.labels.clone();
+        // Taken, not cloned: the entry's message and labels are reference-counted, and a
+        // count written at every line showed in the profile.
+        let bytes = std::mem::take(&mut entry.message);
+        // What a failed step leaves behind is undone (`skip_failed_logs`): a copy of the
+        // fields the source set, which is nothing (no copy) for every source but the ingest.
+        let original = (!entry.fields.is_empty()).then(|| entry.fields.clone());
         let mut work = steps::Work {
             message: text(&bytes),
-            labels: &shared,
-            fields: entry.fields.clone(),
+            labels: &entry.labels,
+            fields: &mut entry.fields,
             timestamp_ns: entry.timestamp_ns,
             source_path,
         };
@@ -178,15 +187,18 @@ impl Processor {
                     );
                 }
                 if self.skip_failed {
+                    drop(work);
+                    entry.fields = original.unwrap_or_default();
+                    entry.message = bytes;
                     return;
                 }
             }
         }
-        if let Cow::Owned(m) = work.message {
-            entry.message = Bytes::from(m);
-        }
-        entry.fields = work.fields;
         entry.timestamp_ns = work.timestamp_ns;
+        entry.message = match work.message {
+            Cow::Owned(m) => Bytes::from(m),
+            Cow::Borrowed(_) => bytes,
+        };
     }
 }
 

@@ -8,9 +8,10 @@ use std::borrow::Cow;
 
 use regex::Regex;
 
+use super::keywords::{Found, Keywords};
 use super::template::{Scope, Template};
 use super::timefmt::{Layout, Zone};
-use crate::pipeline::entry::{Fields, Labels};
+use crate::pipeline::entry::{Fields, Labels, Value};
 
 /// One entry while its pipeline runs, written back only when the pipeline is done. The
 /// source's shared labels are only read; steps write to `fields`, which win over them
@@ -18,7 +19,7 @@ use crate::pipeline::entry::{Fields, Labels};
 pub struct Work<'a> {
     pub message: Cow<'a, str>,
     pub labels: &'a Labels,
-    pub fields: Fields,
+    pub fields: &'a mut Fields,
     pub timestamp_ns: i64,
     pub source_path: &'a str,
 }
@@ -60,6 +61,8 @@ pub enum Op {
     /// The first capture group (else the whole match), lower-cased, into `field`.
     LogLevelExtract {
         re: Regex,
+        /// The same match found by a word scan, when the pattern is a keyword list.
+        keywords: Option<Keywords>,
         field: &'static str,
     },
     /// The JSON object in `field` (`None`: the message) flattened into fields: nested keys
@@ -102,16 +105,15 @@ impl Step {
             }
             Op::FieldAdd { fields } => {
                 for (name, template) in fields {
-                    if w.get(name).is_some() {
-                        continue;
-                    }
-                    let value = template.value(&Scope {
-                        message: &w.message,
-                        source_path: w.source_path,
-                        labels: w.labels,
-                        fields: &w.fields,
+                    let (message, source_path, labels) = (&w.message, w.source_path, w.labels);
+                    w.fields.add_if_absent(name, labels, |fields| {
+                        template.value(&Scope {
+                            message,
+                            source_path,
+                            labels,
+                            fields,
+                        })
                     });
-                    w.fields.set_value(*name, value);
                 }
             }
             Op::FieldRemove { fields } => {
@@ -151,7 +153,21 @@ impl Step {
                     w.fields.set(*t, text);
                 }
             }
-            Op::LogLevelExtract { re, field } => {
+            Op::LogLevelExtract {
+                re,
+                keywords,
+                field,
+            } => {
+                if let Some(k) = keywords {
+                    match k.find(w.message.as_bytes()) {
+                        Found::Word(_, _, index) => {
+                            w.fields.set_value(*field, Value::Shared(k.lower(index)));
+                            return Ok(());
+                        }
+                        Found::None => return Ok(()),
+                        Found::Ask => {}
+                    }
+                }
                 if let Some(caps) = re.captures(&w.message) {
                     let m = caps.get(1).or_else(|| caps.get(0)).expect("group 0");
                     w.fields.set(*field, m.as_str().to_lowercase());

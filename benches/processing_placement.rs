@@ -12,8 +12,10 @@
 //! synthetic dockerd's lines), 10 % each mapped to `mysql`, `freeswitch` (ANSI colours) and
 //! `json_logs`, read in runs of 8 lines a container, queued in batches of 4096 entries (the
 //! capture thread's `MAX_BATCH`: a bulk reader) and of 200 (what 10 ms holds at 1000 streams
-//! x 20 lines/s). At most 50 000 entries in flight (the Go config's `queue_size`), the
-//! producer pausing as the capture thread does. Variants:
+//! x 20 lines/s), as fast as they go; then batches of 200 paced at one every 10 ms, the steady
+//! state of 1000 streams x 20 lines/s, where every batch wakes the threads it passes through.
+//! At most 50 000 entries in flight (the Go config's `queue_size`), the producer pausing as
+//! the capture thread does. Variants:
 //! - `off`: processing off, the baseline;
 //! - `inline`: `Processor::apply` on the producer as it builds each entry (the daemon today);
 //! - `pool-1`, `pool-2`: the producer queues raw batches, numbered, to 1 or 2 workers
@@ -47,8 +49,8 @@
 //! reader's own cost per line (0.36 µs bulk to ~2-3 µs at 1000 slow streams, BENCHMARKS.md)
 //! comes on top of its figure in the daemon.
 //!
-//! `cargo bench --bench processing_placement` (~1 minute); `PLACEMENT_QUICK=1` for a short
-//! run; `PLACEMENT_LINES=N PLACEMENT_RUNS=R` to set them.
+//! `cargo bench --bench processing_placement` (~80 s); `PLACEMENT_QUICK=1` for a short run;
+//! `PLACEMENT_LINES=N PLACEMENT_RUNS=R PLACEMENT_PACED_LINES=P` to set them.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -370,6 +372,8 @@ struct Producer {
     processor: Option<Arc<Processor>>,
     lines: usize,
     batch: usize,
+    /// A batch every this long (a paced source), else as fast as the queue takes them.
+    pace: Option<Duration>,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -384,7 +388,13 @@ impl Producer {
         };
         let (mut made, mut seq, mut c) = (0usize, 0u64, 0usize);
         let mut touched = Vec::with_capacity(CONTAINERS);
+        let start = Instant::now();
         while made < self.lines {
+            if let Some(pace) = self.pace {
+                // As the capture thread waits in its poll for the next lines.
+                let at = start + pace * seq as u32;
+                thread::sleep(at.saturating_duration_since(Instant::now()));
+            }
             if self.in_flight.load(Relaxed) >= IN_FLIGHT {
                 // Paused, as capture on a full queue: resumes under half.
                 while self.in_flight.load(Relaxed) > IN_FLIGHT / 2 {
@@ -544,7 +554,8 @@ struct Figures {
     early: u64,
 }
 
-fn run(placement: Placement, lines: usize, batch: usize) -> Figures {
+fn run(placement: Placement, case: &Case) -> Figures {
+    let (lines, batch) = (case.lines, case.batch);
     // A fresh processor each run: the regex crate gives the first thread to use a regex its
     // fast cache path, so a processor warmed by another thread would wrong the placements.
     let processor = match placement {
@@ -558,6 +569,7 @@ fn run(placement: Placement, lines: usize, batch: usize) -> Figures {
         processor: processor.clone(),
         lines,
         batch,
+        pace: case.pace,
         in_flight: in_flight.clone(),
     };
     let cpu0 = process_cpu_ns();
@@ -706,7 +718,7 @@ fn main() {
         corpus(k);
     }
     println!(
-        "processing placement: {lines} lines x {runs} runs, {CONTAINERS} containers (70 % \
+        "processing placement: {CONTAINERS} containers (70 % \
          default, 10 % each mysql, freeswitch, json_logs), {cores} cores, load {}",
         load.join(" ")
     );
@@ -715,10 +727,35 @@ fn main() {
     for kind in KINDS {
         println!("  {:<11} {:>7.0}", kind.pipeline(), apply_ns(kind, 5));
     }
-    for (batch, what) in [
-        (4096, "the capture thread's MAX_BATCH: a bulk reader"),
-        (200, "10 ms at 1000 streams x 20 lines/s"),
-    ] {
+    let paced_lines =
+        env_usize("PLACEMENT_PACED_LINES").unwrap_or(if quick { 10_000 } else { 20_000 });
+    let paced_runs = if quick { 3 } else { 5 };
+    let cases = [
+        Case {
+            batch: 4096,
+            pace: None,
+            lines,
+            runs,
+            what: "the capture thread's MAX_BATCH: a bulk reader",
+        },
+        Case {
+            batch: 200,
+            pace: None,
+            lines,
+            runs,
+            what: "what 10 ms holds at 1000 streams x 20 lines/s, as fast as they go",
+        },
+        Case {
+            batch: 200,
+            pace: Some(Duration::from_millis(10)),
+            lines: paced_lines,
+            runs: paced_runs,
+            what: "paced: a batch every 10 ms, 20 000 lines/s as 1000 streams x 20 lines/s; \
+                   wall is the pacing's",
+        },
+    ];
+    for case in &cases {
+        let runs = case.runs;
         let mut figs: Vec<Vec<Figures>> = vec![Vec::new(); PLACEMENTS.len()];
         for r in 0..runs {
             // Alternate the order so no variant always runs first (or after the same one).
@@ -728,7 +765,7 @@ fn main() {
                 (0..PLACEMENTS.len()).rev().collect()
             };
             for i in order {
-                figs[i].push(run(PLACEMENTS[i], lines, batch));
+                figs[i].push(run(PLACEMENTS[i], case));
             }
             let inline = &figs[1][r];
             for (i, f) in figs.iter().enumerate().skip(2) {
@@ -743,7 +780,7 @@ fn main() {
             assert_eq!(figs[0][r].with_fields, 0);
             assert!(inline.with_fields > 0);
         }
-        report(batch, what, runs, &figs);
+        report(case, &figs);
     }
 }
 
@@ -760,7 +797,17 @@ fn ceiling(p: Placement, f: &Figures, cores: usize) -> f64 {
     1e9 / busiest.max(f.threads / cores as f64)
 }
 
-fn report(batch: usize, what: &str, runs: usize, figs: &[Vec<Figures>]) {
+/// One workload: batches of `batch` entries, paced or not.
+struct Case {
+    batch: usize,
+    pace: Option<Duration>,
+    lines: usize,
+    runs: usize,
+    what: &'static str,
+}
+
+fn report(case: &Case, figs: &[Vec<Figures>]) {
+    let (batch, what, runs) = (case.batch, case.what, case.runs);
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     let med = |i: usize, f: fn(&Figures) -> f64| median(figs[i].iter().map(f).collect());
     // Per-run ratio against inline (index 1), then the median.
@@ -768,7 +815,10 @@ fn report(batch: usize, what: &str, runs: usize, figs: &[Vec<Figures>]) {
         median((0..runs).map(|r| f(&figs[i][r]) / f(&figs[1][r])).collect())
     };
     println!();
-    println!("batches of {batch} entries ({what}); ns per line, median of {runs} runs:");
+    println!(
+        "batches of {batch} entries ({what}); {} lines x {runs} runs, ns per line, median:",
+        case.lines
+    );
     println!(
         "  {:<8} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>10} {:>10} | {:>8} {:>9} {:>9}",
         "variant",
@@ -845,7 +895,10 @@ fn report(batch: usize, what: &str, runs: usize, figs: &[Vec<Figures>]) {
          on {cores} idle cores (ceiling): {}; the producer (capture thread) spends {:.2} of \
          inline's CPU per line with a pool",
         judge(ratio(2, |f| f.threads), ratio(3, |f| f.threads)),
-        judge(ratio(2, |f| f.wall), ratio(3, |f| f.wall)),
+        match case.pace {
+            Some(_) => "set by the pacing".to_string(),
+            None => judge(ratio(2, |f| f.wall), ratio(3, |f| f.wall)),
+        },
         judge(ceil_ratio(2), ceil_ratio(3)),
         ratio(2, |f| f.producer),
     );

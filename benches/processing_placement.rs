@@ -576,12 +576,12 @@ fn run(placement: Placement, case: &Case) -> Figures {
     let t0 = Instant::now();
     let consumer = {
         let in_flight = in_flight.clone();
-        thread::spawn(move || consume(rx, lines, &in_flight))
+        spawn(placement, "cons", move || consume(rx, lines, &in_flight))
     };
     let mut early = 0;
     let (producer_ns, workers_ns) = match placement {
         Placement::Off | Placement::Inline => {
-            let p = thread::spawn(move || {
+            let p = spawn(placement, "prod", move || {
                 producer.run(|w| tx.send(w.batch).unwrap_or_else(|_| panic!("consumer gone")))
             });
             (p.join().unwrap(), 0)
@@ -598,11 +598,11 @@ fn run(placement: Placement, case: &Case) -> Figures {
                 .map(|_| {
                     let (wtx, wrx) = mpsc::channel::<Work>();
                     let (reorder, processor) = (reorder.clone(), processor.clone());
-                    let h = thread::spawn(move || work(wrx, &processor, &reorder));
+                    let h = spawn(placement, "work", move || work(wrx, &processor, &reorder));
                     (wtx, h)
                 })
                 .unzip();
-            let p = thread::spawn(move || {
+            let p = spawn(placement, "prod", move || {
                 producer.run(|w| {
                     let to = &senders[(w.seq % senders.len() as u64) as usize];
                     to.send(w).unwrap_or_else(|_| panic!("worker gone"))
@@ -632,6 +632,19 @@ fn run(placement: Placement, case: &Case) -> Figures {
         batches: lines.div_ceil(batch) as u64,
         early,
     }
+}
+
+/// A thread named after its part and placement (`prod-inline`, `work-pool-2`): `perf report
+/// --sort comm` then splits the profile by them.
+fn spawn<T: Send + 'static>(
+    placement: Placement,
+    part: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    thread::Builder::new()
+        .name(format!("{part}-{}", placement.name()))
+        .spawn(f)
+        .expect("spawn")
 }
 
 /// A worker: applies each batch's pipelines, then hands it back in order; its CPU, ns.

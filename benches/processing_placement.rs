@@ -523,6 +523,7 @@ fn consume(rx: QueueReceiver, lines: usize, in_flight: &AtomicUsize) -> Consumed
         }
         rx.release(&batch.entries);
         in_flight.fetch_sub(batch.entries.len(), Relaxed);
+        // Freed here, as the dispatcher frees what the capture thread or a worker allocated.
         drop(batch);
     }
     assert_eq!(

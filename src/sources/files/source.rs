@@ -61,7 +61,9 @@ const MAX_BATCH: usize = 1000;
 /// With inotify, the longest sleep between passes (a safety net for a missed event).
 const INOTIFY_SAFETY: Duration = Duration::from_secs(1);
 
-type Checkpointed = (u64, Identity, Option<(Identity, u64)>);
+/// Resume offset, offset read up to (they differ while a multiline group is held),
+/// identity, and the rotated file's identity and resume offset.
+type Checkpointed = (u64, u64, Identity, Option<(Identity, u64)>);
 
 struct Draining {
     tailer: Tailer,
@@ -98,7 +100,7 @@ struct Tracked {
     seen: (u64, i64),
     /// `seen` is of the open file, from this pass: no `fstat` needed.
     fresh: bool,
-    /// What was last checkpointed: offset, identity, and the rotated file's.
+    /// What was last checkpointed.
     checkpointed: Option<Checkpointed>,
     /// The start-up position, used at the first open.
     resume: Option<FilePosition>,
@@ -607,7 +609,12 @@ impl FileSource {
                 .draining
                 .first()
                 .map(|d| (d.tailer.identity, resume(&d.tailer)));
-            let at = (resume(tailer), tailer.identity, rotated);
+            let at = (
+                resume(tailer),
+                tailer.committed,
+                tailer.identity,
+                rotated,
+            );
             if n > 0 || t.checkpointed != Some(at) {
                 let (size, modified_ns) = if t.fresh {
                     t.seen

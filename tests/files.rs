@@ -1003,7 +1003,10 @@ fn stack_traces_written_in_pieces_come_out_joined_each_once_and_whole() {
     d.wait_log("HTTP API listening on");
     let metrics = get(&d, "/metrics");
     let joined_lines = format!("processing_lines_joined_total {}", lines.len() - want.len());
-    assert!(metrics.contains(&joined_lines), "{joined_lines} not in\n{metrics}");
+    assert!(
+        metrics.contains(&joined_lines),
+        "{joined_lines} not in\n{metrics}"
+    );
     let log = d.terminate();
     assert_eq!(messages(&captured(&s, "traces")), want, "{log}");
     let n = want.len();
@@ -1017,7 +1020,14 @@ fn stack_traces_written_in_pieces_come_out_joined_each_once_and_whole() {
 /// SIGTERM (or SIGKILL) while a Python trace is half written: the position stops at its
 /// first line, the next start reads it again, and every group comes out once and whole.
 fn restart_mid_group(kill: bool) {
-    let s = Scratch::new("files", if kill { "multiline-kill" } else { "multiline-term" });
+    let s = Scratch::new(
+        "files",
+        if kill {
+            "multiline-kill"
+        } else {
+            "multiline-term"
+        },
+    );
     let dir = s.0.join("logs");
     fs::create_dir_all(&dir).unwrap();
     let listed = s.0.join("traces.log");
@@ -1048,7 +1058,10 @@ fn restart_mid_group(kill: bool) {
     let rest = [groups[2][3..].to_vec(), groups[3..].concat()].concat();
     append_text(&listed, &text_of(&rest));
     let log = Daemon::start_args(&s, &cfg, 2, &["--once"]).wait_exit();
-    assert!(log.contains(&format!("resuming at byte {held_at}")), "{log}");
+    assert!(
+        log.contains(&format!("resuming at byte {held_at}")),
+        "{log}"
+    );
     assert_eq!(messages(&captured(&s, "traces")), joined(&groups), "{log}");
     assert_eq!(
         file_positions(&s)[&key]["offset"],
@@ -1113,7 +1126,10 @@ fn a_group_held_across_a_rotation_stays_whole_and_never_spans_two_files() {
     wait_until("the new file's groups but the last", || n("traces") == 5);
 
     // Copytruncate while a Python trace is held (nothing after it yet).
-    append_text(&ct, &text_of(&[groups[0].clone(), groups[2].clone()].concat()));
+    append_text(
+        &ct,
+        &text_of(&[groups[0].clone(), groups[2].clone()].concat()),
+    );
     wait_until("ct's first line", || n("ct") == 1);
     read_to_end(&ct);
     fs::copy(&ct, dir.join("ct.log.1")).unwrap();
@@ -1123,7 +1139,9 @@ fn a_group_held_across_a_rotation_stays_whole_and_never_spans_two_files() {
         .unwrap()
         .set_len(0)
         .unwrap();
-    wait_until("the trace held, completed by the truncation", || n("ct") == 2);
+    wait_until("the trace held, completed by the truncation", || {
+        n("ct") == 2
+    });
     let late = "  File \"/srv/late.py\", line 1, in <module>".to_string();
     append_text(&ct, &text_of(&[late.clone(), groups[6][0].clone()]));
     wait_until("the line after the truncation", || n("ct") == 3);
@@ -1132,7 +1150,9 @@ fn a_group_held_across_a_rotation_stays_whole_and_never_spans_two_files() {
     append_text(&del, &text_of(&groups[2]));
     read_to_end(&del);
     fs::remove_file(&del).unwrap();
-    wait_until("the trace held, completed by the deletion", || n("del") == 1);
+    wait_until("the trace held, completed by the deletion", || {
+        n("del") == 1
+    });
 
     let log = d.terminate();
     assert!(
@@ -1169,7 +1189,11 @@ fn records_of_files_gone_are_pruned_and_those_of_existing_files_kept() {
     fs::create_dir_all(&dir).unwrap();
     let listed = s.0.join("listed.log");
     fs::write(&listed, "listed 1\n").unwrap();
-    let days = ["app-2026-11-28.log", "app-2026-11-29.log", "app-2026-11-30.log"];
+    let days = [
+        "app-2026-11-28.log",
+        "app-2026-11-29.log",
+        "app-2026-11-30.log",
+    ];
     for day in days {
         fs::write(dir.join(day), format!("{day} 1\n")).unwrap();
     }

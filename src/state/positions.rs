@@ -82,7 +82,9 @@
 //!
 //! [`PositionStore::mark_removed`] marks the record of a removed container (stamping
 //! `last_read`) and [`PositionStore::prune_removed`] drops such records once old enough; the
-//! record of a container that exists is never pruned. [`PositionStore::in_memory`] is the store
+//! record of a container that exists is never pruned. File records are marked gone by the files
+//! thread ([`FileCheckpoint::gone`]) and dropped by [`PositionStore::prune_gone_files`] on the
+//! same terms. [`PositionStore::in_memory`] is the store
 //! of `positions.enabled: false`: it never reads or writes a file.
 //!
 //! # Files

@@ -128,7 +128,15 @@ mod tests {
     fn push(g: &mut FileGroup, gen: u64, text: &str, end: &mut u64, now: Instant) {
         let start = *end;
         *end += text.len() as u64 + 1;
-        g.push(line(text), Mark { gen, start, end: *end }, now);
+        g.push(
+            line(text),
+            Mark {
+                gen,
+                start,
+                end: *end,
+            },
+            now,
+        );
     }
 
     #[test]

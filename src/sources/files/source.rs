@@ -609,12 +609,7 @@ impl FileSource {
                 .draining
                 .first()
                 .map(|d| (d.tailer.identity, resume(&d.tailer)));
-            let at = (
-                resume(tailer),
-                tailer.committed,
-                tailer.identity,
-                rotated,
-            );
+            let at = (resume(tailer), tailer.committed, tailer.identity, rotated);
             if n > 0 || t.checkpointed != Some(at) {
                 let (size, modified_ns) = if t.fresh {
                     t.seen

@@ -220,7 +220,9 @@ mod tests {
         let (mut t, path) = tailer(&dir, &content);
         let mut out = Vec::new();
         // Small chunks: lines span reads.
-        let r = t.read(4096, u64::MAX, usize::MAX, None, &mut out, None).unwrap();
+        let r = t
+            .read(4096, u64::MAX, usize::MAX, None, &mut out, None)
+            .unwrap();
         assert!(r.at_end);
         let lens: Vec<(usize, bool)> = out.iter().map(|l| (l.message.len(), l.truncated)).collect();
         assert_eq!(
@@ -243,7 +245,8 @@ mod tests {
             .write_all(b"ial\n")
             .unwrap();
         out.clear();
-        t.read(4096, u64::MAX, usize::MAX, None, &mut out, None).unwrap();
+        t.read(4096, u64::MAX, usize::MAX, None, &mut out, None)
+            .unwrap();
         assert_eq!(&out[0].message[..], b"partial");
         assert_eq!(t.committed, content.len() as u64 + 4);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -258,7 +261,9 @@ mod tests {
             .collect();
         let (mut t, _) = tailer(&dir, &content);
         let mut out = Vec::new();
-        let r = t.read(1000, 3000, usize::MAX, None, &mut out, None).unwrap();
+        let r = t
+            .read(1000, 3000, usize::MAX, None, &mut out, None)
+            .unwrap();
         assert_eq!((r.bytes, r.at_end), (3000, false));
         assert_eq!(out.len(), 300);
         // 100 lines a read: stops after the read that reached 250.
@@ -267,7 +272,9 @@ mod tests {
         let r = t.read(1000, u64::MAX, 500, None, &mut out, None).unwrap();
         assert_eq!((r.bytes, r.at_end), (2000, false));
         assert_eq!(out.len(), 500);
-        let r = t.read(1000, u64::MAX, usize::MAX, None, &mut out, None).unwrap();
+        let r = t
+            .read(1000, u64::MAX, usize::MAX, None, &mut out, None)
+            .unwrap();
         assert!(r.at_end);
         assert_eq!(out.len(), 1000);
         assert_eq!(&out[999].message[..], b"000000999");
@@ -292,7 +299,10 @@ mod tests {
         let texts: Vec<&[u8]> = out.iter().map(|l| &l.message[..]).collect();
         assert_eq!(texts, [&b"one"[..], b"", b"three three", b"four"]);
         t.restart().unwrap();
-        assert_ne!(t.gen, gen, "a truncated file's lines are another generation's");
+        assert_ne!(
+            t.gen, gen,
+            "a truncated file's lines are another generation's"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
 
         // A cut line: its pieces end nowhere, the last one at its `\n`.

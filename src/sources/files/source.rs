@@ -387,7 +387,12 @@ impl FileSource {
             }
         } else {
             self.finishing = true;
-            self.pass(false);
+            // Every file once, even if the queue fills on the way (a pass cut short resumes
+            // where it stopped).
+            while !self.pass(false).1 && !stop.load(Relaxed) {
+                self.flush();
+                std::thread::sleep(self.plan.read_interval);
+            }
         }
         self.flush();
         tracing::info!(
@@ -566,6 +571,7 @@ impl FileSource {
                 (n, bytes)
             }
             Some(g) => {
+                debug_assert_eq!(lines.len(), marks.len());
                 let at = Instant::now();
                 for (line, mark) in lines.drain(..).zip(marks.drain(..)) {
                     let entry = file_entry(t.source_id.clone(), t.labels.clone(), line, now);

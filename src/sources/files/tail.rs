@@ -120,11 +120,12 @@ impl Tailer {
             }
             let bytes = Bytes::from(buf);
             let before = out.len();
-            let span = Span::new(bytes.clone(), self.offset);
+            let kept = marks.is_some().then(|| bytes.clone());
+            let span = Span::new(bytes, self.offset);
             // Raw mode without timestamps has no error path: only prefixes can be malformed.
             let _ = self.assembler.push_raw(span, out);
-            if let Some(marks) = marks.as_deref_mut() {
-                self.mark(&bytes, boundary, &out[before..], marks);
+            if let (Some(marks), Some(kept)) = (marks.as_deref_mut(), kept) {
+                self.mark(&kept, boundary, &out[before..], marks);
             }
             self.offset += n as u64;
             done.bytes += n as u64;

@@ -370,6 +370,7 @@ impl FileSource {
             };
             if woken.created || last_scan.elapsed() >= self.plan.scan_interval {
                 self.scan();
+                self.report_missing_records();
                 last_scan = Instant::now();
             }
         };
@@ -441,21 +442,25 @@ impl FileSource {
             .min()
     }
 
-    /// At start: the records of paths that no longer exist and that no tracked file stands
-    /// for are reported gone (removed while the capturer was down).
+    /// At start and at each rescan: the start-up records that no tracked file took whose
+    /// path does not exist (removed while the capturer was down, or since, unmonitored) are
+    /// reported gone, once.
     fn report_missing_records(&mut self) {
-        for path in self.records.keys() {
-            if self.by_path.contains_key(Path::new(path)) {
-                continue;
+        let mut gone = Vec::new();
+        self.records.retain(|path, _| {
+            let missing = matches!(
+                std::fs::symlink_metadata(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound
+            );
+            if missing {
+                gone.push(FileCheckpoint::gone(
+                    Arc::from(path.as_str()),
+                    Arc::from(source_id(path)),
+                ));
             }
-            if let Err(e) = std::fs::symlink_metadata(path) {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    let key: Arc<str> = Arc::from(path.as_str());
-                    let id = Arc::from(source_id(path));
-                    self.checkpoints.push(FileCheckpoint::gone(key, id));
-                }
-            }
-        }
+            !missing
+        });
+        self.checkpoints.append(&mut gone);
     }
 
     /// Stops tracking the files found by a scan whose path is gone and read to its end

@@ -16,7 +16,8 @@
 //!
 //! Records of removed containers (reported by the reader behind their last lines) are marked
 //! `removed` once delivered and pruned `max_position_age` later, looked at every
-//! `cleanup_interval`.
+//! `cleanup_interval`; so are the records of monitored files whose path is gone (reported by
+//! the files thread once nothing of them is read any more).
 //!
 //! On shutdown the dispatcher drains the queue until the reader has closed it, retrying
 //! failing sinks until `shutdown_deadline`; what it could not deliver by then is named in the
@@ -355,16 +356,19 @@ impl Dispatcher {
         }
     }
 
-    /// Drops the positions of containers removed more than `max_position_age` ago.
+    /// Drops the positions of containers removed, and of files gone, more than
+    /// `max_position_age` ago.
     fn cleanup(&mut self) {
         self.last_cleanup = Instant::now();
-        let pruned = self
-            .positions
-            .lock()
-            .unwrap()
-            .prune_removed(self.options.max_position_age);
+        let mut positions = self.positions.lock().unwrap();
+        let pruned = positions.prune_removed(self.options.max_position_age);
+        let files = positions.prune_gone_files(self.options.max_position_age);
+        drop(positions);
         if pruned > 0 {
             tracing::debug!("pruned the positions of {pruned} removed containers");
+        }
+        if files > 0 {
+            tracing::info!("pruned the positions of {files} files gone");
         }
     }
 

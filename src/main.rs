@@ -133,15 +133,6 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let (Some(p), true) = (&processor, config.file_monitor.enabled) {
-        // The files' plan is made again by the daemon; a bad one is reported there.
-        if let Ok(plan) = log_capturer::sources::files::config::plan(&config.file_monitor) {
-            if let Err(e) = log_capturer::sources::files::source::check_processing(&plan, p) {
-                eprintln!("log_capturer: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
     if let Some(p) = &processor {
         tracing::info!(
             "processing: {} pipelines from {}",

@@ -9,7 +9,11 @@
 //! - a file created after start in a watched directory is read, an excluded file is never
 //!   opened (an inotify watch of the test's own sees no open), a symlink to a file outside
 //!   is not followed, a listed file missing at start is picked up when it appears;
-//! - a `file_positions.json` written by Go is resumed from.
+//! - a `file_positions.json` written by Go is resumed from;
+//! - processing: pipelines chosen per file; `multiline` stack traces (the fixture
+//!   `stack_traces.txt`) written in pieces, across a SIGTERM or SIGKILL restart, across a
+//!   rename or a copytruncate: each group once and whole;
+//! - `file_positions.json` pruning: records of files gone dropped, of existing ones kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -891,34 +895,354 @@ fn the_go_pipelines_file_maps_files_to_its_syslog_pipeline() {
     );
 }
 
-/// A `multiline` pipeline mapped to files is refused at start (exit 2, naming it): its
-/// groups could not be resumed whole from a file's offset.
-#[test]
-fn a_multiline_pipeline_for_files_is_refused_at_start() {
-    let s = Scratch::new("files", "processing-multiline");
-    let listed = s.0.join("app.log");
-    let dir = s.0.join("dir");
-    fs::create_dir_all(&dir).unwrap();
+// --- Multiline on monitored files, and pruning of file_positions.json ---
+
+/// `max_lines` of the tests' `multiline` step.
+const MAX_LINES: usize = 10;
+
+/// The groups of `tests/fixtures/stack_traces.txt`, each as its lines.
+fn trace_groups() -> Vec<Vec<String>> {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stack_traces.txt");
+    let text = fs::read_to_string(fixture).unwrap();
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    body.trim()
+        .split("\n\n")
+        .map(|g| g.lines().map(String::from).collect())
+        .collect()
+}
+
+/// The entries the groups must come out as: each joined with `\n`, in pieces of
+/// [`MAX_LINES`] lines.
+fn joined(groups: &[Vec<String>]) -> Vec<String> {
+    groups
+        .iter()
+        .flat_map(|g| g.chunks(MAX_LINES).map(|c| c.join("\n")))
+        .collect()
+}
+
+/// The file text of these lines.
+fn text_of(lines: &[String]) -> String {
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+fn append_text(path: &Path, text: &str) {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+/// [`config_processing`] with a pipeline joining stack traces, mapped to every file.
+fn config_multiline(s: &Scratch, listed: &Path, dir: &Path, max_wait: &str) -> PathBuf {
     let pipelines = s.0.join("pipelines.yaml");
     fs::write(
         &pipelines,
-        "pipelines:\n  - name: traces\n    steps:\n      - name: join\n        type: multiline\n        \
-         config: { firstline: '^\\d' }\nsource_mapping:\n  traces: [\"source_type:file\"]\n",
+        format!(
+            r#"pipelines:
+  - name: traces
+    steps:
+      - name: join
+        type: multiline
+        config:
+          firstline: '^(\d{{4}}-\d{{2}}-\d{{2}} |Traceback )'
+          max_lines: {MAX_LINES}
+          max_wait: {max_wait}
+source_mapping:
+  traces: ["source_type:file"]
+"#
+        ),
     )
     .unwrap();
-    let cfg = config_processing(&s, &pipeline(&listed, &dir), &pipelines);
-    // `--once`: were it not refused, the run would end by itself (exit 0), not hang the test.
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--once")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    config_processing(s, &pipeline(listed, dir), &pipelines)
+}
+
+/// The committed `file_positions.json`, or null.
+fn file_positions(s: &Scratch) -> Value {
+    fs::read(s.0.join("positions/file_positions.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Java and Python stack traces written to a monitored file in pieces cut anywhere (lines
+/// and groups split across writes): each group comes out once, whole, in order; the one over
+/// `max_lines` in pieces of `max_lines`; the last one `max_wait` after its last line, the
+/// file being quiet. The position reaches the end only then.
+#[test]
+fn stack_traces_written_in_pieces_come_out_joined_each_once_and_whole() {
+    let s = Scratch::new("files", "multiline-pieces");
+    let dir = s.0.join("logs");
+    fs::create_dir_all(&dir).unwrap();
+    let listed = s.0.join("traces.log");
+    File::create(&listed).unwrap();
+    let cfg = config_multiline(&s, &listed, &dir, "2s");
+    let d = Daemon::start(&s, &cfg, 1);
+    let groups = trace_groups();
+    let lines = groups.concat();
+    let text = text_of(&lines);
+    for piece in text.as_bytes().chunks(37) {
+        append_text(&listed, std::str::from_utf8(piece).unwrap());
+        // A writer's pace, far below max_wait.
+        thread::sleep(Duration::from_millis(10));
+    }
+    let want = joined(&groups);
+    wait_until("every group delivered", || {
+        captured(&s, "traces").len() >= want.len()
+    });
+    let key = listed.display().to_string();
+    wait_until("the position at the end of the file", || {
+        file_positions(&s)[&key]["offset"] == text.len()
+    });
+    d.wait_log("HTTP API listening on");
+    let metrics = get(&d, "/metrics");
+    let joined_lines = format!("processing_lines_joined_total {}", lines.len() - want.len());
     assert!(
-        err.contains("pipeline \"traces\" has a multiline step") && err.contains("files"),
-        "{err}"
+        metrics.contains(&joined_lines),
+        "{joined_lines} not in\n{metrics}"
     );
+    let log = d.terminate();
+    assert_eq!(messages(&captured(&s, "traces")), want, "{log}");
+    let n = want.len();
+    assert!(
+        log.contains(&format!("done: {n} lines read, {n} delivered, 0 dropped")),
+        "{log}"
+    );
+    assert_eq!(file_positions(&s)[&key]["log_count"], n);
+}
+
+/// SIGTERM (or SIGKILL) while a Python trace is half written: the position stops at its
+/// first line, the next start reads it again, and every group comes out once and whole.
+fn restart_mid_group(kill: bool) {
+    let s = Scratch::new(
+        "files",
+        if kill {
+            "multiline-kill"
+        } else {
+            "multiline-term"
+        },
+    );
+    let dir = s.0.join("logs");
+    fs::create_dir_all(&dir).unwrap();
+    let listed = s.0.join("traces.log");
+    File::create(&listed).unwrap();
+    // max_wait far longer than the test: only the next first line (or the end of `--once`)
+    // completes a group.
+    let cfg = config_multiline(&s, &listed, &dir, "5m");
+    let d = Daemon::start(&s, &cfg, 1);
+    let groups = trace_groups();
+    let done = groups[..2].concat();
+    let held = &groups[2][..3];
+    append_text(&listed, &text_of(&[done.clone(), held.to_vec()].concat()));
+    wait_until("the first two groups", || captured(&s, "traces").len() == 2);
+    let key = listed.display().to_string();
+    let held_at = text_of(&done).len();
+    wait_until("the position at the held group's first line", || {
+        file_positions(&s)[&key]["offset"] == held_at
+    });
+    if kill {
+        d.kill();
+    } else {
+        let log = d.terminate();
+        assert!(
+            log.contains("3 lines of unfinished multiline groups left for the next start"),
+            "{log}"
+        );
+    }
+    let rest = [groups[2][3..].to_vec(), groups[3..].concat()].concat();
+    append_text(&listed, &text_of(&rest));
+    let log = Daemon::start_args(&s, &cfg, 2, &["--once"]).wait_exit();
+    assert!(
+        log.contains(&format!("resuming at byte {held_at}")),
+        "{log}"
+    );
+    assert_eq!(messages(&captured(&s, "traces")), joined(&groups), "{log}");
+    assert_eq!(
+        file_positions(&s)[&key]["offset"],
+        fs::metadata(&listed).unwrap().len()
+    );
+}
+
+#[test]
+fn a_sigterm_mid_group_reads_the_group_again_whole() {
+    restart_mid_group(false);
+}
+
+#[test]
+fn a_sigkill_mid_group_loses_and_splits_no_group() {
+    restart_mid_group(true);
+}
+
+/// A group held when its file rotates or goes. Rename and create: the writer finishes the
+/// trace in the renamed file (it has not reopened yet), and the trace stays whole; the new
+/// file's first line completes it (a group never spans two files). Copytruncate, deletion:
+/// the group held is complete at once (no line can join it any more), so lines written after
+/// a truncation do not join it. `max_wait` is longer than the test: nothing here completes a
+/// group by time. Then a SIGTERM with a group held in each file, and `--once` delivers them.
+#[test]
+fn a_group_held_across_a_rotation_stays_whole_and_never_spans_two_files() {
+    let s = Scratch::new("files", "multiline-rotation");
+    let dir = s.0.join("logs");
+    fs::create_dir_all(&dir).unwrap();
+    let listed = s.0.join("traces.log");
+    let (ct, del) = (dir.join("ct.log"), dir.join("del.log"));
+    for f in [&listed, &ct, &del] {
+        File::create(f).unwrap();
+    }
+    let cfg = config_multiline(&s, &listed, &dir, "5m");
+    let d = Daemon::start(&s, &cfg, 1);
+    d.wait_log("HTTP API listening on");
+    let groups = trace_groups();
+    let long = &groups[4];
+    assert!(long.len() > MAX_LINES);
+    let n = |name: &str| captured(&s, name).len();
+    let read_to_end = |path: &Path| {
+        let key = path.display().to_string();
+        wait_until(&format!("{key} read to its end"), || {
+            let stats: Value = serde_json::from_str(&get(&d, "/stats")).unwrap_or_default();
+            stats["files"]["files"][&key]["offset"] == fs::metadata(path).unwrap().len()
+        });
+    };
+
+    // Rename and create, in the middle of the long trace.
+    let mut old = OpenOptions::new().append(true).open(&listed).unwrap();
+    let head = [groups[0].clone(), groups[1].clone(), long[..5].to_vec()].concat();
+    old.write_all(text_of(&head).as_bytes()).unwrap();
+    wait_until("the groups before the long trace", || n("traces") == 2);
+    fs::rename(&listed, s.0.join("traces.log.1")).unwrap();
+    old.write_all(text_of(&long[5..]).as_bytes()).unwrap();
+    // Its first MAX_LINES lines come out by max_lines: the renamed file's end was read, so
+    // the new file's lines cannot come before it.
+    wait_until("the long trace's first piece", || n("traces") == 3);
+    append_text(&listed, &text_of(&groups[5..].concat()));
+    // The rest of the long trace (by the new file's first line), the Python trace (by the
+    // last group's first line); the last group is held.
+    wait_until("the new file's groups but the last", || n("traces") == 5);
+
+    // Copytruncate while a Python trace is held (nothing after it yet).
+    append_text(
+        &ct,
+        &text_of(&[groups[0].clone(), groups[2].clone()].concat()),
+    );
+    wait_until("ct's first line", || n("ct") == 1);
+    read_to_end(&ct);
+    fs::copy(&ct, dir.join("ct.log.1")).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&ct)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    wait_until("the trace held, completed by the truncation", || {
+        n("ct") == 2
+    });
+    let late = "  File \"/srv/late.py\", line 1, in <module>".to_string();
+    append_text(&ct, &text_of(&[late.clone(), groups[6][0].clone()]));
+    wait_until("the line after the truncation", || n("ct") == 3);
+
+    // Deleted while a trace is held.
+    append_text(&del, &text_of(&groups[2]));
+    read_to_end(&del);
+    fs::remove_file(&del).unwrap();
+    wait_until("the trace held, completed by the deletion", || {
+        n("del") == 1
+    });
+
+    let log = d.terminate();
+    assert!(
+        log.contains("truncated or rewritten in place"),
+        "copytruncate not seen:\n{log}"
+    );
+    for f in [&listed, &ct] {
+        let line = format!(
+            "{}: 1 lines of unfinished multiline groups left",
+            f.display()
+        );
+        assert!(log.contains(&line), "{line} not in\n{log}");
+    }
+    let log = Daemon::start_args(&s, &cfg, 2, &["--once"]).wait_exit();
+    let want_listed = joined(&[&groups[..2], &groups[4..]].concat());
+    let want_ct = [
+        joined(&[groups[0].clone(), groups[2].clone()]),
+        vec![late, groups[6][0].clone()],
+    ]
+    .concat();
+    assert_eq!(messages(&captured(&s, "traces")), want_listed, "{log}");
+    assert_eq!(messages(&captured(&s, "ct")), want_ct, "{log}");
+    assert_eq!(messages(&captured(&s, "del")), joined(&groups[2..3]));
+}
+
+/// `file_positions.json` does not grow forever under a glob over dated names: the records
+/// of files deleted (and read to their end) are dropped `max_position_age` after, and so are
+/// those of files deleted while the capturer was down; a file that exists is never pruned,
+/// however quiet. The files thread stops tracking the deleted ones too.
+#[test]
+fn records_of_files_gone_are_pruned_and_those_of_existing_files_kept() {
+    let s = Scratch::new("files", "prune");
+    let dir = s.0.join("logs");
+    fs::create_dir_all(&dir).unwrap();
+    let listed = s.0.join("listed.log");
+    fs::write(&listed, "listed 1\n").unwrap();
+    let days = [
+        "app-2026-11-28.log",
+        "app-2026-11-29.log",
+        "app-2026-11-30.log",
+    ];
+    for day in days {
+        fs::write(dir.join(day), format!("{day} 1\n")).unwrap();
+    }
+    let cfg = config(&s, &pipeline(&listed, &dir));
+    let yaml = fs::read_to_string(&cfg).unwrap().replace(
+        "  flush_interval: 1s\n",
+        "  flush_interval: 1s\n  cleanup_interval: 200ms\n  max_position_age: 1s\n",
+    );
+    fs::write(&cfg, yaml).unwrap();
+    let keys = || -> BTreeSet<String> {
+        file_positions(&s)
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let path = |name: &str| dir.join(name).display().to_string();
+    let listed_key = listed.display().to_string();
+    let d = Daemon::start(&s, &cfg, 1);
+    let all: BTreeSet<String> = days
+        .iter()
+        .map(|d| path(d))
+        .chain([listed_key.clone()])
+        .collect();
+    wait_until("a record per file", || keys() == all);
+    fs::remove_file(dir.join(days[0])).unwrap();
+    fs::remove_file(dir.join(days[1])).unwrap();
+    let left: BTreeSet<String> = [path(days[2]), listed_key.clone()].into();
+    wait_until("the deleted files' records pruned", || keys() == left);
+    d.wait_log("HTTP API listening on");
+    let stats: Value = serde_json::from_str(&get(&d, "/stats")).unwrap();
+    assert_eq!(stats["files"]["monitored"], 2, "{stats}");
+    let log = d.terminate();
+    for day in &days[..2] {
+        assert!(
+            log.contains(&format!("{}: gone and read to its end", path(day))),
+            "{log}"
+        );
+    }
+    // The quiet file outlived max_position_age many times over and is still there.
+    assert_eq!(keys(), left);
+    assert_eq!(file_positions(&s)[path(days[2])]["log_count"], 1);
+
+    // Deleted while the capturer is down: marked at the next start, pruned as well.
+    fs::remove_file(dir.join(days[2])).unwrap();
+    let d = Daemon::start(&s, &cfg, 2);
+    let only: BTreeSet<String> = [listed_key.clone()].into();
+    wait_until("the record of the file deleted while down pruned", || {
+        keys() == only
+    });
+    d.terminate();
+    assert_eq!(file_positions(&s)[&listed_key]["log_count"], 1);
 }

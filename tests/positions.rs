@@ -645,3 +645,58 @@ fn records_of_containers_gone_while_down_are_marked_removed() {
     assert_eq!(store.mark_missing_removed([FULL_ID]), 0);
     assert!(!store.dirty());
 }
+
+/// File records: a path gone is marked (`gone_since`, written to the file), never created
+/// for a path without a record; a new checkpoint of the path clears the mark; pruning drops
+/// a marked record old enough only while its path does not exist.
+#[test]
+fn file_records_of_paths_gone_are_marked_then_pruned_unless_the_path_exists() {
+    use log_capturer::state::file_positions::FileCheckpoint;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let dir = tempdir("files-gone");
+    fs::create_dir_all(&dir).unwrap();
+    let (present, gone) = (dir.join("present.log"), dir.join("gone.log"));
+    fs::write(&present, "x\n").unwrap();
+    let key = |p: &Path| -> Arc<str> { Arc::from(p.display().to_string()) };
+    let at = |p: &Path| FileCheckpoint {
+        offset: 2,
+        size: 2,
+        lines: 1,
+        bytes: 1,
+        gone: false,
+        ..FileCheckpoint::gone(key(p), Arc::from("id"))
+    };
+    let mut store = PositionStore::load(&dir).unwrap();
+    store.load_files().unwrap();
+    store.advance_file(&at(&present));
+    store.advance_file(&at(&gone));
+    store.commit().unwrap();
+    let never = dir.join("never.log");
+    for p in [&present, &gone, &never] {
+        store.advance_file(&FileCheckpoint::gone(key(p), Arc::from("id")));
+    }
+    assert_eq!(store.files().len(), 2, "no record made for a path gone");
+    store.commit().unwrap();
+    let v: Value =
+        serde_json::from_slice(&fs::read(dir.join("file_positions.json")).unwrap()).unwrap();
+    assert!(v[&*key(&gone)]["gone_since"].is_string(), "{v}");
+    // Young marks stay; old ones go, but only where the path does not exist.
+    assert_eq!(store.prune_gone_files(Duration::from_secs(3600)), 0);
+    assert_eq!(store.prune_gone_files(Duration::ZERO), 1);
+    let left: Vec<&String> = store.files().keys().collect();
+    assert_eq!(left, [&present.display().to_string()]);
+    // The path read again: the mark goes, and with it any pruning.
+    store.advance_file(&at(&present));
+    assert_eq!(store.files()[&*key(&present)].gone_since, None);
+    assert_eq!(store.files()[&*key(&present)].log_count, 2);
+    store.commit().unwrap();
+    let again = PositionStore::load(&dir).and_then(|mut s| {
+        s.load_files()?;
+        Ok(s)
+    });
+    let again = again.unwrap();
+    assert_eq!(again.files().len(), 1);
+    assert_eq!(again.files()[&*key(&present)].gone_since, None);
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -5,6 +5,8 @@
 #    (`--once`, file monitor on, blackhole sink), against `cat FILE > /dev/null` (the floor:
 #    reading alone) and `tail -c +1 -F FILE > /dev/null` (a tailer that does not split lines),
 #    in the same run, page cache warm for all three.
+# 1b. The same file through processing: a no-op step, and `multiline` (a group per line, or
+#    groups of 128 lines), against processing off.
 # 2. FILES (default 100) files x RATE (default 1000) lines/s each for SECONDS (default 20): the
 #    capturer following them (inotify), CPU per line and RSS at the end.
 #
@@ -110,6 +112,61 @@ print(f"  log_capturer --once    {lc / gb:6.2f} CPU-s/GB  wall {lc_wall:5.2f} s 
 print(f"  ratio capturer/cat {lc / max(cat, 0.01):.1f}x, capturer/tail {lc / max(tail, 0.01):.1f}x")
 verdict = "OK" if lc / gb < 5 else "SLOW"
 print(f"  verdict: {verdict} (goal: under 5 CPU-s per GB; the floor is the kernel's copy)")
+PY
+
+# ---------------------------------------------------------------------------------------------
+# 1b. The same file through processing: a pipeline of one no-op step (the cost of `apply` per
+#     line), and `multiline` with every line a first line (a group per line: the grouper's
+#     worst case per line) or none (groups of max_lines=128 lines joined), against processing
+#     off, each twice, in this run.
+ml_pipelines() {
+    local name="$1" step="$2"
+    cat >"$WORK/ml-$name.yaml" <<YAML
+pipelines:
+  - name: p
+    steps:
+      - $step
+source_mapping:
+  p: ["source_type:file"]
+YAML
+}
+ml_pipelines noop "{name: noop, type: field_remove, config: {fields: [absent]}}"
+ml_pipelines every "{name: join, type: multiline, config: {firstline: '^\\d{4}-', max_lines: 128, max_wait: 3s}}"
+ml_pipelines none "{name: join, type: multiline, config: {firstline: '^NEVER', max_lines: 128, max_wait: 3s}}"
+declare -A ML_CPU
+for round in 1 2; do
+    for mode in off noop every none; do
+        files_config "$WORK/ml-$mode.cfg" "$WORK/big-pipeline.yml"
+        if [[ "$mode" != off ]]; then
+            printf 'processing: {enabled: true, pipelines_file: "%s"}\n' "$WORK/ml-$mode.yaml" >>"$WORK/ml-$mode.cfg"
+        fi
+        rm -rf "$WORK/positions-ml-$mode.cfg"
+        timed "$WORK/ml.time" "$BIN" --config "$WORK/ml-$mode.cfg" --once 2>"$WORK/ml-$mode.err" ||
+            { log "the capturer failed ($mode):"; tail -5 "$WORK/ml-$mode.err" >&2; exit 1; }
+        read -r m_u m_s _ _ < <(tail -1 "$WORK/ml.time")
+        ML_CPU[$mode]="${ML_CPU[$mode]:-} $(python3 -c "print($m_u + $m_s)")"
+        delivered="$(grep -o 'done: [0-9]* lines read, [0-9]* delivered' "$WORK/ml-$mode.err" | awk '{print $5}')"
+        want="$BIG_LINES"; [[ "$mode" == none ]] && want="$(( (BIG_LINES + 127) / 128 ))"
+        if [[ "$delivered" != "$want" ]]; then
+            log "$mode: ${delivered:-?} entries delivered, want $want"; exit 1
+        fi
+    done
+done
+echo
+echo "== 1b. the same file through processing (CPU-s per GB, two runs each, same run)"
+python3 - "$GB" "$BIG_LINES" "${ML_CPU[off]}" "${ML_CPU[noop]}" "${ML_CPU[every]}" "${ML_CPU[none]}" <<'PY'
+import sys
+gb, lines = float(sys.argv[1]), float(sys.argv[2])
+runs = {k: [float(x) for x in v.split()] for k, v in zip(["off", "noop", "every", "none"], sys.argv[3:])}
+off = min(runs["off"])
+for k, label in [("off", "processing off"), ("noop", "one no-op step"),
+                 ("every", "multiline, a group per line"), ("none", "multiline, 128-line groups")]:
+    best = min(runs[k])
+    print(f"  {label:30s} {' '.join(f'{c / gb:5.2f}' for c in runs[k])} CPU-s/GB"
+          f"  {best / lines * 1e9:5.0f} ns/line  {best / off:4.2f}x off")
+worst = min(runs["every"]) / gb
+print(f"  verdict: {'OK' if worst < 10 else 'SLOW'} (goal: multiline's worst case under 10 CPU-s per GB,"
+      " twice the plain read's goal)")
 PY
 
 # ---------------------------------------------------------------------------------------------

@@ -488,8 +488,8 @@ pub struct PositionsConfig {
     /// `positions.flush_interval`: how often acknowledged positions are committed to disk.
     #[serde(serialize_with = "ser_duration")]
     pub flush_interval: Duration,
-    /// `positions.cleanup_interval`: how often positions of removed containers are pruned;
-    /// zero: never.
+    /// `positions.cleanup_interval`: how often positions of removed containers (and of files
+    /// gone) are pruned; zero: never.
     #[serde(serialize_with = "ser_duration")]
     pub cleanup_interval: Duration,
     /// `positions.max_position_age`: how long the position of a removed container is kept

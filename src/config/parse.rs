@@ -985,8 +985,9 @@ fn read_positions(ctx: &Ctx<'_>, root: &Node<'_>) -> Result<PositionsConfig, Con
     if max_position_age.is_some() {
         ctx.note(
             s.key_path("max_position_age"),
-            "prunes only the records of removed containers, once their lines are delivered; \
-             the record of an existing container is kept however old",
+            "prunes only the records of removed containers and of monitored files gone, once \
+             their lines are delivered; the record of an existing container or file is kept \
+             however old",
         );
     }
     Ok(PositionsConfig {

@@ -26,6 +26,10 @@
 //! fingerprint_len, offset}`) while a file rotated away from the path is still being read. A record without them (written by Go) resumes at its
 //! `offset` when the file still has that device and inode (or the record has neither) and is
 //! at least that long; otherwise the file is read from its start.
+//!
+//! Pruning: a record whose path is gone, once every line of it is delivered, gets ours
+//! `gone_since` (a Go time); it is dropped `positions.max_position_age` later, unless its path
+//! exists again by then (a new record clears the mark). A file that exists is never pruned.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -69,6 +73,13 @@ pub struct FilePosition {
     /// just past its last delivered line (a restart reads it from there first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated: Option<RotatedPosition>,
+    /// Ours: since when the path has been gone (no file, nothing of it still read).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::state::positions::go_time"
+    )]
+    pub gone_since: Option<i64>,
 }
 
 /// A rotated file still being read: its identity and delivered offset.
@@ -129,6 +140,27 @@ pub struct FileCheckpoint {
     /// The file rotated away from the path that is still being read to its end, and the
     /// byte just past its last line in the batch.
     pub rotated: Option<(Identity, u64)>,
+    /// The path is gone and nothing of it is read any more: its record (if any) is marked for
+    /// pruning, and the fields above mean nothing.
+    pub gone: bool,
+}
+
+impl FileCheckpoint {
+    /// The path is gone, every line of it in this batch or an earlier one.
+    pub fn gone(path: Arc<str>, source_id: Arc<str>) -> FileCheckpoint {
+        FileCheckpoint {
+            path,
+            source_id,
+            identity: Identity::default(),
+            offset: 0,
+            size: 0,
+            modified_ns: 0,
+            lines: 0,
+            bytes: 0,
+            rotated: None,
+            gone: true,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -82,7 +82,9 @@
 //!
 //! [`PositionStore::mark_removed`] marks the record of a removed container (stamping
 //! `last_read`) and [`PositionStore::prune_removed`] drops such records once old enough; the
-//! record of a container that exists is never pruned. [`PositionStore::in_memory`] is the store
+//! record of a container that exists is never pruned. File records are marked gone by the files
+//! thread ([`FileCheckpoint::gone`]) and dropped by [`PositionStore::prune_gone_files`] on the
+//! same terms. [`PositionStore::in_memory`] is the store
 //! of `positions.enabled: false`: it never reads or writes a file.
 //!
 //! # Files
@@ -549,6 +551,24 @@ impl PositionStore {
         pruned
     }
 
+    /// Drops the file records marked gone more than `max_age` ago whose path still does not
+    /// exist; returns how many. A record whose path exists is kept, however old (a file not
+    /// monitored now but present is read from its record when it is again).
+    pub fn prune_gone_files(&mut self, max_age: Duration) -> usize {
+        let max_age = i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff = now_ns().saturating_sub(max_age);
+        let before = self.files.len();
+        self.files.retain(|path, r| match r.gone_since {
+            Some(t) if t <= cutoff => fs::symlink_metadata(path).is_ok(),
+            _ => true,
+        });
+        let pruned = before - self.files.len();
+        if pruned > 0 {
+            self.files_dirty = true;
+        }
+        pruned
+    }
+
     /// Removes a container's record.
     pub fn remove(&mut self, container_id: &str) -> Option<ContainerPosition> {
         let removed = self.positions.remove(short_id(container_id));
@@ -599,9 +619,23 @@ impl PositionStore {
         &self.files
     }
 
-    /// Records a file's lines delivered (acknowledged by every sink) and where it now stands.
+    /// Records a file's lines delivered (acknowledged by every sink) and where it now stands;
+    /// or, for a path gone, marks its record for [`prune_gone_files`](Self::prune_gone_files)
+    /// (no record is created for it).
     pub fn advance_file(&mut self, c: &FileCheckpoint) {
+        if c.gone {
+            if let Some(r) = self.files.get_mut(&*c.path) {
+                if r.gone_since.is_none() {
+                    r.gone_since = Some(now_ns());
+                    self.files_dirty = true;
+                }
+            }
+            return;
+        }
         let r = self.files.entry(c.path.to_string()).or_default();
+        if r.gone_since.take().is_some() {
+            self.files_dirty = true;
+        }
         let before = (r.offset, r.identity(), r.size, r.rotated);
         r.file_path = c.path.to_string();
         r.offset = c.offset;

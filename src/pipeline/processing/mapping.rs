@@ -25,18 +25,6 @@ impl Pattern {
         }
     }
 
-    /// Says something only a monitored file has: `source_type:file`, its path or name.
-    pub fn names_files(&self) -> bool {
-        match self {
-            Pattern::KeyValue(k, v) => match k.as_str() {
-                "source_type" => v == "file",
-                "file_path" | "source_path" | "file_name" => true,
-                _ => false,
-            },
-            Pattern::Name(_) => false,
-        }
-    }
-
     fn matches(&self, source: &Source<'_>) -> bool {
         match self {
             Pattern::KeyValue(k, v) => match k.as_str() {

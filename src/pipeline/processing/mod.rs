@@ -142,17 +142,6 @@ impl Processor {
         self.pipelines[id.0].multiline.as_ref()
     }
 
-    /// The pipelines with a `multiline` step that a `source_mapping` pattern meant for files
-    /// (`source_type:file`, `file_path:`, `file_name:`) maps to.
-    pub fn multiline_for_files(&self) -> impl Iterator<Item = &str> {
-        self.rules
-            .iter()
-            .filter(|r| r.patterns.iter().any(mapping::Pattern::names_files))
-            .map(|r| &self.pipelines[r.pipeline])
-            .filter(|p| p.multiline.is_some())
-            .map(|p| p.name.as_str())
-    }
-
     /// Runs the pipeline's steps on one entry. `source_path`: a monitored file's path (for
     /// `{{source_path}}`), "" for containers.
     pub fn apply(&self, id: PipelineId, entry: &mut LogEntry, source_path: &str) {

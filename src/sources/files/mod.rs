@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod glob;
+pub mod group;
 pub mod source;
 pub mod tail;
 pub mod watch;

@@ -11,14 +11,18 @@
 //! - the same inode, shorter than the offset or with other first bytes (copytruncate, or
 //!   an inode reused by a new file): read again from 0;
 //! - the path gone: the open file is read to its end and kept as above; a listed path that
-//!   is missing is a warning, and is picked up when it appears.
+//!   is missing is a warning, and is picked up when it appears. Once nothing of it is read
+//!   any more, its record is reported gone (for pruning, see
+//!   [`crate::state::file_positions`]) and a path found by a scan is no longer tracked; so
+//!   are, at start, the records of paths that no longer exist.
 //!
 //! Processing: each file's pipeline is chosen once, when it is first tracked
 //! (`source_type: "file"`, its labels and its path, see
 //! [`crate::pipeline::processing::mapping`]), and every entry goes through it before it is
-//! batched, `{{source_path}}` being the file's path. A pipeline with `multiline` is refused
-//! for files at start ([`check_processing`]): a file's resume point is only known per read,
-//! not per line, so a group held across a restart could not be read again whole.
+//! batched, `{{source_path}}` being the file's path. A pipeline with `multiline` joins the
+//! file's lines in a [`FileGroup`], whose checkpoint never passes the first line of a group
+//! still held; held groups are dropped at a stop and read again at the next start, and
+//! completed at the end of `--once`.
 //!
 //! Reading pauses while the queue is full (the containers' rule), and a pass reads at most
 //! [`PASS_BUDGET`] bytes (or [`PASS_LINES`] lines) of a file, so a large file does not hold
@@ -38,7 +42,8 @@ use crate::pipeline::processing::{PipelineId, Processor, Source};
 use crate::pipeline::{Batch, FileCheckpoint, QueueSender};
 
 use super::config::Plan;
-use super::tail::Tailer;
+use super::group::FileGroup;
+use super::tail::{Mark, Tailer};
 use super::watch::{self, Waker};
 use super::FileStats;
 use crate::state::file_identity::{Identity, Same};
@@ -56,11 +61,26 @@ const MAX_BATCH: usize = 1000;
 /// With inotify, the longest sleep between passes (a safety net for a missed event).
 const INOTIFY_SAFETY: Duration = Duration::from_secs(1);
 
-type Checkpointed = (u64, Identity, Option<(Identity, u64)>);
+/// Resume offset, offset read up to (they differ while a multiline group is held),
+/// identity, and the rotated file's identity and resume offset.
+type Checkpointed = (u64, u64, Identity, Option<(Identity, u64)>);
 
 struct Draining {
     tailer: Tailer,
     grew_at: Instant,
+    /// Deleted (no link left) when it was rotated away: its end ends its multiline group.
+    deleted: bool,
+}
+
+impl Draining {
+    fn new(tailer: Tailer) -> Draining {
+        let deleted = tailer.file().metadata().is_ok_and(|m| m.nlink() == 0);
+        Draining {
+            tailer,
+            grew_at: Instant::now(),
+            deleted,
+        }
+    }
 }
 
 struct Tracked {
@@ -70,6 +90,8 @@ struct Tracked {
     labels: Arc<Labels>,
     /// Its processing pipeline, chosen once.
     pipeline: Option<PipelineId>,
+    /// Its pipeline's `multiline` groups.
+    group: Option<FileGroup>,
     listed: bool,
     current: Option<Tailer>,
     draining: Vec<Draining>,
@@ -78,10 +100,14 @@ struct Tracked {
     seen: (u64, i64),
     /// `seen` is of the open file, from this pass: no `fstat` needed.
     fresh: bool,
-    /// What was last checkpointed: offset, identity, and the rotated file's.
+    /// What was last checkpointed.
     checkpointed: Option<Checkpointed>,
     /// The start-up position, used at the first open.
     resume: Option<FilePosition>,
+    /// The path was not found at the last look.
+    missing: bool,
+    /// Reported gone since it was last open.
+    gone_reported: bool,
 }
 
 /// A stable `source_id` for a path: 12 hex digits of its FNV-1a hash (the width of a
@@ -106,6 +132,19 @@ fn labels_for(path: &Path, configured: &Labels) -> Labels {
         labels.insert(k.clone(), v.clone());
     }
     labels
+}
+
+fn file_entry(source_id: Arc<str>, labels: Arc<Labels>, line: LogLine, now: i64) -> LogEntry {
+    LogEntry {
+        fields: Default::default(),
+        timestamp_ns: now,
+        processed_at_ns: now,
+        message: line.message,
+        stream: StreamKind::Stdout,
+        source_type: "file",
+        source_id,
+        labels,
+    }
 }
 
 fn now_ns() -> i64 {
@@ -133,50 +172,9 @@ pub struct FileSource {
     /// Where the next pass starts.
     next: usize,
     processor: Option<Arc<Processor>>,
-}
-
-/// Refuses a `multiline` pipeline for files (see the module doc): one that a pattern meant for
-/// files maps to, or that a listed file or a directory's files (by their labels, or as the
-/// `default` pipeline) would go through.
-pub fn check_processing(plan: &Plan, processor: &Processor) -> Result<(), String> {
-    let refuse = |name: &str, what: &str| {
-        Err(format!(
-            "processing: pipeline {name:?} has a multiline step and {what}: multiline is not \
-             supported for monitored files (COMPATIBILITY.md, Processing pipelines); map the \
-             files to a pipeline without it"
-        ))
-    };
-    if let Some(name) = processor.multiline_for_files().next() {
-        return refuse(name, "source_mapping maps files to it");
-    }
-    for f in &plan.files {
-        let labels = labels_for(&f.path, &f.labels);
-        let path = f.path.display().to_string();
-        let source = Source {
-            source_type: "file",
-            labels: &labels,
-            path: Some(&path),
-        };
-        if let Some(id) = processor.select(&source) {
-            if processor.multiline(id).is_some() {
-                return refuse(processor.name(id), &format!("file {path} goes through it"));
-            }
-        }
-    }
-    for d in &plan.directories {
-        let source = Source {
-            source_type: "file",
-            labels: &d.labels,
-            path: None,
-        };
-        if let Some(id) = processor.select(&source) {
-            if processor.multiline(id).is_some() {
-                let what = format!("the files of directory {} go through it", d.path.display());
-                return refuse(processor.name(id), &what);
-            }
-        }
-    }
-    Ok(())
+    marks: Vec<Mark>,
+    /// `--once` read everything: complete the groups held.
+    finishing: bool,
 }
 
 impl FileSource {
@@ -205,6 +203,8 @@ impl FileSource {
             warned_max: false,
             next: 0,
             processor: None,
+            marks: Vec::new(),
+            finishing: false,
         }
     }
 
@@ -218,24 +218,22 @@ impl FileSource {
             return;
         }
         let key: Arc<str> = Arc::from(path.display().to_string());
-        let resume = self.records.get(&*key).cloned();
+        // Used once: a path gone and found again later is another file.
+        let resume = self.records.remove(&*key);
         let labels = labels_for(&path, configured);
         let pipeline = self.processor.as_ref().and_then(|p| {
-            let id = p.select(&Source {
+            p.select(&Source {
                 source_type: "file",
                 labels: &labels,
                 path: Some(&key),
-            })?;
-            if p.multiline(id).is_some() {
-                // Mapped through a label only this file has: the start could not see it.
-                tracing::warn!(
-                    "{key}: pipeline {:?} has a multiline step, not supported for files: its \
-                     other steps run, lines are not joined",
-                    p.name(id)
-                );
-            }
-            Some(id)
+            })
         });
+        let group = self
+            .processor
+            .as_ref()
+            .zip(pipeline)
+            .and_then(|(p, id)| p.multiline(id).cloned())
+            .map(FileGroup::new);
         match (&self.processor, pipeline) {
             (Some(p), Some(id)) => {
                 tracing::info!(
@@ -251,6 +249,7 @@ impl FileSource {
             source_id: Arc::from(source_id(&key)),
             labels: Arc::new(labels),
             pipeline,
+            group,
             key,
             path,
             listed,
@@ -261,6 +260,8 @@ impl FileSource {
             fresh: false,
             checkpointed: None,
             resume,
+            missing: false,
+            gone_reported: false,
         });
     }
 
@@ -332,23 +333,30 @@ impl FileSource {
             }
         );
         self.scan();
+        self.report_missing_records();
         let mut last_scan = Instant::now();
-        loop {
+        let stopping = loop {
             crate::failure::test_panic_point("files");
             let stopping = stop.load(Relaxed);
-            let more = self.pass(stopping);
+            let (more, complete) = self.pass(stopping);
+            if complete {
+                self.forget_gone();
+            }
             self.flush();
             if stopping || (once && !more && !self.paused) {
-                break;
+                break stopping;
             }
             if more && !self.paused {
                 continue;
             }
-            let timeout = if self.paused || self.polling || self.waker.is_none() {
+            let mut timeout = if self.paused || self.polling || self.waker.is_none() {
                 self.plan.read_interval
             } else {
                 INOTIFY_SAFETY.min(self.plan.scan_interval)
             };
+            if let Some(at) = self.group_deadline() {
+                timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+            }
             let woken = match &mut self.waker {
                 Some(w) => {
                     let woken = w.wait(timeout);
@@ -362,7 +370,29 @@ impl FileSource {
             };
             if woken.created || last_scan.elapsed() >= self.plan.scan_interval {
                 self.scan();
+                self.report_missing_records();
                 last_scan = Instant::now();
+            }
+        };
+        // Held multiline groups: at a stop the checkpoints are before them and the next start
+        // reads them again, whole; at the end of `--once` the files have nothing more to add.
+        if stopping {
+            for t in &mut self.tracked {
+                let held = t.group.as_mut().map_or(0, FileGroup::discard);
+                if held > 0 {
+                    tracing::info!(
+                        "{}: {held} lines of unfinished multiline groups left for the next start",
+                        t.key
+                    );
+                }
+            }
+        } else {
+            self.finishing = true;
+            // Every file once, even if the queue fills on the way (a pass cut short resumes
+            // where it stopped).
+            while !self.pass(false).1 && !stop.load(Relaxed) {
+                self.flush();
+                std::thread::sleep(self.plan.read_interval);
             }
         }
         self.flush();
@@ -375,8 +405,9 @@ impl FileSource {
         );
     }
 
-    /// One pass over every file; true when some file has more to read right away.
-    fn pass(&mut self, stopping: bool) -> bool {
+    /// One pass over every file: whether some file has more to read right away, and whether
+    /// the pass went over every file (not cut short by a full queue).
+    fn pass(&mut self, stopping: bool) -> (bool, bool) {
         let mut more = false;
         let n = self.tracked.len();
         // A pass cut short by a full queue resumes with the file it stopped at, so that
@@ -392,7 +423,7 @@ impl FileSource {
                 }
             }
             if self.paused {
-                return false;
+                return (false, false);
             }
             more |= self.poll(i, stopping);
             if self.entries.len() >= MAX_BATCH {
@@ -400,7 +431,62 @@ impl FileSource {
             }
         }
         self.next = 0;
-        more
+        (more, true)
+    }
+
+    /// The earliest `max_wait` expiry of a multiline group held.
+    fn group_deadline(&self) -> Option<Instant> {
+        self.tracked
+            .iter()
+            .filter_map(|t| t.group.as_ref()?.deadline())
+            .min()
+    }
+
+    /// At start and at each rescan: the start-up records that no tracked file took whose
+    /// path does not exist (removed while the capturer was down, or since, unmonitored) are
+    /// reported gone, once.
+    fn report_missing_records(&mut self) {
+        let mut gone = Vec::new();
+        self.records.retain(|path, _| {
+            let missing = matches!(
+                std::fs::symlink_metadata(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound
+            );
+            if missing {
+                gone.push(FileCheckpoint::gone(
+                    Arc::from(path.as_str()),
+                    Arc::from(source_id(path)),
+                ));
+            }
+            !missing
+        });
+        self.checkpoints.append(&mut gone);
+    }
+
+    /// Stops tracking the files found by a scan whose path is gone and read to its end
+    /// (a glob over dated names would otherwise grow the list forever). Listed files stay:
+    /// they are read again when they appear.
+    fn forget_gone(&mut self) {
+        let before = self.tracked.len();
+        let mut i = before;
+        while i > 0 {
+            i -= 1;
+            if self.tracked[i].listed || !self.tracked[i].gone_reported {
+                continue;
+            }
+            let t = self.tracked.swap_remove(i);
+            self.by_path.remove(&t.path);
+            if let Some(moved) = self.tracked.get(i) {
+                self.by_path.insert(moved.path.clone(), i);
+            }
+            self.stats.files.lock().unwrap().remove(&*t.key);
+            tracing::info!("{}: gone and read to its end: no longer monitored", t.key);
+        }
+        if self.tracked.len() != before {
+            self.stats
+                .monitored
+                .store(self.tracked.len() as u64, Relaxed);
+        }
     }
 
     fn open(&self, t: &Tracked) -> std::io::Result<File> {
@@ -422,24 +508,37 @@ impl FileSource {
         let chunk = self.plan.read_buffer_size;
         let t = &mut self.tracked[i];
         let mut lines = std::mem::take(&mut self.lines);
+        let mut marks = std::mem::take(&mut self.marks);
+        let grouped = t.group.is_some();
         let mut more = false;
+        // Deleted files read to their end: their multiline group can grow no more.
+        let mut ended: Vec<u64> = Vec::new();
         // Rotated-away files first: their lines were written before the new file's.
         t.draining.retain_mut(|d| {
+            let m = grouped.then_some(&mut marks);
             match d
                 .tailer
-                .read(chunk, PASS_BUDGET, PASS_LINES, None, &mut lines)
+                .read(chunk, PASS_BUDGET, PASS_LINES, None, &mut lines, m)
             {
                 Ok(r) if r.bytes > 0 => {
                     d.grew_at = Instant::now();
                     more |= !r.at_end;
+                    if d.deleted && r.at_end {
+                        ended.push(d.tailer.gen);
+                    }
                     true
                 }
                 Ok(_) if d.grew_at.elapsed() >= DRAIN_IDLE && !stopping => {
-                    d.tailer.finish(&mut lines);
+                    d.tailer.finish(&mut lines, grouped.then_some(&mut marks));
                     tracing::info!("{}: done with the rotated file", t.key);
                     false
                 }
-                Ok(_) => true,
+                Ok(_) => {
+                    if d.deleted {
+                        ended.push(d.tailer.gen);
+                    }
+                    true
+                }
                 Err(e) => {
                     tracing::warn!("{}: reading the rotated file: {e}", t.key);
                     false
@@ -453,6 +552,7 @@ impl FileSource {
                 PASS_LINES,
                 t.fresh.then_some(t.seen.0),
                 &mut lines,
+                grouped.then_some(&mut marks),
             ) {
                 Ok(r) => more |= !r.at_end,
                 Err(e) => {
@@ -461,33 +561,66 @@ impl FileSource {
             }
         }
         let now = now_ns();
-        let n = lines.len() as u64;
-        let mut bytes = 0u64;
-        for line in lines.drain(..) {
-            bytes += line.message.len() as u64;
-            let mut entry = LogEntry {
-                fields: Default::default(),
-                timestamp_ns: now,
-                processed_at_ns: now,
-                message: line.message,
-                stream: StreamKind::Stdout,
-                source_type: "file",
-                source_id: t.source_id.clone(),
-                labels: t.labels.clone(),
-            };
-            if let (Some(p), Some(id)) = (&self.processor, t.pipeline) {
-                p.apply(id, &mut entry, &t.key);
+        let (n, bytes) = match &mut t.group {
+            None => {
+                let n = lines.len() as u64;
+                let mut bytes = 0u64;
+                for line in lines.drain(..) {
+                    bytes += line.message.len() as u64;
+                    let mut entry = file_entry(t.source_id.clone(), t.labels.clone(), line, now);
+                    if let (Some(p), Some(id)) = (&self.processor, t.pipeline) {
+                        p.apply(id, &mut entry, &t.key);
+                    }
+                    self.entries.push(entry);
+                }
+                (n, bytes)
             }
-            self.entries.push(entry);
-        }
+            Some(g) => {
+                debug_assert_eq!(lines.len(), marks.len());
+                let at = Instant::now();
+                for (line, mark) in lines.drain(..).zip(marks.drain(..)) {
+                    let entry = file_entry(t.source_id.clone(), t.labels.clone(), line, now);
+                    g.push(entry, mark, at);
+                }
+                let released = if self.finishing {
+                    g.finish()
+                } else {
+                    let live = |gen: u64| {
+                        t.current.as_ref().is_some_and(|c| c.gen == gen)
+                            || t.draining.iter().any(|d| d.tailer.gen == gen)
+                    };
+                    g.release(at, |gen| ended.contains(&gen) || !live(gen))
+                };
+                // A joined group is one entry for the sinks, counted once, so that the lines
+                // read add up to those delivered.
+                let n = released.entries.len() as u64;
+                if let Some(p) = &self.processor {
+                    p.stats().joined.fetch_add(released.lines - n, Relaxed);
+                }
+                for mut entry in released.entries {
+                    if let (Some(p), Some(id)) = (&self.processor, t.pipeline) {
+                        p.apply(id, &mut entry, &t.key);
+                    }
+                    self.entries.push(entry);
+                }
+                (n, released.bytes)
+            }
+        };
+        marks.clear();
         self.lines = lines;
+        self.marks = marks;
         self.stats.lines_read.fetch_add(n, Relaxed);
         if let Some(tailer) = &t.current {
+            // Where each file resumes: before a multiline group still held.
+            let resume = |tl: &Tailer| match &t.group {
+                Some(g) => g.resume(tl.gen, tl.committed),
+                None => tl.committed,
+            };
             let rotated = t
                 .draining
                 .first()
-                .map(|d| (d.tailer.identity, d.tailer.committed));
-            let at = (tailer.committed, tailer.identity, rotated);
+                .map(|d| (d.tailer.identity, resume(&d.tailer)));
+            let at = (resume(tailer), tailer.committed, tailer.identity, rotated);
             if n > 0 || t.checkpointed != Some(at) {
                 let (size, modified_ns) = if t.fresh {
                     t.seen
@@ -498,16 +631,22 @@ impl FileSource {
                     path: t.key.clone(),
                     source_id: t.source_id.clone(),
                     identity: tailer.identity,
-                    offset: tailer.committed,
+                    offset: at.0,
                     size,
                     modified_ns,
                     lines: n,
                     bytes,
                     rotated,
+                    gone: false,
                 });
                 t.checkpointed = Some(at);
                 self.stats.set(&t.key, &t.source_id, tailer.committed, size);
             }
+        } else if t.missing && t.draining.is_empty() && !t.gone_reported {
+            // Behind every line of it (a group held of it was completed above).
+            t.gone_reported = true;
+            self.checkpoints
+                .push(FileCheckpoint::gone(t.key.clone(), t.source_id.clone()));
         }
         more
     }
@@ -526,16 +665,14 @@ impl FileSource {
             Ok(_) => return,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let t = &mut self.tracked[i];
+                t.missing = true;
                 if let Some(old) = t.current.take() {
                     tracing::info!(
                         "{}: gone (renamed or deleted); reading it to its end",
                         t.key
                     );
                     self.stats.rotations.fetch_add(1, Relaxed);
-                    t.draining.push(Draining {
-                        tailer: old,
-                        grew_at: Instant::now(),
-                    });
+                    t.draining.push(Draining::new(old));
                 } else if t.listed && !t.warned_missing {
                     tracing::warn!(
                         "{}: listed file does not exist; it is picked up when it appears",
@@ -550,6 +687,8 @@ impl FileSource {
                 return;
             }
         };
+        self.tracked[i].missing = false;
+        let t = &self.tracked[i];
         let (dev, ino) = (meta.dev(), meta.ino());
         let seen = (meta.len(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
         let same_inode = t
@@ -620,10 +759,7 @@ impl FileSource {
                                     t.key,
                                     rot.offset
                                 );
-                                t.draining.push(Draining {
-                                    tailer: old,
-                                    grew_at: Instant::now(),
-                                });
+                                t.draining.push(Draining::new(old));
                             }
                         }
                         if offset == 0 && r.offset > 0 {
@@ -639,10 +775,7 @@ impl FileSource {
                                     t.key,
                                     r.offset
                                 );
-                                t.draining.push(Draining {
-                                    tailer: old,
-                                    grew_at: Instant::now(),
-                                });
+                                t.draining.push(Draining::new(old));
                             }
                         }
                         offset
@@ -656,14 +789,12 @@ impl FileSource {
                         t.key
                     );
                     self.stats.rotations.fetch_add(1, Relaxed);
-                    t.draining.push(Draining {
-                        tailer: old,
-                        grew_at: Instant::now(),
-                    });
+                    t.draining.push(Draining::new(old));
                 } else if t.warned_missing {
                     tracing::info!("{}: appeared", t.key);
                 }
                 t.warned_missing = false;
+                t.gone_reported = false;
                 t.seen = seen;
                 // The path may have been replaced between the stat and the open.
                 t.fresh = identity.device == dev && identity.inode == ino;

@@ -6,9 +6,14 @@
 //! still read to its end. [`Tailer::committed`] is the byte just past the last `\n` read:
 //! the resume point of the lines handed out so far (a pending unterminated line is read
 //! again from there).
+//!
+//! A caller that holds lines back (multiline groups) asks for a [`Mark`] per line: where it
+//! starts and ends, and which tailer (`gen`, new again after a truncation) it came from, so
+//! that it can resume before the first line it still holds.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bytes::Bytes;
 
@@ -18,8 +23,25 @@ use crate::decode::Span;
 
 use crate::state::file_identity::Identity;
 
+/// Where one line handed out lies in its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    /// The [`Tailer::gen`] it was read by.
+    pub gen: u64,
+    /// Its first byte: a resume point that reads it again whole. For a piece of a line cut at
+    /// `MAX_LINE_LEN`, the start of the whole line.
+    pub start: u64,
+    /// Just past its `\n`; for a cut piece, the same as `start` (not a line boundary).
+    pub end: u64,
+}
+
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
 pub struct Tailer {
     file: File,
+    /// Tells this tailer's lines from another's (a rotated file, or this file before it was
+    /// truncated): unique in the process.
+    pub gen: u64,
     pub identity: Identity,
     /// Next byte to read.
     pub offset: u64,
@@ -41,6 +63,7 @@ impl Tailer {
     pub fn new(file: File, identity: Identity, offset: u64) -> Tailer {
         Tailer {
             file,
+            gen: GENERATIONS.fetch_add(1, Relaxed),
             identity,
             offset,
             committed: offset,
@@ -55,7 +78,7 @@ impl Tailer {
     /// Reads from the offset until the end of the file (`size`, when the caller has just
     /// stat'ed it, else an `fstat`), `budget` bytes, or `out` holding `max_lines` lines
     /// (checked between reads), `chunk` bytes at a time, appending the complete lines to
-    /// `out`.
+    /// `out` (and, with `marks`, where each lies).
     pub fn read(
         &mut self,
         chunk: usize,
@@ -63,6 +86,7 @@ impl Tailer {
         max_lines: usize,
         size: Option<u64>,
         out: &mut Vec<LogLine>,
+        mut marks: Option<&mut Vec<Mark>>,
     ) -> std::io::Result<Read> {
         let mut done = Read::default();
         // What the file holds past the offset now: an idle file costs one fstat, and a short
@@ -90,12 +114,19 @@ impl Tailer {
                 break;
             }
             buf.truncate(n);
+            let boundary = self.committed;
             if let Some(nl) = memchr::memrchr(b'\n', &buf) {
                 self.committed = self.offset + nl as u64 + 1;
             }
-            let span = Span::new(Bytes::from(buf), self.offset);
+            let bytes = Bytes::from(buf);
+            let before = out.len();
+            let kept = marks.is_some().then(|| bytes.clone());
+            let span = Span::new(bytes, self.offset);
             // Raw mode without timestamps has no error path: only prefixes can be malformed.
             let _ = self.assembler.push_raw(span, out);
+            if let (Some(marks), Some(kept)) = (marks.as_deref_mut(), kept) {
+                self.mark(&kept, boundary, &out[before..], marks);
+            }
             self.offset += n as u64;
             done.bytes += n as u64;
             if n < want {
@@ -108,10 +139,33 @@ impl Tailer {
         Ok(done)
     }
 
+    /// The marks of `lines`, handed out by the chunk `buf` (read at `self.offset`); the
+    /// line open before it started at `boundary`. Each complete line ends at the chunk's
+    /// next `\n` (the splitter hands out one per `\n`, in order); a cut piece ends nowhere.
+    fn mark(&self, buf: &[u8], mut boundary: u64, lines: &[LogLine], marks: &mut Vec<Mark>) {
+        let mut newlines = memchr::memchr_iter(b'\n', buf);
+        for line in lines {
+            let nl = if line.truncated {
+                None
+            } else {
+                newlines.next()
+            };
+            let end = nl.map_or(boundary, |nl| self.offset + nl as u64 + 1);
+            marks.push(Mark {
+                gen: self.gen,
+                start: boundary,
+                end,
+            });
+            boundary = end;
+        }
+    }
+
     /// The file was truncated or rewritten in place: read it again from 0, dropping a
-    /// pending unterminated line (its bytes are gone).
+    /// pending unterminated line (its bytes are gone). Its lines from now on are another
+    /// generation's.
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.identity = Identity::of(&self.file)?;
+        self.gen = GENERATIONS.fetch_add(1, Relaxed);
         self.offset = 0;
         self.committed = 0;
         self.assembler = LineAssembler::new(true, false);
@@ -119,8 +173,18 @@ impl Tailer {
     }
 
     /// Hands out an unterminated last line: the file is done with (rotated away, deleted).
-    pub fn finish(&mut self, out: &mut Vec<LogLine>) {
+    pub fn finish(&mut self, out: &mut Vec<LogLine>, marks: Option<&mut Vec<Mark>>) {
+        let before = out.len();
         let _ = self.assembler.finish(out);
+        if let Some(marks) = marks {
+            for _ in before..out.len() {
+                marks.push(Mark {
+                    gen: self.gen,
+                    start: self.committed,
+                    end: self.offset,
+                });
+            }
+        }
         self.committed = self.offset;
     }
 
@@ -157,7 +221,9 @@ mod tests {
         let (mut t, path) = tailer(&dir, &content);
         let mut out = Vec::new();
         // Small chunks: lines span reads.
-        let r = t.read(4096, u64::MAX, usize::MAX, None, &mut out).unwrap();
+        let r = t
+            .read(4096, u64::MAX, usize::MAX, None, &mut out, None)
+            .unwrap();
         assert!(r.at_end);
         let lens: Vec<(usize, bool)> = out.iter().map(|l| (l.message.len(), l.truncated)).collect();
         assert_eq!(
@@ -180,7 +246,8 @@ mod tests {
             .write_all(b"ial\n")
             .unwrap();
         out.clear();
-        t.read(4096, u64::MAX, usize::MAX, None, &mut out).unwrap();
+        t.read(4096, u64::MAX, usize::MAX, None, &mut out, None)
+            .unwrap();
         assert_eq!(&out[0].message[..], b"partial");
         assert_eq!(t.committed, content.len() as u64 + 4);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -195,19 +262,62 @@ mod tests {
             .collect();
         let (mut t, _) = tailer(&dir, &content);
         let mut out = Vec::new();
-        let r = t.read(1000, 3000, usize::MAX, None, &mut out).unwrap();
+        let r = t
+            .read(1000, 3000, usize::MAX, None, &mut out, None)
+            .unwrap();
         assert_eq!((r.bytes, r.at_end), (3000, false));
         assert_eq!(out.len(), 300);
         // 100 lines a read: stops after the read that reached 250.
-        let r = t.read(1000, u64::MAX, 250, None, &mut out).unwrap();
+        let r = t.read(1000, u64::MAX, 250, None, &mut out, None).unwrap();
         assert_eq!((r.bytes, r.at_end), (0, false));
-        let r = t.read(1000, u64::MAX, 500, None, &mut out).unwrap();
+        let r = t.read(1000, u64::MAX, 500, None, &mut out, None).unwrap();
         assert_eq!((r.bytes, r.at_end), (2000, false));
         assert_eq!(out.len(), 500);
-        let r = t.read(1000, u64::MAX, usize::MAX, None, &mut out).unwrap();
+        let r = t
+            .read(1000, u64::MAX, usize::MAX, None, &mut out, None)
+            .unwrap();
         assert!(r.at_end);
         assert_eq!(out.len(), 1000);
         assert_eq!(&out[999].message[..], b"000000999");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Marks name each line's bytes, across chunk boundaries, `\r\n`, empty lines, a line
+    /// cut in pieces and the unterminated last line handed out at the end.
+    #[test]
+    fn marks_name_each_lines_bytes() {
+        let dir = std::env::temp_dir().join(format!("logcap-tail-m-{}", std::process::id()));
+        let content = b"one\r\n\nthree three\nfour".to_vec();
+        let (mut t, _) = tailer(&dir, &content);
+        let (mut out, mut marks) = (Vec::new(), Vec::new());
+        t.read(3, u64::MAX, usize::MAX, None, &mut out, Some(&mut marks))
+            .unwrap();
+        let gen = t.gen;
+        let m = |start, end| Mark { gen, start, end };
+        assert_eq!(marks, [m(0, 5), m(5, 6), m(6, 18)]);
+        t.finish(&mut out, Some(&mut marks));
+        assert_eq!(marks[3], m(18, 22));
+        let texts: Vec<&[u8]> = out.iter().map(|l| &l.message[..]).collect();
+        assert_eq!(texts, [&b"one"[..], b"", b"three three", b"four"]);
+        t.restart().unwrap();
+        assert_ne!(
+            t.gen, gen,
+            "a truncated file's lines are another generation's"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // A cut line: its pieces end nowhere, the last one at its `\n`.
+        let a = LineAssembler::new(true, false).with_max_line_len(4);
+        let dir = std::env::temp_dir().join(format!("logcap-tail-m2-{}", std::process::id()));
+        let (mut t, _) = tailer(&dir, b"ab\nlong line\nz\n");
+        t.assembler = a;
+        let (mut out, mut marks) = (Vec::new(), Vec::new());
+        t.read(5, u64::MAX, usize::MAX, None, &mut out, Some(&mut marks))
+            .unwrap();
+        let gen = t.gen;
+        let m = |start, end| Mark { gen, start, end };
+        assert_eq!(out.len(), 5, "ab, long, lin, e, z");
+        assert_eq!(marks, [m(0, 3), m(3, 3), m(3, 3), m(3, 13), m(13, 15)]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -50,6 +50,7 @@
 //! comes on top of its figure in the daemon.
 //!
 //! `cargo bench --bench processing_placement` (~80 s); `PLACEMENT_QUICK=1` for a short run;
+//! without `--bench` (`cargo test --all-targets`) one small run of each case, for its checks;
 //! `PLACEMENT_LINES=N PLACEMENT_RUNS=R PLACEMENT_PACED_LINES=P` to set them.
 
 use std::collections::BTreeMap;
@@ -676,8 +677,7 @@ fn env_usize(key: &str) -> Option<usize> {
 }
 
 /// `Processor::apply` alone on one thread, ns per entry, median of `reps`.
-fn apply_ns(kind: Kind, reps: usize) -> f64 {
-    const N: usize = 50_000;
+fn apply_ns(kind: Kind, reps: usize, n: usize) -> f64 {
     let processor = load_processor();
     let c = (0..CONTAINERS).find(|&c| Kind::of(c) == kind).unwrap();
     let labels = Arc::new(labels_of(c, kind));
@@ -693,7 +693,7 @@ fn apply_ns(kind: Kind, reps: usize) -> f64 {
     let source_id: Arc<str> = Arc::from("0123456789ab");
     let samples = (0..reps)
         .map(|_| {
-            let mut entries: Vec<LogEntry> = (0..N)
+            let mut entries: Vec<LogEntry> = (0..n)
                 .map(|i| LogEntry {
                     fields: Default::default(),
                     timestamp_ns: T0 + i as i64,
@@ -709,7 +709,7 @@ fn apply_ns(kind: Kind, reps: usize) -> f64 {
             for e in &mut entries {
                 processor.apply(id, e, "");
             }
-            let ns = t0.elapsed().as_nanos() as f64 / N as f64;
+            let ns = t0.elapsed().as_nanos() as f64 / n as f64;
             assert!(
                 entries.iter().all(|e| !e.fields.is_empty()),
                 "{kind:?}: a line the pipeline did not process"
@@ -722,9 +722,20 @@ fn apply_ns(kind: Kind, reps: usize) -> f64 {
 }
 
 fn main() {
-    let quick = std::env::var_os("PLACEMENT_QUICK").is_some();
-    let lines = env_usize("PLACEMENT_LINES").unwrap_or(if quick { 30_000 } else { 60_000 });
-    let runs = env_usize("PLACEMENT_RUNS").unwrap_or(if quick { 5 } else { 15 });
+    // `cargo test --all-targets` runs this too, unoptimised and without `--bench`: then one
+    // small run of each case, for its checks (exactly once, in order, same bytes), no figures.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let quick = smoke || std::env::var_os("PLACEMENT_QUICK").is_some();
+    let lines = env_usize("PLACEMENT_LINES").unwrap_or(match (smoke, quick) {
+        (true, _) => 4_000,
+        (_, true) => 30_000,
+        _ => 60_000,
+    });
+    let runs = env_usize("PLACEMENT_RUNS").unwrap_or(match (smoke, quick) {
+        (true, _) => 1,
+        (_, true) => 5,
+        _ => 15,
+    });
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
@@ -737,13 +748,21 @@ fn main() {
         load.join(" ")
     );
     println!();
-    println!("Processor::apply alone, one thread, ns per entry (median of 5 x 50 000 entries):");
+    let (reps, n) = if smoke { (1, 1_000) } else { (5, 50_000) };
+    println!("Processor::apply alone, one thread, ns per entry (median of {reps} x {n} entries):");
     for kind in KINDS {
-        println!("  {:<11} {:>7.0}", kind.pipeline(), apply_ns(kind, 5));
+        println!("  {:<11} {:>7.0}", kind.pipeline(), apply_ns(kind, reps, n));
     }
-    let paced_lines =
-        env_usize("PLACEMENT_PACED_LINES").unwrap_or(if quick { 10_000 } else { 20_000 });
-    let paced_runs = if quick { 3 } else { 5 };
+    let paced_lines = env_usize("PLACEMENT_PACED_LINES").unwrap_or(match (smoke, quick) {
+        (true, _) => 1_000,
+        (_, true) => 10_000,
+        _ => 20_000,
+    });
+    let paced_runs = match (smoke, quick) {
+        (true, _) => 1,
+        (_, true) => 3,
+        _ => 5,
+    };
     let cases = [
         Case {
             batch: 4096,

@@ -17,8 +17,24 @@ use std::time::{Duration, Instant};
 mod one_container;
 use one_container::{hold, param, send_line, stream_head, Capturer, Container, FakeEngine};
 
-/// The log: (timestamp in seconds after 2026-11-30T00:00:00Z, text).
+/// The log: (timestamp in seconds after [`base`], text).
 const LOG: [(u32, &str); 3] = [(1, "line O"), (11, "line A"), (12, "line B")];
+
+/// The log's epoch, in Unix seconds: a minute before the test, as for a container logging
+/// now. A reopen's tail window is sized from the time between its resume point and now, so
+/// a log stamped hours back asks for a window larger than `MAX_TAIL`, and the reopen rightly
+/// falls back to `since` (this test once used a fixed date and failed from 07:00 UTC on).
+fn base() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| chrono::Utc::now().timestamp() - 60)
+}
+
+/// `base + secs` (+ `nanos`) as dockerd writes a timestamp.
+fn stamp(secs: u32, nanos: u32) -> String {
+    chrono::DateTime::from_timestamp(base() + i64::from(secs), nanos)
+        .expect("a time in range")
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
 
 #[derive(Default)]
 struct Seen {
@@ -31,10 +47,7 @@ struct Seen {
 /// The lines `LOG[..]` as dockerd sends them.
 fn send_lines(conn: &mut std::os::unix::net::UnixStream, lines: &[(u32, &str)]) {
     for (secs, text) in lines {
-        send_line(
-            conn,
-            &format!("2026-11-30T00:00:{secs:02}.000000000Z {text}\n"),
-        );
+        send_line(conn, &format!("{} {text}\n", stamp(*secs, 0)));
     }
 }
 
@@ -50,7 +63,7 @@ fn a_hung_stream_is_reopened_once_the_probe_shows_a_newer_line() {
         Container {
             id: "6a1f0c0ffee0d15ea5e5b0a710ad0f0ccac1a0b0c0d0e0f1011121314151617b",
             name: "hung-web",
-            started_at: "2026-11-30T00:00:00.500000000Z",
+            started_at: Box::leak(stamp(0, 500_000_000).into_boxed_str()),
         },
         Arc::new(move |conn, target, stop| {
             s.logs.lock().unwrap().push(target.to_string());
@@ -67,13 +80,13 @@ fn a_hung_stream_is_reopened_once_the_probe_shows_a_newer_line() {
             }
             let tail = param(target, "tail").and_then(|t| t.parse::<usize>().ok());
             let since = param(target, "since")
-                .and_then(|s| s.split('.').next()?.parse::<u64>().ok())
-                .map(|s| s - 1_795_996_800); // 2026-11-30T00:00:00Z
+                .and_then(|s| s.split('.').next()?.parse::<i64>().ok())
+                .map(|s| s - base());
             let first = tail.map_or(0, |n| LOG.len().saturating_sub(n));
             let lines: Vec<(u32, &str)> = LOG[first..]
                 .iter()
                 .copied()
-                .filter(|&(t, _)| since.is_none_or(|s| u64::from(t) >= s))
+                .filter(|&(t, _)| since.is_none_or(|s| i64::from(t) >= s))
                 .collect();
             send_lines(conn, &lines);
             if follow {

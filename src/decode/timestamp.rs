@@ -6,6 +6,10 @@
 //! lookups. It also accepts 0 to 9 fractional digits and a `+HH:MM` / `-HH:MM` offset so that a
 //! daemon (or a proxy) formatting differently still decodes.
 //!
+//! The way back, [`push_rfc3339_nano_go`] (Go's `time.RFC3339Nano`, what the Go version wrote
+//! and what sinks and `timestamp_parse`'s `target_field` write), and [`civil`], live here too:
+//! every layer above reads and writes times through this module.
+//!
 //! Time is kept as `i64` nanoseconds since the Unix epoch (UTC), the unit Loki and Docker's
 //! `since` both speak. That covers 1677-09-21 to 2262-04-11; anything outside is an error.
 
@@ -324,6 +328,89 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
+/// A UTC instant broken into calendar fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Civil {
+    pub year: i64,
+    /// 1..=12
+    pub month: u32,
+    /// 1..=31
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+    pub nanos: u32,
+    /// 0 = Sunday .. 6 = Saturday
+    pub weekday: u32,
+    /// 1..=366
+    pub yday: u32,
+}
+
+/// Splits nanoseconds since the Unix epoch into UTC calendar fields.
+pub fn civil(ns: i64) -> Civil {
+    let secs = ns.div_euclid(NANOS_PER_SEC);
+    let nanos = ns.rem_euclid(NANOS_PER_SEC) as u32;
+    let days = secs.div_euclid(SECS_PER_DAY);
+    let sod = secs.rem_euclid(SECS_PER_DAY);
+    let (year, month, day) = civil_from_days(days);
+    let jan1 = days_from_civil(year, 1, 1);
+    Civil {
+        year,
+        month: month as u32,
+        day: day as u32,
+        hour: (sod / 3600) as u32,
+        minute: (sod / 60 % 60) as u32,
+        second: (sod % 60) as u32,
+        nanos,
+        weekday: (days + 4).rem_euclid(7) as u32,
+        yday: (days - jan1 + 1) as u32,
+    }
+}
+
+/// Go's `time.RFC3339Nano` rendering of a UTC instant: `2026-11-27T22:23:12.75076Z`
+/// (fraction without trailing zeros, no fraction at all on a whole second). This is what the Go
+/// version wrote in `timestamp` and `processed_at`.
+pub fn format_rfc3339_nano_go(ns: i64) -> String {
+    let mut s = String::with_capacity(30);
+    push_rfc3339_nano_go(&mut s, ns);
+    s
+}
+
+pub fn push_rfc3339_nano_go(s: &mut String, ns: i64) {
+    let c = civil(ns);
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    );
+    push_fraction(s, c.nanos, 9, true, '.');
+    s.push('Z');
+}
+
+/// `digits` fractional digits of `nanos`; `trim` drops trailing zeros (and the separator when
+/// nothing is left), as Go's `.999` layouts do.
+pub(crate) fn push_fraction(s: &mut String, nanos: u32, digits: usize, trim: bool, sep: char) {
+    let mut buf = [0u8; 9];
+    let mut n = nanos;
+    for i in (0..9).rev() {
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let mut len = digits.min(9);
+    if trim {
+        while len > 0 && buf[len - 1] == b'0' {
+            len -= 1;
+        }
+        if len == 0 {
+            return;
+        }
+    }
+    s.push(sep);
+    for &b in &buf[..len] {
+        s.push(b as char);
+    }
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
 pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -352,6 +439,38 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_known_dates() {
+        let c = civil(0);
+        assert_eq!(
+            (c.year, c.month, c.day, c.weekday, c.yday),
+            (1970, 1, 1, 4, 1)
+        );
+        // 2024-02-29T13:14:15.5Z, a Thursday, day 60
+        let ns = (days_from_civil(2024, 2, 29) * 86_400 + 13 * 3600 + 14 * 60 + 15) * NANOS_PER_SEC
+            + 500_000_000;
+        let c = civil(ns);
+        assert_eq!(
+            (c.year, c.month, c.day, c.hour, c.minute, c.second, c.nanos, c.weekday, c.yday),
+            (2024, 2, 29, 13, 14, 15, 500_000_000, 4, 60)
+        );
+        for d in -800_000..800_000i64 {
+            let (y, m, dd) = civil_from_days(d);
+            assert_eq!(days_from_civil(y, m, dd), d);
+        }
+    }
+
+    #[test]
+    fn rfc3339_nano_trims_like_go() {
+        assert_eq!(format_rfc3339_nano_go(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339_nano_go(1), "1970-01-01T00:00:00.000000001Z");
+        assert_eq!(
+            format_rfc3339_nano_go(500_000_000),
+            "1970-01-01T00:00:00.5Z"
+        );
+        assert_eq!(format_rfc3339_nano_go(-1), "1969-12-31T23:59:59.999999999Z");
+    }
 
     fn p(s: &str) -> Result<i64, TimestampError> {
         parse_rfc3339_nanos(s.as_bytes())

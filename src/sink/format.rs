@@ -14,94 +14,9 @@
 
 use std::fmt::Write as _;
 
-use crate::decode::timestamp::{civil_from_days, days_from_civil};
+use crate::decode::timestamp::push_fraction;
+use crate::decode::timestamp::{civil, push_rfc3339_nano_go};
 use crate::pipeline::entry::LogEntry;
-
-const NANOS_PER_SEC: i64 = 1_000_000_000;
-const SECS_PER_DAY: i64 = 86_400;
-
-/// A UTC instant broken into calendar fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Civil {
-    pub year: i64,
-    /// 1..=12
-    pub month: u32,
-    /// 1..=31
-    pub day: u32,
-    pub hour: u32,
-    pub minute: u32,
-    pub second: u32,
-    pub nanos: u32,
-    /// 0 = Sunday .. 6 = Saturday
-    pub weekday: u32,
-    /// 1..=366
-    pub yday: u32,
-}
-
-/// Splits nanoseconds since the Unix epoch into UTC calendar fields.
-pub fn civil(ns: i64) -> Civil {
-    let secs = ns.div_euclid(NANOS_PER_SEC);
-    let nanos = ns.rem_euclid(NANOS_PER_SEC) as u32;
-    let days = secs.div_euclid(SECS_PER_DAY);
-    let sod = secs.rem_euclid(SECS_PER_DAY);
-    let (year, month, day) = civil_from_days(days);
-    let jan1 = days_from_civil(year, 1, 1);
-    Civil {
-        year,
-        month: month as u32,
-        day: day as u32,
-        hour: (sod / 3600) as u32,
-        minute: (sod / 60 % 60) as u32,
-        second: (sod % 60) as u32,
-        nanos,
-        weekday: (days + 4).rem_euclid(7) as u32,
-        yday: (days - jan1 + 1) as u32,
-    }
-}
-
-/// Go's `time.RFC3339Nano` rendering of a UTC instant: `2026-11-27T22:23:12.75076Z`
-/// (fraction without trailing zeros, no fraction at all on a whole second). This is what the Go
-/// version wrote in `timestamp` and `processed_at`.
-pub fn format_rfc3339_nano_go(ns: i64) -> String {
-    let mut s = String::with_capacity(30);
-    push_rfc3339_nano_go(&mut s, ns);
-    s
-}
-
-pub fn push_rfc3339_nano_go(s: &mut String, ns: i64) {
-    let c = civil(ns);
-    let _ = write!(
-        s,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    );
-    push_fraction(s, c.nanos, 9, true, '.');
-    s.push('Z');
-}
-
-/// `digits` fractional digits of `nanos`; `trim` drops trailing zeros (and the separator when
-/// nothing is left), as Go's `.999` layouts do.
-fn push_fraction(s: &mut String, nanos: u32, digits: usize, trim: bool, sep: char) {
-    let mut buf = [0u8; 9];
-    let mut n = nanos;
-    for i in (0..9).rev() {
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    let mut len = digits.min(9);
-    if trim {
-        while len > 0 && buf[len - 1] == b'0' {
-            len -= 1;
-        }
-        if len == 0 {
-            return;
-        }
-    }
-    s.push(sep);
-    for &b in &buf[..len] {
-        s.push(b as char);
-    }
-}
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -615,38 +530,6 @@ impl GoLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_known_dates() {
-        let c = civil(0);
-        assert_eq!(
-            (c.year, c.month, c.day, c.weekday, c.yday),
-            (1970, 1, 1, 4, 1)
-        );
-        // 2024-02-29T13:14:15.5Z, a Thursday, day 60
-        let ns = (days_from_civil(2024, 2, 29) * 86_400 + 13 * 3600 + 14 * 60 + 15) * NANOS_PER_SEC
-            + 500_000_000;
-        let c = civil(ns);
-        assert_eq!(
-            (c.year, c.month, c.day, c.hour, c.minute, c.second, c.nanos, c.weekday, c.yday),
-            (2024, 2, 29, 13, 14, 15, 500_000_000, 4, 60)
-        );
-        for d in -800_000..800_000i64 {
-            let (y, m, dd) = civil_from_days(d);
-            assert_eq!(days_from_civil(y, m, dd), d);
-        }
-    }
-
-    #[test]
-    fn rfc3339_nano_trims_like_go() {
-        assert_eq!(format_rfc3339_nano_go(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339_nano_go(1), "1970-01-01T00:00:00.000000001Z");
-        assert_eq!(
-            format_rfc3339_nano_go(500_000_000),
-            "1970-01-01T00:00:00.5Z"
-        );
-        assert_eq!(format_rfc3339_nano_go(-1), "1969-12-31T23:59:59.999999999Z");
-    }
 
     #[test]
     fn json_escaping_like_go() {

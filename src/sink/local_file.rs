@@ -58,8 +58,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::format::{civil, json_line, TextFormatOptions, TextFormatter};
+use super::format::{json_line, TextFormatOptions, TextFormatter};
 use super::{Sink, SinkError};
+use crate::decode::timestamp::civil;
 use crate::pipeline::entry::LogEntry;
 
 const SINK: &str = "local_file";

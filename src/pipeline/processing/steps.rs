@@ -149,7 +149,7 @@ impl Step {
                 if let Some(t) = target_field {
                     // Go's RFC3339Nano, as the file sink writes `timestamp`.
                     let mut text = String::with_capacity(36);
-                    crate::sink::format::push_rfc3339_nano_go(&mut text, ns);
+                    crate::decode::timestamp::push_rfc3339_nano_go(&mut text, ns);
                     w.fields.set(*t, text);
                 }
             }

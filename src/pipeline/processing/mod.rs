@@ -323,6 +323,45 @@ pipelines:
         );
     }
 
+    /// Capture groups are kept as ranges of the message: they must read the same after a
+    /// later step strips part of the message, and on a message that was not UTF-8.
+    #[test]
+    fn captured_fields_keep_their_text_when_the_message_changes() {
+        let file = r#"
+pipelines:
+  - name: p
+    steps:
+      - name: parts
+        type: regex_extract
+        config: { pattern: '^(\S+) \[(\w+)\] (.+)$', fields: [who, level, rest] }
+      - name: strip
+        type: regex_extract
+        config: { pattern: '\x1b\[[0-9;]*m' }
+      - name: after
+        type: regex_extract
+        config: { pattern: '^(\S+)', fields: [first] }
+"#;
+        let p = Processor::from_str(file, Path::new("t.yaml"), true).unwrap();
+        let mut e = entry("db1 [WARN] \u{1b}[31mdisk\u{1b}[0m at 91%", &[]);
+        p.apply(PipelineId(0), &mut e, "");
+        assert_eq!(&e.message[..], "db1 [WARN] disk at 91%".as_bytes());
+        let view: Vec<(&str, &str)> = e.labels_iter().collect();
+        assert_eq!(
+            view,
+            [
+                ("first", "db1"),
+                ("level", "WARN"),
+                ("rest", "\u{1b}[31mdisk\u{1b}[0m at 91%"),
+                ("who", "db1")
+            ]
+        );
+        let mut e = entry("", &[]);
+        e.message = Bytes::from_static(b"h\xff [E] x");
+        p.apply(PipelineId(0), &mut e, "");
+        assert_eq!(e.label("who"), Some("h\u{fffd}"));
+        assert_eq!(e.label("rest"), Some("x"));
+    }
+
     #[test]
     fn load_errors_name_pipeline_step_and_key() {
         let bad = FILE.replace("2006-01-02", "Jan 2006");

@@ -98,7 +98,8 @@ impl Step {
                 if let Some(caps) = re.captures(&w.message) {
                     for (name, group) in fields.iter().zip(caps.iter().skip(1)) {
                         if let Some(g) = group {
-                            w.fields.set(*name, g.as_str().to_string());
+                            let value = part_of_message(&w.message, g.start(), g.end());
+                            w.fields.set_value(*name, value);
                         }
                     }
                 }
@@ -194,6 +195,15 @@ impl Step {
             }
         }
         Ok(())
+    }
+}
+
+/// A capture group of the message as a field: its range (no copy), or a copy past the 4 GiB
+/// a `u32` offset reaches (lines are cut at 1 MiB, so only in theory).
+fn part_of_message(message: &str, start: usize, end: usize) -> Value {
+    match (u32::try_from(start), u32::try_from(end)) {
+        (Ok(s), Ok(e)) => Value::Range(s, e),
+        _ => Value::Owned(message[start..end].to_string()),
     }
 }
 

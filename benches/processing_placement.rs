@@ -53,6 +53,10 @@
 //! without `--bench` (`cargo test --all-targets`) one small run of each case, for its checks;
 //! `PLACEMENT_LINES=N PLACEMENT_RUNS=R PLACEMENT_PACED_LINES=P` to set them.
 
+#[path = "support/fake_dockerd.rs"]
+#[allow(dead_code)]
+mod fake_dockerd;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::Path;
@@ -170,21 +174,9 @@ impl Kind {
     }
 }
 
-/// Words up to `end` bytes of `out`, as the synthetic dockerd's messages.
+/// The synthetic dockerd's words (`benches/support/fake_dockerd.rs`).
 fn words(out: &mut Vec<u8>, end: usize, seed: usize) {
-    const WORDS: [&str; 8] = [
-        "request", "handled", "user", "session", "cache", "upstream", "latency", "ok",
-    ];
-    let mut k = seed as u64;
-    while out.len() < end {
-        out.extend_from_slice(WORDS[(k % 8) as usize].as_bytes());
-        out.push(b' ');
-        k = k
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407)
-            >> 7;
-    }
-    out.truncate(end);
+    fake_dockerd::words(out, end, seed as u64);
 }
 
 /// Lines of one kind in 64 KiB buffers: an entry's message is a slice of its buffer, as the

@@ -157,14 +157,21 @@ pub fn rfc3339(ns: i64) -> String {
 
 /// A message of about 120 bytes (100 to 140), newline excluded.
 fn message(i: u64, out: &mut Vec<u8>) {
-    const WORDS: [&str; 8] = [
-        "request", "handled", "user", "session", "cache", "upstream", "latency", "ok",
-    ];
     let len = 100 + (i.wrapping_mul(7919) % 41) as usize;
     let start = out.len();
     out.extend_from_slice(format!("level=info seq={i:010} msg=\"").as_bytes());
-    let mut k = i;
-    while out.len() - start < len - 1 {
+    words(out, start + len - 1, i);
+    out.push(b'"');
+}
+
+/// Words appended to `out` up to `end` bytes (cut there), a sequence of its own for each
+/// `seed`: the text of the synthetic messages.
+pub fn words(out: &mut Vec<u8>, end: usize, seed: u64) {
+    const WORDS: [&str; 8] = [
+        "request", "handled", "user", "session", "cache", "upstream", "latency", "ok",
+    ];
+    let mut k = seed;
+    while out.len() < end {
         out.extend_from_slice(WORDS[(k % 8) as usize].as_bytes());
         out.push(b' ');
         k = k
@@ -172,8 +179,7 @@ fn message(i: u64, out: &mut Vec<u8>) {
             .wrapping_add(1442695040888963407)
             >> 7;
     }
-    out.truncate(start + len - 1);
-    out.push(b'"');
+    out.truncate(end);
 }
 
 /// One line as dockerd sends it: chunk size, frame header, timestamp, message, CRLF.

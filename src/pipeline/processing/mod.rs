@@ -142,6 +142,27 @@ impl Processor {
         self.pipelines[id.0].multiline.as_ref()
     }
 
+    /// The entries a [`Grouper`] released (each a whole group), through pipeline `id` into
+    /// `out`; the lines joined into them are counted. Every source with groups calls this.
+    pub fn apply_released(
+        &self,
+        id: Option<PipelineId>,
+        entries: Vec<LogEntry>,
+        lines: u64,
+        source_path: &str,
+        out: &mut Vec<LogEntry>,
+    ) {
+        self.stats
+            .joined
+            .fetch_add(lines - entries.len() as u64, Relaxed);
+        for mut entry in entries {
+            if let Some(id) = id {
+                self.apply(id, &mut entry, source_path);
+            }
+            out.push(entry);
+        }
+    }
+
     /// Runs the pipeline's steps on one entry. `source_path`: a monitored file's path (for
     /// `{{source_path}}`), "" for containers.
     pub fn apply(&self, id: PipelineId, entry: &mut LogEntry, source_path: &str) {

@@ -1734,15 +1734,9 @@ impl Capture {
         if let Some(position) = released.position {
             c.released = Some(position);
         }
-        if let Some(p) = processor {
-            let joined = released.lines - released.entries.len() as u64;
-            p.stats().joined.fetch_add(joined, Relaxed);
-        }
-        for mut entry in released.entries {
-            if let (Some(p), Some(id)) = (processor, c.pipeline) {
-                p.apply(id, &mut entry, "");
-            }
-            batch.push(entry);
+        match processor {
+            Some(p) => p.apply_released(c.pipeline, released.entries, released.lines, "", batch),
+            None => batch.extend(released.entries),
         }
         true
     }

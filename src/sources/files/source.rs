@@ -594,14 +594,15 @@ impl FileSource {
                 // A joined group is one entry for the sinks, counted once, so that the lines
                 // read add up to those delivered.
                 let n = released.entries.len() as u64;
-                if let Some(p) = &self.processor {
-                    p.stats().joined.fetch_add(released.lines - n, Relaxed);
-                }
-                for mut entry in released.entries {
-                    if let (Some(p), Some(id)) = (&self.processor, t.pipeline) {
-                        p.apply(id, &mut entry, &t.key);
-                    }
-                    self.entries.push(entry);
+                match &self.processor {
+                    Some(p) => p.apply_released(
+                        t.pipeline,
+                        released.entries,
+                        released.lines,
+                        &t.key,
+                        &mut self.entries,
+                    ),
+                    None => self.entries.extend(released.entries),
                 }
                 (n, released.bytes)
             }

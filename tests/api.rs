@@ -2,6 +2,9 @@
 //! keys, content types and status codes, POST /api/v1/logs into the queue, the metric names
 //! and labels, and the shutdown contract (the API's queue sender is dropped on stop).
 
+#[path = "support/api_state.rs"]
+mod api_state;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,7 +20,6 @@ use log_capturer::api::Shared;
 use log_capturer::api::{self, ApiOptions, ApiServers};
 use log_capturer::config::Config;
 use log_capturer::decode::StreamKind;
-use log_capturer::io::{EngineKind, IoStats, Selection};
 use log_capturer::pipeline::entry::{Labels, LogEntry};
 use log_capturer::pipeline::{queue, Batch, QueueReceiver, QueueSender, Received};
 use log_capturer::state::positions::PositionStore;
@@ -71,17 +73,7 @@ fn test_config() -> Config {
 fn fixture_with(name: &str, capacity: usize, options: ApiOptions) -> Fixture {
     let dir = temp_dir(name);
     let (tx, rx) = queue(capacity);
-    let shared = Shared::new(
-        Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
-        tx.gauge().clone(),
-    )
-    .with_io(
-        Arc::new(IoStats::default()),
-        Selection {
-            kind: EngineKind::Epoll,
-            reason: "test".into(),
-        },
-    );
+    let shared = api_state::shared(&dir, tx.gauge(), "test");
     let stop = Arc::new(AtomicBool::new(false));
     let servers = api::start_with(
         &test_config(),

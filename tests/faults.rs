@@ -3,6 +3,9 @@
 //! its connection and time limits, and 200 concurrent clients posting lines with none lost.
 //! No Docker: the binary runs with `container_monitor.enabled: false`, the API in-process.
 
+#[path = "support/api_state.rs"]
+mod api_state;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
@@ -10,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,15 +21,11 @@ use std::time::{Duration, Instant};
 mod scratch;
 use scratch::Scratch;
 
-use log_capturer::api::Shared;
 use log_capturer::api::{self, ApiOptions, ApiServers};
 use log_capturer::config::Config;
-use log_capturer::io::{EngineKind, IoStats, Selection};
 use log_capturer::pipeline::{queue, QueueReceiver, Received};
 use log_capturer::state::lock::LOCK_FILE;
-use log_capturer::state::positions::{
-    PositionStore, CONTAINER_POSITIONS_BAK, CONTAINER_POSITIONS_FILE,
-};
+use log_capturer::state::positions::{CONTAINER_POSITIONS_BAK, CONTAINER_POSITIONS_FILE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_log_capturer");
 const POLL: Duration = Duration::from_millis(20);
@@ -161,17 +160,7 @@ fn api_with(name: &str, capacity: usize, edit: impl FnOnce(&mut Config)) -> Api 
     config.metrics.enabled = false;
     edit(&mut config);
     let (tx, rx) = queue(capacity);
-    let shared = Shared::new(
-        Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
-        tx.gauge().clone(),
-    )
-    .with_io(
-        Arc::new(IoStats::default()),
-        Selection {
-            kind: EngineKind::Epoll,
-            reason: "test".into(),
-        },
-    );
+    let shared = api_state::shared(&dir, tx.gauge(), "test");
     let stop = Arc::new(AtomicBool::new(false));
     let options = ApiOptions {
         thread_count: || 20,

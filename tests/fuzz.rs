@@ -13,6 +13,9 @@
 //! `FUZZ_CASES` sets the cases per target (default 200: a short run in the test command);
 //! `scripts/fuzz.sh` runs them long. A failure prints the minimal input proptest found.
 
+#[path = "support/api_state.rs"]
+mod api_state;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -24,7 +27,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use log_capturer::api::Shared;
 use log_capturer::api::{self, server::parse_head, ApiOptions};
 use log_capturer::config::Config;
 use log_capturer::decode::frame::encode_header;
@@ -32,10 +34,9 @@ use log_capturer::decode::timestamp::{
     format_rfc3339_nanos, format_since, parse_prefix, parse_rfc3339_nanos,
 };
 use log_capturer::decode::{DecodeOptions, LogDecoder};
-use log_capturer::io::{EngineKind, IoStats, Selection};
 use log_capturer::pipeline::{queue, QueueReceiver, Received};
 use log_capturer::sources::docker::resume::ResumeTracker;
-use log_capturer::state::positions::{parse_records, PositionStore, MAX_SKIP};
+use log_capturer::state::positions::{parse_records, MAX_SKIP};
 
 fn cases(default: u32) -> ProptestConfig {
     let cases = std::env::var("FUZZ_CASES")
@@ -402,17 +403,7 @@ fn server() -> &'static Server {
         config.server.read_timeout = Duration::from_secs(2);
         config.metrics.enabled = false;
         let (tx, rx) = queue(1 << 16);
-        let shared = Shared::new(
-            Arc::new(Mutex::new(PositionStore::load(&dir).unwrap())),
-            tx.gauge().clone(),
-        )
-        .with_io(
-            Arc::new(IoStats::default()),
-            Selection {
-                kind: EngineKind::Epoll,
-                reason: "fuzz".into(),
-            },
-        );
+        let shared = api_state::shared(&dir, tx.gauge(), "fuzz");
         let stop = Arc::new(AtomicBool::new(false));
         let options = ApiOptions {
             thread_count: || 20,

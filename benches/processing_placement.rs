@@ -49,7 +49,8 @@
 //! reader's own cost per line (0.36 µs bulk to ~2-3 µs at 1000 slow streams, BENCHMARKS.md)
 //! comes on top of its figure in the daemon.
 //!
-//! `cargo bench --bench processing_placement` (~80 s); `PLACEMENT_QUICK=1` for a short run;
+//! `cargo bench --bench processing_placement` (~80 s); `PLACEMENT_QUICK=1` for a short run
+//! (`PLACEMENT_APPLY_ONLY=1`: `Processor::apply` alone, then stop);
 //! without `--bench` (`cargo test --all-targets`) one small run of each case, for its checks;
 //! `PLACEMENT_LINES=N PLACEMENT_RUNS=R PLACEMENT_PACED_LINES=P` to set them.
 
@@ -744,6 +745,9 @@ fn main() {
     println!("Processor::apply alone, one thread, ns per entry (median of {reps} x {n} entries):");
     for kind in KINDS {
         println!("  {:<11} {:>7.0}", kind.pipeline(), apply_ns(kind, reps, n));
+    }
+    if std::env::var_os("PLACEMENT_APPLY_ONLY").is_some() {
+        return;
     }
     let paced_lines = env_usize("PLACEMENT_PACED_LINES").unwrap_or(match (smoke, quick) {
         (true, _) => 1_000,

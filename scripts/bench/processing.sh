@@ -105,12 +105,15 @@ for w in ("bulk", "many"):
         cpu = st.median(a[0] for a in x); lines = st.median(a[1] for a in x)
         print(f"{name:18} {cpu:7.2f} {lines:9.0f} {1e6 * cpu / max(lines, 1):12.3f}")
     # Per-line CPU, on over off, per run (they ran back to back), then the median.
+    def ratios(xs):
+        return [(b[0] / max(b[1], 1)) / (a[0] / max(a[1], 1)) for a, b in zip(off, xs) if a[0] > 0]
     def ratio_of(xs):
-        return st.median((b[0] / max(b[1], 1)) / (a[0] / max(a[1], 1)) for a, b in zip(off, xs) if a[0] > 0)
+        return st.median(ratios(xs))
     ratio = ratio_of(on)
     worst = max(worst, ratio)
     print(f"ratio on/off (CPU per line, median of per-run ratios): {ratio:.2f}"
-          f"  -> processing adds {100 * (ratio - 1):.0f} %")
+          f"  -> processing adds {100 * (ratio - 1):.0f} %"
+          f" (runs: {' '.join(f'{r:.2f}' for r in ratios(on))})")
     if before:
         rb = ratio_of(before)
         print(f"before binary, on/off: {rb:.2f} -> adds {100 * (rb - 1):.0f} %")

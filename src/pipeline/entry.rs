@@ -43,10 +43,39 @@ pub struct LogEntry {
 /// untouched): sorted by key, one item a key, `None` for a label `field_remove` took away.
 /// Keys are interned (`&'static`) when the pipelines file is loaded, so a field costs its
 /// value only (an `Arc` would have its count written by the capture and the dispatcher
-/// threads at every line: measured at 6 % of the bulk profile);
-/// an entry no step wrote to has an empty vector (no allocation).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Fields(Vec<(Key, Option<Value>)>);
+/// threads at every line: measured at 6 % of the bulk profile).
+///
+/// An entry no step wrote to has no items and no allocation. Most entries of a pipeline end
+/// with the same items (constants of the file, the interned level word, the message itself):
+/// those share one interned list ([`Fields::interned`]), so a line's fields cost no
+/// allocation either (one made on the capture thread and freed on the dispatcher's was
+/// ~270 ns a line with glibc: BENCHMARKS.md, Processing, fourth round).
+#[derive(Clone, Debug, Default)]
+pub struct Fields(Repr);
+
+/// Equal when the items are, shared or not.
+impl PartialEq for Fields {
+    fn eq(&self, other: &Fields) -> bool {
+        self.items() == other.items()
+    }
+}
+
+impl Eq for Fields {}
+
+#[derive(Clone, Debug)]
+enum Repr {
+    Owned(Vec<Field>),
+    Interned(&'static [Field]),
+}
+
+impl Default for Repr {
+    fn default() -> Repr {
+        Repr::Owned(Vec::new())
+    }
+}
+
+/// A field: its key and value, `None` when removed.
+pub type Field = (Key, Option<Value>);
 
 /// A field name: the pipelines file's, or one `json_parse` found in a line.
 pub type Key = Cow<'static, str>;
@@ -63,7 +92,7 @@ pub enum Value {
     Message,
     /// A part of the entry's message (a capture group), by byte range, under the same rule as
     /// `Message`: no copy, so no allocation made on the capture thread and freed on the
-    /// dispatcher's (BENCHMARKS.md, Processing, fourth round: ~270 ns each with glibc).
+    /// dispatcher's.
     Range(u32, u32),
 }
 
@@ -94,72 +123,118 @@ fn message_text(message: &[u8]) -> &str {
     std::str::from_utf8(message).unwrap_or_default()
 }
 
-impl Fields {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
+/// Where `key` is in `items` (sorted), or where it would go.
+fn find(items: &[Field], key: &str) -> Result<usize, usize> {
+    items.binary_search_by(|(k, _)| key_order(k, key))
+}
 
-    fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| key_order(k, key))
-    }
+/// The operations on a sorted list of fields, for the entry's vector and the names a pipeline
+/// does not give (on the stack while it runs) alike.
+pub trait FieldList: std::ops::DerefMut<Target = [Field]> {
+    fn insert_at(&mut self, index: usize, field: Field);
 
     /// `Some(None)`: removed; `None`: the fields say nothing of `key`.
-    pub fn get(&self, key: &str) -> Option<Option<&Value>> {
-        self.find(key).ok().map(|i| self.0[i].1.as_ref())
+    fn get(&self, key: &str) -> Option<Option<&Value>> {
+        find(self, key).ok().map(|i| self[i].1.as_ref())
     }
 
-    pub fn set(&mut self, key: impl Into<Key>, value: String) {
+    fn set(&mut self, key: impl Into<Key>, value: String) {
         self.put(key, Some(Value::Owned(value)));
     }
 
-    pub fn set_value(&mut self, key: impl Into<Key>, value: Value) {
+    fn set_value(&mut self, key: impl Into<Key>, value: Value) {
         self.put(key, Some(value));
     }
 
-    /// Copies `message` into the fields that are the message or a part of it, before it
-    /// changes.
-    pub fn detach_message(&mut self, message: &str) {
-        for (_, v) in &mut self.0 {
-            if let Some(value @ (Value::Message | Value::Range(..))) = v {
-                *value = Value::Owned(value.as_str(message).to_string());
-            }
-        }
-    }
-
-    pub fn remove(&mut self, key: impl Into<Key>) {
+    /// Records that `key` is removed (hides a source label of that name).
+    fn mark_removed(&mut self, key: impl Into<Key>) {
         self.put(key, None);
-    }
-
-    /// `field_add`'s rule in one search: sets `key` unless the fields have it, or `labels`
-    /// has it and the fields did not remove it. `value` is made only when it is set.
-    pub fn add_if_absent(
-        &mut self,
-        key: &'static str,
-        labels: &Labels,
-        value: impl FnOnce(&Fields) -> Value,
-    ) {
-        match self.find(key) {
-            Ok(i) if self.0[i].1.is_some() => {}
-            Ok(i) => self.0[i].1 = Some(value(self)),
-            Err(_) if labels.contains_key(key) => {}
-            Err(i) => {
-                let v = value(self);
-                self.0.insert(i, (Cow::Borrowed(key), Some(v)));
-            }
-        }
     }
 
     fn put(&mut self, key: impl Into<Key>, value: Option<Value>) {
         let key = key.into();
-        match self.find(&key) {
-            Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (key, value)),
+        match find(self, &key) {
+            Ok(i) => self[i].1 = value,
+            Err(i) => self.insert_at(i, (key, value)),
         }
+    }
+}
+
+impl FieldList for Vec<Field> {
+    fn insert_at(&mut self, index: usize, field: Field) {
+        self.insert(index, field);
+    }
+}
+
+impl<const N: usize> FieldList for smallvec::SmallVec<[Field; N]> {
+    fn insert_at(&mut self, index: usize, field: Field) {
+        self.insert(index, field);
+    }
+}
+
+impl Fields {
+    /// Fields that share a list kept for the life of the process (see
+    /// `processing::shared_fields`).
+    pub fn interned(items: &'static [Field]) -> Fields {
+        Fields(Repr::Interned(items))
+    }
+
+    pub fn owned(items: Vec<Field>) -> Fields {
+        Fields(Repr::Owned(items))
+    }
+
+    /// The items, sorted by key.
+    pub fn items(&self) -> &[Field] {
+        match &self.0 {
+            Repr::Owned(v) => v,
+            Repr::Interned(s) => s,
+        }
+    }
+
+    /// The list shared with other entries, if it is one.
+    pub fn shared_items(&self) -> Option<&'static [Field]> {
+        match self.0 {
+            Repr::Interned(s) => Some(s),
+            Repr::Owned(_) => None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items().is_empty()
+    }
+
+    /// `Some(None)`: removed; `None`: the fields say nothing of `key`.
+    pub fn get(&self, key: &str) -> Option<Option<&Value>> {
+        let items = self.items();
+        find(items, key).ok().map(|i| items[i].1.as_ref())
+    }
+
+    /// The entry's own vector, copied from a shared list first.
+    fn owned_mut(&mut self) -> &mut Vec<Field> {
+        if let Repr::Interned(s) = self.0 {
+            self.0 = Repr::Owned(s.to_vec());
+        }
+        match &mut self.0 {
+            Repr::Owned(v) => v,
+            Repr::Interned(_) => unreachable!("made owned above"),
+        }
+    }
+
+    pub fn set(&mut self, key: impl Into<Key>, value: String) {
+        self.owned_mut().set(key, value);
+    }
+
+    pub fn set_value(&mut self, key: impl Into<Key>, value: Value) {
+        self.owned_mut().set_value(key, value);
+    }
+
+    pub fn remove(&mut self, key: impl Into<Key>) {
+        self.owned_mut().mark_removed(key);
     }
 
     /// The keys written or removed, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| &**k)
+        self.items().iter().map(|(k, _)| &**k)
     }
 }
 
@@ -176,7 +251,7 @@ impl LogEntry {
     pub fn labels_iter(&self) -> Merged<'_> {
         Merged {
             labels: self.labels.iter().peekable(),
-            fields: self.fields.0.iter().peekable(),
+            fields: self.fields.items().iter().peekable(),
             message: &self.message,
         }
     }
@@ -192,7 +267,7 @@ impl LogEntry {
 /// See [`LogEntry::labels_iter`].
 pub struct Merged<'a> {
     labels: std::iter::Peekable<std::collections::btree_map::Iter<'a, String, String>>,
-    fields: std::iter::Peekable<std::slice::Iter<'a, (Key, Option<Value>)>>,
+    fields: std::iter::Peekable<std::slice::Iter<'a, Field>>,
     message: &'a Bytes,
 }
 

@@ -13,7 +13,7 @@ use super::go_regex;
 use super::keywords::Keywords;
 use super::mapping::{Pattern, Rule};
 use super::multiline::MultilineSpec;
-use super::steps::{Op, Step};
+use super::steps::{AddField, Name, Op, Step};
 use super::template::Template;
 use super::timefmt::{Layout, Zone};
 
@@ -33,6 +33,9 @@ pub struct Pipeline {
     /// Only as the first step: lines are joined before the other steps see them.
     pub multiline: Option<MultilineSpec>,
     pub steps: Vec<Step>,
+    /// Every field name its steps write or remove, sorted: a line's fields are kept in a
+    /// slot per name while the steps run ([`super::steps::Slots`]).
+    pub keys: Vec<&'static str>,
 }
 
 #[derive(Debug)]
@@ -192,12 +195,29 @@ fn pipeline(ctx: &mut Ctx<'_>, i: usize, item: &Value) -> Result<Pipeline, LoadE
         }
         Some(_) => return Err(ctx.err(format!("{at}.steps"), "expected a list of steps")),
     }
+    let keys = give_slots(&mut steps);
     Ok(Pipeline {
         name,
         description,
         multiline,
         steps,
+        keys,
     })
+}
+
+/// The pipeline's field names, sorted and once each, and each step's names given their slot.
+fn give_slots(steps: &mut [Step]) -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = steps
+        .iter_mut()
+        .flat_map(|s| s.op.names_mut())
+        .map(|n| n.key)
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for name in steps.iter_mut().flat_map(|s| s.op.names_mut()) {
+        name.slot = keys.binary_search(&name.key).expect("collected above");
+    }
+    keys
 }
 
 enum Parsed {
@@ -255,7 +275,11 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
             fields: c
                 .map(ctx, "fields")?
                 .into_iter()
-                .map(|(k, v)| (intern(&k), Template::parse(&v)))
+                .map(|(k, v)| AddField {
+                    name: Name::new(intern(&k)),
+                    bit: None,
+                    template: Template::parse(&v),
+                })
                 .collect(),
         },
         "field_remove" => Op::FieldRemove {
@@ -287,7 +311,7 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
                 target_field: c
                     .string(ctx, "target_field")?
                     .filter(|f| !f.is_empty())
-                    .map(|f| intern(&f)),
+                    .map(|f| Name::new(intern(&f))),
             }
         }
         "log_level_extract" => {
@@ -297,7 +321,9 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
             Op::LogLevelExtract {
                 re: regex(ctx, &c.key("pattern"), &pattern)?,
                 keywords: Keywords::parse(&pattern, intern),
-                field: intern(&c.string(ctx, "field")?.unwrap_or_else(|| "level".into())),
+                field: Name::new(intern(
+                    &c.string(ctx, "field")?.unwrap_or_else(|| "level".into()),
+                )),
             }
         }
         "json_parse" => Op::JsonParse {
@@ -499,11 +525,11 @@ fn parse_bool(s: &str) -> Option<bool> {
 }
 
 /// Field names as the entries' fields key them: allocated once here, shared by every line.
-fn interned(names: Option<Vec<String>>) -> Vec<&'static str> {
+fn interned(names: Option<Vec<String>>) -> Vec<Name> {
     names
         .unwrap_or_default()
         .into_iter()
-        .map(|n| intern(&n))
+        .map(|n| Name::new(intern(&n)))
         .collect()
 }
 

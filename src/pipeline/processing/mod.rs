@@ -10,7 +10,12 @@
 //! - [`mapping`]: `source_mapping`, which pipeline a source goes through, chosen once per
 //!   source ([`Processor::select`]).
 //! - [`steps`]: `regex_extract`, `field_add`, `field_remove`, `timestamp_parse`,
-//!   `log_level_extract`, `json_parse` on a working copy of the entry ([`Processor::apply`]).
+//!   `log_level_extract`, `json_parse` on a working copy of the entry ([`Processor::apply`]):
+//!   the fields the pipeline names in a slot each, resolved at load, on the stack.
+//! - [`shared_fields`]: the lists of fields many entries end with (constants, the level word,
+//!   the message itself), kept once and shared, so such a line allocates nothing.
+//! - [`plan`]: for a pipeline whose outcome depends on a line only through its level word
+//!   (the Go file's `default`), the outcome remembered per word: a word scan a line.
 //! - [`multiline`]: the `multiline` step (first step only), joining lines per source and
 //!   stream; the source holds a [`Grouper`] and releases groups with their position.
 //!
@@ -30,23 +35,29 @@ pub mod keywords;
 pub mod load;
 pub mod mapping;
 pub mod multiline;
+pub mod plan;
+pub mod shared_fields;
 pub mod steps;
 pub mod template;
 pub mod timefmt;
 
 use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
 pub use load::{LoadError, Pipeline};
 pub use mapping::Source;
 pub use multiline::{Grouper, MultilineSpec, Released};
+use plan::{Lookup, Plan};
 
 use crate::config::ProcessingConfig;
-use crate::pipeline::entry::LogEntry;
+use crate::pipeline::entry::{Fields, Labels, LogEntry};
+use shared_fields::SharedFields;
+use steps::{Op, Slots, WorkFields};
 
 /// A pipeline chosen for a source.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -71,6 +82,38 @@ pub struct Processor {
     stats: Arc<ProcessingStats>,
     /// Per pipeline and step: a failure was logged already (one warning per step).
     warned: Vec<Vec<AtomicBool>>,
+    /// Per pipeline: the keys its `field_add` steps set and its `field_remove` steps remove,
+    /// a bit each in [`steps::Work::labelled`] (the first 64). Per pipeline, so a source
+    /// seen for the first time costs a look-up of its own pipeline's few keys.
+    label_keys: Vec<Vec<&'static str>>,
+    /// Per pipeline: its [`Plan`] when it has one.
+    plans: Vec<Option<Plan>>,
+    /// Tells this processor's label bits from another's in the thread's cache.
+    uid: u64,
+    shared: SharedFields,
+}
+
+thread_local! {
+    /// The last labels map this thread asked about: (processor, pipeline, the map, its
+    /// bits). A source's entries share one map (`Arc`), so this answers nearly every line
+    /// without a look-up. The `Weak` keeps the address from being reused by another map
+    /// while it is here.
+    static LABELLED: LabelledCache = const {
+        LabelledCache {
+            key: Cell::new((u64::MAX, 0, 0)),
+            bits: Cell::new(0),
+        }
+    };
+    /// The map `LABELLED` holds the address of (apart: a value with a destructor makes every
+    /// access to its thread-local check that the destructor is registered).
+    static LABELLED_MAP: RefCell<Weak<Labels>> = const { RefCell::new(Weak::new()) };
+}
+
+/// See `LABELLED`: read with three loads and compares a line.
+struct LabelledCache {
+    /// (processor, pipeline, the map's address).
+    key: Cell<(u64, usize, usize)>,
+    bits: Cell<u64>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -100,7 +143,42 @@ impl Processor {
         Ok(Processor::new(load::load_str(text, origin)?, skip_failed))
     }
 
-    fn new(loaded: load::Loaded, skip_failed: bool) -> Processor {
+    fn new(mut loaded: load::Loaded, skip_failed: bool) -> Processor {
+        static UIDS: AtomicU64 = AtomicU64::new(0);
+        let mut label_keys = Vec::new();
+        let mut plans = Vec::new();
+        for pipeline in &mut loaded.pipelines {
+            let mut keys: Vec<&'static str> = Vec::new();
+            let mut bit_of = |key: &'static str| {
+                let bit = match keys.iter().position(|k| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        keys.push(key);
+                        keys.len() - 1
+                    }
+                };
+                u8::try_from(bit).ok().filter(|&b| b < 64)
+            };
+            let mut all_bits = true;
+            for step in &mut pipeline.steps {
+                match &mut step.op {
+                    Op::FieldAdd { fields } => {
+                        for f in fields {
+                            f.bit = bit_of(f.name.key);
+                            all_bits &= f.bit.is_some();
+                        }
+                    }
+                    Op::FieldRemove { fields } => {
+                        for f in fields {
+                            all_bits &= bit_of(f.key).is_some();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            label_keys.push(keys);
+            plans.push(Plan::of(&pipeline.steps, all_bits));
+        }
         let default = loaded.pipelines.iter().position(|p| p.name == "default");
         let warned = loaded
             .pipelines
@@ -114,7 +192,33 @@ impl Processor {
             skip_failed,
             stats: Arc::default(),
             warned,
+            label_keys,
+            plans,
+            uid: UIDS.fetch_add(1, Relaxed),
+            shared: SharedFields::default(),
         }
+    }
+
+    /// Which of pipeline `id`'s label keys `labels` has, a bit each (see
+    /// [`steps::AddField::bit`]).
+    fn labelled(&self, id: PipelineId, labels: &Arc<Labels>) -> u64 {
+        LABELLED.with(|cache| {
+            let key = (self.uid, id.0, Arc::as_ptr(labels) as usize);
+            if cache.key.get() == key {
+                return cache.bits.get();
+            }
+            let bits = self.label_keys[id.0]
+                .iter()
+                .take(64)
+                .enumerate()
+                .filter(|(_, k)| labels.contains_key(**k))
+                .fold(0u64, |b, (i, _)| b | 1 << i);
+            // The `Weak` first: while it is held no other map can have this address.
+            LABELLED_MAP.with(|map| *map.borrow_mut() = Arc::downgrade(labels));
+            cache.key.set(key);
+            cache.bits.set(bits);
+            bits
+        })
     }
 
     pub fn stats(&self) -> &Arc<ProcessingStats> {
@@ -166,18 +270,53 @@ impl Processor {
     /// Runs the pipeline's steps on one entry. `source_path`: a monitored file's path (for
     /// `{{source_path}}`), "" for containers.
     pub fn apply(&self, id: PipelineId, entry: &mut LogEntry, source_path: &str) {
-        let pipeline = &self.pipelines[id.0];
         self.stats.entries.fetch_add(1, Relaxed);
-        // Taken, not cloned: the entry's message and labels are reference-counted, and a
-        // count written at every line showed in the profile.
-        let bytes = std::mem::take(&mut entry.message);
-        // What a failed step leaves behind is undone (`skip_failed_logs`): a copy of the
-        // fields the source set, which is nothing (no copy) for every source but the ingest.
-        let original = (!entry.fields.is_empty()).then(|| entry.fields.clone());
+        let Some(plan) = &self.plans[id.0] else {
+            return self.walk(id, entry, source_path);
+        };
+        if !entry.fields.is_empty() || !is_utf8(&entry.message) {
+            return self.walk(id, entry, source_path);
+        }
+        let labelled = self.labelled(id, &entry.labels);
+        match plan.look_up(&self.pipelines[id.0].steps, &entry.message, labelled) {
+            Lookup::Known([]) => {}
+            Lookup::Known(fields) => entry.fields = Fields::interned(fields),
+            Lookup::Walk => self.walk(id, entry, source_path),
+            Lookup::Unknown(found) => {
+                self.walk(id, entry, source_path);
+                if let Some(fields) = entry.fields.shared_items() {
+                    plan.remember(labelled, found, fields);
+                } else if entry.fields.is_empty() {
+                    plan.remember(labelled, found, &[]);
+                }
+            }
+        }
+    }
+
+    /// Runs the pipeline's steps on one entry (what [`Processor::apply`] does when its
+    /// [`Plan`] does not know the answer).
+    fn walk(&self, id: PipelineId, entry: &mut LogEntry, source_path: &str) {
+        let pipeline = &self.pipelines[id.0];
+        // The steps work on a copy on the stack; the entry's fields (set by the ingest only)
+        // are untouched until the pipeline is done, which is what a failed step leaves
+        // behind with `skip_failed_logs`.
+        let mut slots: Slots = smallvec::smallvec![None; pipeline.keys.len()];
+        let mut extra = WorkFields::new();
+        for (key, value) in entry.fields.items() {
+            match pipeline.keys.binary_search(&&**key) {
+                Ok(i) => slots[i] = Some(value.clone()),
+                Err(_) => extra.push((key.clone(), value.clone())),
+            }
+        }
+        // The message and labels are borrowed, not cloned or taken: they are
+        // reference-counted, and a count written at every line showed in the profile.
         let mut work = steps::Work {
-            message: text(&bytes),
+            message: text(&entry.message),
             labels: &entry.labels,
-            fields: &mut entry.fields,
+            labelled: self.labelled(id, &entry.labels),
+            keys: &pipeline.keys,
+            slots: &mut slots,
+            extra: &mut extra,
             timestamp_ns: entry.timestamp_ns,
             source_path,
         };
@@ -197,19 +336,35 @@ impl Processor {
                     );
                 }
                 if self.skip_failed {
-                    drop(work);
-                    entry.fields = original.unwrap_or_default();
-                    entry.message = bytes;
                     return;
                 }
             }
         }
-        entry.timestamp_ns = work.timestamp_ns;
-        entry.message = match work.message {
-            Cow::Owned(m) => Bytes::from(m),
-            Cow::Borrowed(_) => bytes,
-        };
+        let timestamp_ns = work.timestamp_ns;
+        if let Cow::Owned(m) = work.message {
+            entry.message = Bytes::from(m);
+        }
+        entry.timestamp_ns = timestamp_ns;
+        entry.fields = self
+            .shared
+            .fields_of(&pipeline.keys, &mut slots, &mut extra);
     }
+}
+
+/// Whether `bytes` is UTF-8: most lines are ASCII, which eight bytes at a time tells sooner
+/// than `from_utf8` does.
+fn is_utf8(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(16);
+    let mut high = 0u64;
+    for c in &mut chunks {
+        let (a, b) = c.split_at(8);
+        high |= u64::from_le_bytes(a.try_into().expect("8 bytes"))
+            | u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    }
+    for &b in chunks.remainder() {
+        high |= u64::from(b);
+    }
+    high & 0x8080_8080_8080_8080 == 0 || std::str::from_utf8(bytes).is_ok()
 }
 
 /// The message as text: borrowed when it is UTF-8 (`from_utf8` validates several times
@@ -381,6 +536,161 @@ pipelines:
         p.apply(PipelineId(0), &mut e, "");
         assert_eq!(e.label("who"), Some("h\u{fffd}"));
         assert_eq!(e.label("rest"), Some("x"));
+    }
+
+    /// A pipeline that can have a plan: two level steps, adds of constants and of the
+    /// message over labels the source may have, a removal.
+    const PLANNED: &str = r#"
+pipelines:
+  - name: p
+    steps:
+      - name: lvl
+        type: log_level_extract
+        config: { pattern: '(?i)\b(trace|debug|info|warn|warning|error|fatal|crit|critical)\b' }
+      - name: msg
+        type: field_add
+        config: { fields: { msg: "{{message}}", container_name: "none" } }
+      - name: std
+        type: field_add
+        config: { fields: { service: "log-capturer", level: "unknown" } }
+      - name: drop
+        type: field_remove
+        config: { fields: [image] }
+      - name: method
+        type: log_level_extract
+        config: { pattern: '\b(GET|POST)\b', field: method }
+"#;
+
+    fn planned_line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just(&b"info"[..]),
+            Just(&b"WARN"[..]),
+            Just(&b"Error"[..]),
+            Just(&b"GET"[..]),
+            Just(&b"post"[..]),
+            Just(&b"x"[..]),
+            Just(&b" "[..]),
+            Just(&b"="[..]),
+            Just("\u{e9}".as_bytes()),
+            Just("\u{212a}".as_bytes()),
+            Just(&b"\xff"[..]),
+        ];
+        proptest::collection::vec(piece, 0..8).prop_map(|v| v.concat())
+    }
+
+    proptest::proptest! {
+        /// What a plan answers is what the steps write, on every line: each level word, none,
+        /// a non-ASCII letter by the word (the regex decides), a line that is not UTF-8, an
+        /// entry that came with fields, labels that have an added or a removed key.
+        #[test]
+        fn a_plan_writes_what_the_steps_write(
+            lines in proptest::collection::vec(planned_line(), 1..24),
+            labels in 0..4usize,
+            fielded in proptest::bool::ANY,
+        ) {
+            let p = Processor::from_str(PLANNED, Path::new("t.yaml"), true).unwrap();
+            proptest::prop_assert!(p.plans[0].is_some());
+            let labels: &[(&str, &str)] = match labels {
+                0 => &[],
+                1 => &[("container_name", "web")],
+                2 => &[("image", "busybox"), ("level", "x")],
+                _ => &[("service", "s"), ("msg", "m")],
+            };
+            for bytes in lines {
+                let mut planned = entry("", labels);
+                planned.message = Bytes::from(bytes);
+                if fielded {
+                    planned.fields.set("ingest", "1".to_string());
+                }
+                let mut walked = planned.clone();
+                p.apply(PipelineId(0), &mut planned, "");
+                p.walk(PipelineId(0), &mut walked, "");
+                proptest::prop_assert_eq!(&planned.message, &walked.message);
+                proptest::prop_assert_eq!(planned.fields.items(), walked.fields.items());
+                proptest::prop_assert_eq!(planned.label_map(), walked.label_map());
+            }
+        }
+    }
+
+    /// The label bits are cached per thread by the map's address: a map freed and another
+    /// made in its place (a container gone, the next one seen) must not be taken for it.
+    #[test]
+    fn a_new_labels_map_where_an_old_one_was_is_looked_up_again() {
+        let p = Processor::from_str(PLANNED, Path::new("t.yaml"), true).unwrap();
+        for i in 0..64 {
+            // Alternately with and without the `container_name` the pipeline adds.
+            let labels: &[(&str, &str)] = if i % 2 == 0 {
+                &[("container_name", "web")]
+            } else {
+                &[("image", "x")]
+            };
+            let mut e = entry("info", labels);
+            p.apply(PipelineId(0), &mut e, "");
+            let want = if i % 2 == 0 { "web" } else { "none" };
+            assert_eq!(e.label("container_name"), Some(want), "map {i}");
+            assert_eq!(e.label("image"), None, "removed");
+        }
+    }
+
+    /// Lines with the same outcome share one list of fields (no allocation a line); which
+    /// pipelines of the Go file have a plan.
+    #[test]
+    fn planned_lines_share_their_fields_and_only_planless_steps_walk() {
+        let p = Processor::from_str(PLANNED, Path::new("t.yaml"), true).unwrap();
+        let lines = ["GET info one", "GET INFO two", "x Info POST"];
+        let fields: Vec<Fields> = lines
+            .iter()
+            .map(|l| {
+                let mut e = entry(l, &[]);
+                p.apply(PipelineId(0), &mut e, "");
+                assert_eq!(e.label("level"), Some("info"), "{l}");
+                assert_eq!(e.label("msg"), Some(*l));
+                e.fields
+            })
+            .collect();
+        let shared = |f: &Fields| f.shared_items().expect("shared").as_ptr();
+        assert_eq!(shared(&fields[0]), shared(&fields[1]));
+        assert_ne!(shared(&fields[0]), shared(&fields[2]), "method is POST");
+        assert_eq!(p.stats().entries.load(Relaxed), 3);
+
+        let go = include_str!("../../../tests/fixtures/go_pipelines.yaml");
+        let p = Processor::from_str(go, Path::new("go_pipelines.yaml"), true).unwrap();
+        let planned: Vec<&str> = p
+            .pipelines
+            .iter()
+            .zip(&p.plans)
+            .filter(|(_, plan)| plan.is_some())
+            .map(|(pl, _)| pl.name.as_str())
+            .collect();
+        assert_eq!(planned, ["default"]);
+        for (step, why) in [
+            (
+                "{ type: field_add, condition: 'x', config: { fields: { a: b } } }",
+                "condition",
+            ),
+            (
+                "{ type: field_add, config: { fields: { a: '{{source_path}}' } } }",
+                "path",
+            ),
+            (
+                "{ type: field_add, config: { fields: { a: '{{image}}' } } }",
+                "label",
+            ),
+            (
+                "{ type: log_level_extract, config: { pattern: 'level=(\\w+)' } }",
+                "regex",
+            ),
+            (
+                "{ type: regex_extract, config: { pattern: '\\d' } }",
+                "regex_extract",
+            ),
+            ("{ type: json_parse, config: {} }", "json"),
+        ] {
+            let file = format!("pipelines:\n  - name: p\n    steps:\n      - {step}\n");
+            let p = Processor::from_str(&file, Path::new("t.yaml"), true).unwrap();
+            assert!(p.plans[0].is_none(), "{why}");
+        }
     }
 
     #[test]

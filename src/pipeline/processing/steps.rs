@@ -11,25 +11,105 @@ use regex::Regex;
 use super::keywords::{Found, Keywords};
 use super::template::{Scope, Template};
 use super::timefmt::{Layout, Zone};
-use crate::pipeline::entry::{Fields, Labels, Value};
+use crate::pipeline::entry::{Field, FieldList, Key, Labels, Value};
+
+/// Fields of names the pipelines file does not give (`json_parse` keys, the ingest's own),
+/// sorted by key, while a pipeline runs.
+pub type WorkFields = smallvec::SmallVec<[Field; 4]>;
+
+/// A field the pipeline's own steps name: `None` when no step wrote it, `Some(None)` when
+/// one removed it.
+pub type Slot = Option<Option<Value>>;
+
+/// A line's fields of the names in its pipeline's [`Pipeline::keys`](super::Pipeline), slot
+/// `i` for key `i`: steps write them without a search, and the finished line's fields are
+/// read off in key order.
+pub type Slots = smallvec::SmallVec<[Slot; 8]>;
+
+/// A field name of the pipelines file and its slot in the pipeline's key table (given once
+/// the pipeline's steps are all read).
+#[derive(Clone, Copy, Debug)]
+pub struct Name {
+    pub key: &'static str,
+    pub slot: usize,
+}
+
+impl Name {
+    pub fn new(key: &'static str) -> Name {
+        Name { key, slot: 0 }
+    }
+}
+
+/// The fields written so far, as steps and templates read them.
+pub struct FieldView<'a> {
+    pub keys: &'a [&'static str],
+    pub slots: &'a Slots,
+    pub extra: &'a WorkFields,
+}
+
+impl<'a> FieldView<'a> {
+    /// `Some(None)`: removed; `None`: the fields say nothing of `key`.
+    pub fn get(&self, key: &str) -> Option<Option<&'a Value>> {
+        match self.keys.binary_search(&key) {
+            Ok(i) => self.slots[i].as_ref().map(Option::as_ref),
+            Err(_) => self.extra.get(key),
+        }
+    }
+}
 
 /// One entry while its pipeline runs, written back only when the pipeline is done. The
-/// source's shared labels are only read; steps write to `fields`, which win over them
-/// (a line costs its written values, never a copy of the map).
+/// source's shared labels are only read; steps write to `slots` and `extra`, which win over
+/// them (a line costs its written values, never a copy of the map).
 pub struct Work<'a> {
     pub message: Cow<'a, str>,
     pub labels: &'a Labels,
-    pub fields: &'a mut Fields,
+    /// Which of the processor's `field_add` keys (by [`AddField::bit`]) `labels` has.
+    pub labelled: u64,
+    pub keys: &'a [&'static str],
+    pub slots: &'a mut Slots,
+    pub extra: &'a mut WorkFields,
     pub timestamp_ns: i64,
     pub source_path: &'a str,
 }
 
 impl Work<'_> {
+    fn view(&self) -> FieldView<'_> {
+        FieldView {
+            keys: self.keys,
+            slots: self.slots,
+            extra: self.extra,
+        }
+    }
+
     /// A label as the entry will have it: fields first, then the source's labels.
     pub fn get(&self, key: &str) -> Option<&str> {
-        match self.fields.get(key) {
+        let view = FieldView {
+            keys: self.keys,
+            slots: &*self.slots,
+            extra: &*self.extra,
+        };
+        match view.get(key) {
             Some(v) => v.map(|v| v.as_str(&self.message)),
             None => self.labels.get(key).map(String::as_str),
+        }
+    }
+
+    /// Sets (or with `None` removes) a field by name: its slot, or beside them.
+    fn put(&mut self, key: Key, value: Option<Value>) {
+        match self.keys.binary_search(&&*key) {
+            Ok(i) => self.slots[i] = Some(value),
+            Err(_) => self.extra.put(key, value),
+        }
+    }
+
+    /// Copies the message into the fields that are it or a part of it, before it changes.
+    fn detach_message(&mut self) {
+        let message = &self.message;
+        let values = self.slots.iter_mut().filter_map(|s| s.as_mut()?.as_mut());
+        for value in values.chain(self.extra.iter_mut().filter_map(|(_, v)| v.as_mut())) {
+            if let Value::Message | Value::Range(..) = value {
+                *value = Value::Owned(value.as_str(message).to_string());
+            }
         }
     }
 }
@@ -40,14 +120,14 @@ pub enum Op {
     /// Without fields: every match is removed from the message (ANSI colour codes).
     RegexExtract {
         re: Regex,
-        fields: Vec<&'static str>,
+        fields: Vec<Name>,
     },
     /// Sets each field the entry does not have yet (see COMPATIBILITY.md).
     FieldAdd {
-        fields: Vec<(&'static str, Template)>,
+        fields: Vec<AddField>,
     },
     FieldRemove {
-        fields: Vec<&'static str>,
+        fields: Vec<Name>,
     },
     TimestampParse {
         /// `None`: the start of the message.
@@ -56,20 +136,45 @@ pub enum Op {
         zone: Zone,
         use_as_log_timestamp: bool,
         /// Gets the parsed time as RFC 3339 with nanoseconds.
-        target_field: Option<&'static str>,
+        target_field: Option<Name>,
     },
     /// The first capture group (else the whole match), lower-cased, into `field`.
     LogLevelExtract {
         re: Regex,
         /// The same match found by a word scan, when the pattern is a keyword list.
         keywords: Option<Keywords>,
-        field: &'static str,
+        field: Name,
     },
     /// The JSON object in `field` (`None`: the message) flattened into fields: nested keys
     /// joined with `.`, strings as they are, other values as JSON text.
     JsonParse {
         field: Option<String>,
     },
+}
+
+/// A field of a `field_add` step.
+#[derive(Debug)]
+pub struct AddField {
+    pub name: Name,
+    /// Its bit in [`Work::labelled`], given when the processor is built (`None`: past the
+    /// 64th key, looked up in the labels).
+    pub bit: Option<u8>,
+    pub template: Template,
+}
+
+impl Op {
+    /// The field names the step writes or removes, for the pipeline to give them slots.
+    pub fn names_mut(&mut self) -> Vec<&mut Name> {
+        match self {
+            Op::RegexExtract { fields, .. } | Op::FieldRemove { fields } => {
+                fields.iter_mut().collect()
+            }
+            Op::FieldAdd { fields } => fields.iter_mut().map(|f| &mut f.name).collect(),
+            Op::TimestampParse { target_field, .. } => target_field.iter_mut().collect(),
+            Op::LogLevelExtract { field, .. } => vec![field],
+            Op::JsonParse { .. } => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -90,7 +195,7 @@ impl Step {
         match &self.op {
             Op::RegexExtract { re, fields } if fields.is_empty() => {
                 if let Cow::Owned(s) = re.replace_all(&w.message, "") {
-                    w.fields.detach_message(&w.message);
+                    w.detach_message();
                     w.message = Cow::Owned(s);
                 }
             }
@@ -99,28 +204,43 @@ impl Step {
                     for (name, group) in fields.iter().zip(caps.iter().skip(1)) {
                         if let Some(g) = group {
                             let value = part_of_message(&w.message, g.start(), g.end());
-                            w.fields.set_value(*name, value);
+                            w.slots[name.slot] = Some(Some(value));
                         }
                     }
                 }
             }
             Op::FieldAdd { fields } => {
-                for (name, template) in fields {
-                    let (message, source_path, labels) = (&w.message, w.source_path, w.labels);
-                    w.fields.add_if_absent(name, labels, |fields| {
-                        template.value(&Scope {
-                            message,
-                            source_path,
-                            labels,
-                            fields,
-                        })
-                    });
+                for f in fields {
+                    // Set unless a step set it, or the source's labels have it and no step
+                    // removed it.
+                    let set = match &w.slots[f.name.slot] {
+                        Some(Some(_)) => false,
+                        Some(None) => true,
+                        None => !match f.bit {
+                            Some(bit) => w.labelled >> bit & 1 == 1,
+                            None => w.labels.contains_key(f.name.key),
+                        },
+                    };
+                    debug_assert!(
+                        w.slots[f.name.slot].is_some() || set != w.labels.contains_key(f.name.key),
+                        "{}",
+                        f.name.key
+                    );
+                    if set {
+                        let value = f.template.value(&Scope {
+                            message: &w.message,
+                            source_path: w.source_path,
+                            labels: w.labels,
+                            fields: &w.view(),
+                        });
+                        w.slots[f.name.slot] = Some(Some(value));
+                    }
                 }
             }
             Op::FieldRemove { fields } => {
                 for name in fields {
-                    if w.get(name).is_some() {
-                        w.fields.remove(*name);
+                    if w.get(name.key).is_some() {
+                        w.slots[name.slot] = Some(None);
                     }
                 }
             }
@@ -151,7 +271,7 @@ impl Step {
                     // Go's RFC3339Nano, as the file sink writes `timestamp`.
                     let mut text = String::with_capacity(36);
                     crate::decode::timestamp::push_rfc3339_nano_go(&mut text, ns);
-                    w.fields.set(*t, text);
+                    w.slots[t.slot] = Some(Some(Value::Owned(text)));
                 }
             }
             Op::LogLevelExtract {
@@ -162,7 +282,7 @@ impl Step {
                 if let Some(k) = keywords {
                     match k.find(w.message.as_bytes()) {
                         Found::Word(_, _, index) => {
-                            w.fields.set_value(*field, Value::Shared(k.lower(index)));
+                            w.slots[field.slot] = Some(Some(Value::Shared(k.lower(index))));
                             return Ok(());
                         }
                         Found::None => return Ok(()),
@@ -171,7 +291,7 @@ impl Step {
                 }
                 if let Some(caps) = re.captures(&w.message) {
                     let m = caps.get(1).or_else(|| caps.get(0)).expect("group 0");
-                    w.fields.set(*field, m.as_str().to_lowercase());
+                    w.slots[field.slot] = Some(Some(Value::Owned(m.as_str().to_lowercase())));
                 }
             }
             Op::JsonParse { field } => {
@@ -190,7 +310,7 @@ impl Step {
                 let mut out = Vec::new();
                 flatten("", map, &mut out);
                 for (k, v) in out {
-                    w.fields.set(k, v);
+                    w.put(Key::Owned(k), Some(Value::Owned(v)));
                 }
             }
         }

@@ -3,7 +3,8 @@
 //! Split into parts once, at load.
 
 use super::load::intern;
-use crate::pipeline::entry::{Fields, Labels, Value};
+use super::steps::FieldView;
+use crate::pipeline::entry::{Labels, Value};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Part {
@@ -27,7 +28,7 @@ pub struct Scope<'a> {
     pub source_path: &'a str,
     pub labels: &'a Labels,
     /// Written by earlier steps; win over `labels`.
-    pub fields: &'a Fields,
+    pub fields: &'a FieldView<'a>,
 }
 
 impl Template {
@@ -60,6 +61,12 @@ impl Template {
             _ => None,
         };
         Template { parts, constant }
+    }
+
+    /// Whether the value is the same for every line (a constant, or the message itself,
+    /// which each entry reads from its own).
+    pub fn is_line_free(&self) -> bool {
+        self.constant.is_some() || matches!(self.parts.as_slice(), [Part::Message])
     }
 
     /// The field value for one entry: a constant or the bare message without a copy.
@@ -118,7 +125,11 @@ mod tests {
             message: "hello",
             source_path: "/var/log/auth.log",
             labels: &labels,
-            fields: &Fields::default(),
+            fields: &FieldView {
+                keys: &[],
+                slots: &Default::default(),
+                extra: &Default::default(),
+            },
         };
         let t = Template::parse("{{ container_name }}:{{message}} from {{source_filename}} ({{source_path}}){{missing}}");
         assert_eq!(

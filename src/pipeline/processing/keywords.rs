@@ -180,21 +180,6 @@ impl Keywords {
         if len < self.min_len || len > self.max_len || self.first & (1 << text[start]) == 0 {
             return None;
         }
-        if len <= 8 {
-            // The word's bytes straight from the line, as `pack` would make them.
-            let keep = if len == 8 {
-                !0
-            } else {
-                (1u64 << (8 * len)) - 1
-            };
-            let n = load(text, start) & keep;
-            let n = if self.case_insensitive {
-                n | (splat(0x20) & keep)
-            } else {
-                n
-            };
-            return self.packed.iter().position(|&p| p == Some(n));
-        }
         self.lookup(&text[start..end])
     }
 
@@ -251,16 +236,14 @@ fn word_bits(x: u64) -> u64 {
     (letter | digit | underscore) & ascii
 }
 
-/// A word of up to 8 word bytes as a number, its length in the top byte's place when shorter,
-/// folded to one case when `fold`: `b | 0x20` takes `A-Z` to `a-z`, leaves digits, and takes
+/// A word of up to 8 word bytes as a number (zero bytes past a shorter word, which no word
+/// byte is, so words of other lengths differ), folded to one case when `fold`: `b | 0x20` takes `A-Z` to `a-z`, leaves digits, and takes
 /// `_` to 0x7f, which no other word byte becomes, so two words fold to the same number
 /// exactly when they are equal but for ASCII case.
 fn pack(word: &[u8], fold: bool) -> Option<u64> {
     if word.len() > 8 {
         return None;
     }
-    // Shifted in a byte at a time: a copy into a buffer read back as a number was a call to
-    // `memmove` and a stalled load, the larger part of a scan.
     let mut n = 0u64;
     let mut folded = 0u64;
     for (k, &b) in word.iter().enumerate() {

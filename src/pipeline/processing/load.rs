@@ -277,7 +277,6 @@ fn step(ctx: &mut Ctx<'_>, pipeline_at: &str, j: usize, v: &Value) -> Result<Par
                 .into_iter()
                 .map(|(k, v)| AddField {
                     name: Name::new(intern(&k)),
-                    bit: None,
                     template: Template::parse(&v),
                 })
                 .collect(),

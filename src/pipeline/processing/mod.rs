@@ -57,7 +57,7 @@ use plan::{Lookup, Plan};
 use crate::config::ProcessingConfig;
 use crate::pipeline::entry::{Fields, Labels, LogEntry};
 use shared_fields::SharedFields;
-use steps::{Op, Slots, WorkFields};
+use steps::{Slots, WorkFields};
 
 /// A pipeline chosen for a source.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -82,10 +82,6 @@ pub struct Processor {
     stats: Arc<ProcessingStats>,
     /// Per pipeline and step: a failure was logged already (one warning per step).
     warned: Vec<Vec<AtomicBool>>,
-    /// Per pipeline: the keys its `field_add` steps set and its `field_remove` steps remove,
-    /// a bit each in [`steps::Work::labelled`] (the first 64). Per pipeline, so a source
-    /// seen for the first time costs a look-up of its own pipeline's few keys.
-    label_keys: Vec<Vec<&'static str>>,
     /// Per pipeline: its [`Plan`] when it has one.
     plans: Vec<Option<Plan>>,
     /// Tells this processor's label bits from another's in the thread's cache.
@@ -143,42 +139,14 @@ impl Processor {
         Ok(Processor::new(load::load_str(text, origin)?, skip_failed))
     }
 
-    fn new(mut loaded: load::Loaded, skip_failed: bool) -> Processor {
+    fn new(loaded: load::Loaded, skip_failed: bool) -> Processor {
         static UIDS: AtomicU64 = AtomicU64::new(0);
-        let mut label_keys = Vec::new();
-        let mut plans = Vec::new();
-        for pipeline in &mut loaded.pipelines {
-            let mut keys: Vec<&'static str> = Vec::new();
-            let mut bit_of = |key: &'static str| {
-                let bit = match keys.iter().position(|k| *k == key) {
-                    Some(i) => i,
-                    None => {
-                        keys.push(key);
-                        keys.len() - 1
-                    }
-                };
-                u8::try_from(bit).ok().filter(|&b| b < 64)
-            };
-            let mut all_bits = true;
-            for step in &mut pipeline.steps {
-                match &mut step.op {
-                    Op::FieldAdd { fields } => {
-                        for f in fields {
-                            f.bit = bit_of(f.name.key);
-                            all_bits &= f.bit.is_some();
-                        }
-                    }
-                    Op::FieldRemove { fields } => {
-                        for f in fields {
-                            all_bits &= bit_of(f.key).is_some();
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            label_keys.push(keys);
-            plans.push(Plan::of(&pipeline.steps, all_bits));
-        }
+        // A plan keys its outcomes by the label bits, which need every name to have one.
+        let plans = loaded
+            .pipelines
+            .iter()
+            .map(|p| Plan::of(&p.steps, p.keys.len() <= 64))
+            .collect();
         let default = loaded.pipelines.iter().position(|p| p.name == "default");
         let warned = loaded
             .pipelines
@@ -192,22 +160,22 @@ impl Processor {
             skip_failed,
             stats: Arc::default(),
             warned,
-            label_keys,
             plans,
             uid: UIDS.fetch_add(1, Relaxed),
             shared: SharedFields::default(),
         }
     }
 
-    /// Which of pipeline `id`'s label keys `labels` has, a bit each (see
-    /// [`steps::AddField::bit`]).
+    /// Which of pipeline `id`'s field names ([`Pipeline::keys`], the first 64) `labels`
+    /// has, a bit per slot.
     fn labelled(&self, id: PipelineId, labels: &Arc<Labels>) -> u64 {
         LABELLED.with(|cache| {
             let key = (self.uid, id.0, Arc::as_ptr(labels) as usize);
             if cache.key.get() == key {
                 return cache.bits.get();
             }
-            let bits = self.label_keys[id.0]
+            let bits = self.pipelines[id.0]
+                .keys
                 .iter()
                 .take(64)
                 .enumerate()

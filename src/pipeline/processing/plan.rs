@@ -13,7 +13,7 @@
 //! - `field_remove`,
 //! - `log_level_extract` with a keyword pattern (see [`super::keywords`]),
 //!
-//! and the labels' keys its steps name are at most 64 (a bit each). None of these steps can
+//! and the names its steps write or remove are at most 64 (a label bit each). None of these steps can
 //! fail or change the message. A line goes through the steps as any other when it is not
 //! UTF-8 (the steps write it back with U+FFFD), when its entry came with fields (the
 //! ingest), when the word scan must ask the regex, or when the table is full.
@@ -56,8 +56,8 @@ pub enum Lookup {
 }
 
 impl Plan {
-    /// The plan of a pipeline of `steps`, if it can have one; `labelled_ok`: every key its
-    /// steps name has a label bit.
+    /// The plan of a pipeline of `steps`, if it can have one; `labelled_ok`: every name its
+    /// steps write or remove has a label bit.
     pub fn of(steps: &[Step], labelled_ok: bool) -> Option<Plan> {
         if !labelled_ok {
             return None;

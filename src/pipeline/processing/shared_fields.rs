@@ -72,17 +72,6 @@ fn ident((key, value): &Field) -> Option<Ident> {
     Some((k.as_ptr() as usize, k.len(), kind, addr, len))
 }
 
-/// A value's word in the hash (identity is checked in full by [`same`]); `None`: a value of
-/// the entry's own.
-fn value_word(value: &Option<Value>) -> Option<u64> {
-    match value {
-        None => Some(0),
-        Some(Value::Message) => Some(1),
-        Some(Value::Shared(s)) => Some(s.as_ptr() as u64 ^ (s.len() as u64) << 48),
-        Some(Value::Owned(_) | Value::Range(..)) => None,
-    }
-}
-
 /// FxHash's step: a multiply, where SipHash took longer than the rest of a line.
 fn mix(h: u64, x: u64) -> u64 {
     (h.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
@@ -135,9 +124,11 @@ impl SharedFields {
         let mut written = false;
         for (key, slot) in keys.iter().zip(slots.iter()) {
             let Some(value) = slot else { continue };
-            let Some(word) = value_word(value) else {
+            let Some((kind, addr, len)) = value_ident(value) else {
                 return Fields::owned(merge(keys, slots, extra));
             };
+            // The hash only picks a cell: `same` then compares in full.
+            let word = addr as u64 ^ (len as u64) << 48 ^ u64::from(kind);
             h = mix(mix(h, key.as_ptr() as u64), word);
             written = true;
         }

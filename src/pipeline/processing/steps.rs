@@ -63,7 +63,7 @@ impl<'a> FieldView<'a> {
 pub struct Work<'a> {
     pub message: Cow<'a, str>,
     pub labels: &'a Labels,
-    /// Which of the processor's `field_add` keys (by [`AddField::bit`]) `labels` has.
+    /// Which of the names in `keys` (the first 64, a bit per slot) `labels` has.
     pub labelled: u64,
     pub keys: &'a [&'static str],
     pub slots: &'a mut Slots,
@@ -83,12 +83,7 @@ impl Work<'_> {
 
     /// A label as the entry will have it: fields first, then the source's labels.
     pub fn get(&self, key: &str) -> Option<&str> {
-        let view = FieldView {
-            keys: self.keys,
-            slots: &*self.slots,
-            extra: &*self.extra,
-        };
-        match view.get(key) {
+        match self.view().get(key) {
             Some(v) => v.map(|v| v.as_str(&self.message)),
             None => self.labels.get(key).map(String::as_str),
         }
@@ -156,9 +151,6 @@ pub enum Op {
 #[derive(Debug)]
 pub struct AddField {
     pub name: Name,
-    /// Its bit in [`Work::labelled`], given when the processor is built (`None`: past the
-    /// 64th key, looked up in the labels).
-    pub bit: Option<u8>,
     pub template: Template,
 }
 
@@ -216,10 +208,9 @@ impl Step {
                     let set = match &w.slots[f.name.slot] {
                         Some(Some(_)) => false,
                         Some(None) => true,
-                        None => !match f.bit {
-                            Some(bit) => w.labelled >> bit & 1 == 1,
-                            None => w.labels.contains_key(f.name.key),
-                        },
+                        // Past the 64th name there is no bit: the labels are asked.
+                        None if f.name.slot < 64 => w.labelled >> f.name.slot & 1 == 0,
+                        None => !w.labels.contains_key(f.name.key),
                     };
                     debug_assert!(
                         w.slots[f.name.slot].is_some() || set != w.labels.contains_key(f.name.key),

@@ -311,9 +311,11 @@ sinks:
         body
     }
 
-    /// Every captured line of container `name`: (stream, message, labels).
+    /// Every captured line of container `name`: (stream, message, labels). While the
+    /// capturer runs, a last line it is still writing is left for the next read.
     fn captured(&self, name: &str) -> Vec<(String, String, BTreeMap<String, String>)> {
-        read_jsonl(&self.dir.join("out").join(format!("{name}.log")))
+        let path = self.dir.join("out").join(format!("{name}.log"));
+        read_jsonl(&path, self.child.is_some())
     }
 
     /// SIGTERM, exit 0, and the accounting line adds up with nothing dropped or undelivered.
@@ -380,9 +382,19 @@ fn assert_accounting(log: &str) -> String {
     done
 }
 
-fn read_jsonl(path: &Path) -> Vec<(String, String, BTreeMap<String, String>)> {
+/// `running`: the capturer may be mid-write, so an unterminated last line is not read (once
+/// it has stopped, one fails the test).
+fn read_jsonl(path: &Path, running: bool) -> Vec<(String, String, BTreeMap<String, String>)> {
     let text = fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    let tail = &text[complete.len()..];
+    assert!(
+        running || tail.is_empty(),
+        "{}: unterminated last line {tail:?}",
+        path.display()
+    );
+    complete
+        .lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
             let labels: BTreeMap<String, String> = v["labels"]
